@@ -1,0 +1,47 @@
+/* Concurrency gate: an atomic in-flight count against a limit that may be
+ * changed at run time. Lowering the limit never evicts calls already in;
+ * it only stops new ones until the count falls below it. */
+#ifndef RS_GATE_H
+#define RS_GATE_H
+
+#include "rs_atomic.h"
+
+typedef struct {
+    rs_atomic_i64 in_flight;
+    rs_atomic_i64 limit;
+    rs_atomic_u64 admitted;
+    rs_atomic_u64 rejected;
+} rs_gate;
+
+RS_INLINE void rs_gate_init(rs_gate *g, int64_t limit) {
+    rs_store_relaxed_i64(&g->in_flight, 0);
+    rs_store_relaxed_u64(&g->admitted, 0);
+    rs_store_relaxed_u64(&g->rejected, 0);
+    rs_store_release_i64(&g->limit, limit);
+}
+
+/* Returns true and takes a slot when one is free. */
+RS_INLINE bool rs_gate_try_enter(rs_gate *g) {
+    /* Relaxed limit: a limit change may take effect one decision late. */
+    int64_t limit = rs_load_relaxed_i64(&g->limit);
+    int64_t n = rs_load_acquire_i64(&g->in_flight);
+    for (;;) {
+        if (n >= limit) {
+            rs_add_relaxed_u64(&g->rejected, 1);
+            return false;
+        }
+        if (rs_cas_acq_rel_i64(&g->in_flight, &n, n + 1)) {
+            rs_add_relaxed_u64(&g->admitted, 1);
+            return true;
+        }
+    }
+}
+
+/* Acq_rel: the slot's release must be seen by the next enterer's CAS. */
+RS_INLINE void rs_gate_exit(rs_gate *g) { rs_add_acq_rel_i64(&g->in_flight, -1); }
+
+RS_INLINE void rs_gate_set_limit(rs_gate *g, int64_t limit) {
+    rs_store_release_i64(&g->limit, limit);
+}
+
+#endif /* RS_GATE_H */

@@ -1,0 +1,597 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
+# cython: initializedcheck=False, embedsignature=True, embedsignature.format=python, binding=False
+"""Compiled core: thin classes over the header-only C in ``csrc/``.
+
+The public API is exactly that of the pure-Python twin ``resilio._core_py`` (same names,
+arguments, defaults, results and exceptions), and ``_core_c.pyi`` mirrors it for type
+checkers. Every constructor converts and validates its arguments with
+``resilio._core_args``, so both implementations hand the same integers to the same
+arithmetic. Methods only convert arguments and call one ``rs_*`` function.
+
+Arguments are taken as objects and converted here, rather than typed ``int64_t`` in the
+signature, so an out-of-range int raises the twin's ``ValueError`` instead of Cython's
+``OverflowError``; on the success path the conversion is one C call per argument.
+"""
+
+from cpython.mem cimport PyMem_Free, PyMem_Malloc
+from cpython.number cimport PyNumber_Index
+from libc.stdint cimport int64_t, uint32_t, uint64_t, uintptr_t
+from libc.string cimport memset
+
+from resilio import _core_args as _args
+# TEMPORARY until csrc/rs_keyed.h exists: the twin's keyed table.
+from resilio._keyed_py import KEYED_EVICT, KEYED_REJECT, KeyedBuckets  # noqa
+
+
+cdef extern from "Python.h":
+    # Re-declared without Cython's error check: called only on objects that passed
+    # PyLong_Check, for which CPython cannot fail.
+    bint PyLong_Check(object o) noexcept
+    long long _as_ll_ovf "PyLong_AsLongLongAndOverflow"(object o, int *overflow) noexcept
+    unsigned long long _as_mask "PyLong_AsUnsignedLongLongMask"(object o) noexcept
+    unsigned long long PyLong_AsUnsignedLongLong(object o) except? -1
+
+
+__all__ = [
+    "ADMIT_ISOLATED",
+    "CLOSED",
+    "HALF_OPEN",
+    "ISOLATED",
+    "KEYED_EVICT",
+    "KEYED_REJECT",
+    "NO_TRANSITION",
+    "OPEN",
+    "OUTCOME_FAILURE",
+    "OUTCOME_SLOW",
+    "Circuit",
+    "CountWindow",
+    "Counters",
+    "Gate",
+    "KeyedBuckets",
+    "TimeWindow",
+    "TokenBucket",
+]
+
+CLOSED = RS_CS_CLOSED
+OPEN = RS_CS_OPEN
+HALF_OPEN = RS_CS_HALF_OPEN
+ISOLATED = RS_CS_ISOLATED
+OUTCOME_FAILURE = RS_OUTCOME_FAILURE
+OUTCOME_SLOW = RS_OUTCOME_SLOW
+ADMIT_ISOLATED = RS_ADMIT_ISOLATED
+NO_TRANSITION = RS_NO_TRANSITION
+
+cdef extern from *:
+    """
+    /* now_ns must fit the circuit word's time field (resilio._core_args.MAX_NOW_NS). */
+    #define RS_PY_MAX_NOW ((int64_t)1 << 59)
+    /* GCRA words are int64: with now < 2**59, a tolerance (burst * interval_ns) and a
+     * reservation wait of at most 2**61 each keep every intermediate below 2**63. */
+    #define RS_PY_MAX_TOLERANCE ((int64_t)1 << 61)
+    #define RS_PY_MAX_WAIT ((int64_t)1 << 61)
+    /* break_for() saturates long before this many doublings (break >= 1, max < 2**60). */
+    #define RS_PY_MAX_OPENS_ARG 64
+    """
+    const int64_t _MAX_NOW "RS_PY_MAX_NOW"
+    const int64_t _MAX_TOLERANCE "RS_PY_MAX_TOLERANCE"
+    const int64_t _MAX_WAIT "RS_PY_MAX_WAIT"
+    const uint32_t _MAX_OPENS_ARG "RS_PY_MAX_OPENS_ARG"
+
+
+# ---- argument conversion ------------------------------------------------------------
+# Fast paths are inline and allocate nothing; every raise is in an out-of-line function.
+
+cdef int _raise_bad_now(object now_ns) except -1:
+    raise ValueError(f"now_ns must be in [0, 2**59), got {now_ns!r}")
+
+
+cdef int64_t _now_slow(object now_ns) except -1:
+    cdef int ovf = 0
+    cdef long long v
+    # Anything with __index__ (a numpy integer) is accepted; a float is a TypeError.
+    i = PyNumber_Index(now_ns)
+    v = _as_ll_ovf(i, &ovf)
+    if ovf != 0 or v < 0 or v >= _MAX_NOW:
+        _raise_bad_now(now_ns)
+    return v
+
+
+cdef inline int64_t _now(object now_ns) except -1:
+    cdef int ovf = 0
+    cdef long long v
+    if PyLong_Check(now_ns):
+        v = _as_ll_ovf(now_ns, &ovf)
+        if ovf == 0 and 0 <= v < _MAX_NOW:
+            return v
+    return _now_slow(now_ns)
+
+
+cdef int64_t _tokens_slow(object n, int64_t burst) except -1:
+    # The shared check raises the twin's error, or returns a valid int in [1, burst].
+    return _args.tokens(n, burst)
+
+
+cdef inline int64_t _one_token(object n, int64_t burst) except -1:
+    """n for try_acquire: the twin validates only when n != 1."""
+    cdef int ovf = 0
+    if PyLong_Check(n) and _as_ll_ovf(n, &ovf) == 1 and ovf == 0:
+        return 1
+    return _tokens_slow(n, burst)
+
+
+cdef inline int64_t _tokens(object n, int64_t burst) except -1:
+    """n for reserve/refund: always validated, as the twin does."""
+    cdef int ovf = 0
+    cdef long long v
+    # Exact int only: bool is rejected by the shared check, which the slow path runs.
+    if type(n) is int:
+        v = _as_ll_ovf(n, &ovf)
+        if ovf == 0 and 1 <= v <= burst:
+            return v
+    return _tokens_slow(n, burst)
+
+
+cdef int _flags_slow(object outcome) except -1:
+    return <int>(_as_mask(PyNumber_Index(outcome)) & 3u)
+
+
+cdef inline int _flags(object outcome) except -1:
+    """OUTCOME_* bits of outcome, as the twin's `outcome & OUTCOME_*` sees them."""
+    if PyLong_Check(outcome):
+        return <int>(_as_mask(outcome) & 3u)
+    return _flags_slow(outcome)
+
+
+cdef inline int64_t _ticket(object ticket) except? -1:
+    """The ticket word modulo 2**64, as the twin's `ticket & 0xFFFF_FFFF_FFFF_FFFF`."""
+    if not PyLong_Check(ticket):
+        ticket = PyNumber_Index(ticket)
+    return <int64_t>_as_mask(ticket)
+
+
+cdef uint32_t _opens_arg(object opens) except? 0xFFFFFFFF:
+    cdef int ovf = 0
+    cdef long long v = _as_ll_ovf(PyNumber_Index(opens), &ovf)
+    if ovf < 0 or (ovf == 0 and v < 0):
+        return 0
+    if ovf > 0 or v > _MAX_OPENS_ARG:
+        return _MAX_OPENS_ARG
+    return <uint32_t>v
+
+
+cdef int64_t _max_wait(object max_wait_ns) except -1:
+    cdef int ovf = 0
+    cdef long long v
+    if not PyLong_Check(max_wait_ns):
+        max_wait_ns = PyNumber_Index(max_wait_ns)
+    v = _as_ll_ovf(max_wait_ns, &ovf)
+    if ovf < 0 or (ovf == 0 and v < 0):
+        raise ValueError(f"max_wait_ns must be >= 0, got {max_wait_ns!r}")
+    if ovf > 0 or v > _MAX_WAIT:
+        return _MAX_WAIT
+    return v
+
+
+cdef int _raise_bad_index(object i) except -1:
+    raise IndexError("Counters index out of range")
+
+
+cdef inline uint32_t _counter_index(object i, uint32_t n) except? 0xFFFFFFFF:
+    cdef int ovf = 0
+    cdef long long v
+    if not PyLong_Check(i):
+        i = PyNumber_Index(i)
+    v = _as_ll_ovf(i, &ovf)
+    if ovf != 0 or v < 0 or v >= n:
+        _raise_bad_index(i)
+    return <uint32_t>v
+
+
+cdef uint64_t _delta_slow(object d) except? 0xFFFFFFFFFFFFFFFF:
+    cdef int ovf = 0
+    cdef long long v
+    i = PyNumber_Index(d)
+    v = _as_ll_ovf(i, &ovf)
+    if ovf < 0 or (ovf == 0 and v < 0):
+        raise ValueError(f"d must be >= 0, got {d!r}")
+    # >= 2**63: exact up to 2**64 - 1, OverflowError beyond.
+    return PyLong_AsUnsignedLongLong(i)
+
+
+cdef inline uint64_t _delta(object d) except? 0xFFFFFFFFFFFFFFFF:
+    cdef int ovf = 0
+    cdef long long v
+    if PyLong_Check(d):
+        v = _as_ll_ovf(d, &ovf)
+        if ovf == 0 and v >= 0:
+            return <uint64_t>v
+    return _delta_slow(d)
+
+
+cdef void *_alloc(size_t size, void **mem) except NULL:
+    """Zeroed memory for one struct, 64-byte aligned (its own cache lines); the block
+    to free goes to *mem."""
+    cdef void *raw = PyMem_Malloc(size + 64)
+    if raw == NULL:
+        raise MemoryError()
+    cdef void *p = <void *>((<uintptr_t>raw + 63) & ~(<uintptr_t>63))
+    memset(p, 0, size)
+    mem[0] = raw
+    return p
+
+
+# ---- token bucket -------------------------------------------------------------------
+
+cdef class TokenBucket:
+    """Token bucket (GCRA): `burst` tokens, refilled at `rate` per second."""
+
+    def __cinit__(self):
+        self.b = <rs_bucket *>_alloc(sizeof(rs_bucket), &self._mem)
+        # A valid state even if a subclass never calls __init__.
+        rs_bucket_init(self.b, 1, 1)
+        self._rate = 1e9
+
+    def __dealloc__(self):
+        PyMem_Free(self._mem)
+        self._mem = NULL
+        self.b = NULL
+
+    def __init__(self, rate, burst):
+        interval, burst_ = _args.bucket_args(rate, burst)
+        if interval * burst_ > _MAX_TOLERANCE:
+            raise ValueError(
+                f"burst / rate must be at most 2**61 ns (about 73 years), got "
+                f"burst={burst_!r} at {interval} ns per token"
+            )
+        self._rate = float(rate)
+        rs_bucket_init(self.b, interval, burst_)
+
+    @property
+    def rate(self):
+        return self._rate
+
+    @property
+    def burst(self):
+        return self.b.burst
+
+    @property
+    def interval_ns(self):
+        return self.b.interval_ns
+
+    @property
+    def admitted(self):
+        return rs_load_relaxed_u64(&self.b.admitted)
+
+    @property
+    def rejected(self):
+        return rs_load_relaxed_u64(&self.b.rejected)
+
+    def try_acquire(self, now_ns, n=1):
+        """Take n tokens now: 0 when admitted, else ns until n are available."""
+        cdef int64_t now = _now(now_ns)
+        cdef int64_t k = _one_token(n, self.b.burst)
+        return rs_bucket_try_acquire(self.b, now, k)
+
+    def reserve(self, now_ns, n, max_wait_ns):
+        """Reserve n tokens usable within max_wait_ns: the wait (>= 0), or
+        -(wait needed) when refused."""
+        cdef int64_t now = _now(now_ns)
+        cdef int64_t k = _tokens(n, self.b.burst)
+        cdef int64_t max_wait = _max_wait(max_wait_ns)
+        return rs_bucket_reserve(self.b, now, k, max_wait)
+
+    def refund(self, now_ns, n=1):
+        """Give back n unused tokens of a reservation."""
+        cdef int64_t now = _now(now_ns)
+        cdef int64_t k = _tokens(n, self.b.burst)
+        rs_bucket_refund(self.b, now, k)
+
+    def available(self, now_ns):
+        """Whole tokens available at now_ns."""
+        return rs_bucket_available(self.b, _now(now_ns))
+
+
+# ---- windows ------------------------------------------------------------------------
+
+cdef class TimeWindow:
+    """Outcomes over a sliding time window of `buckets` buckets."""
+
+    def __cinit__(self):
+        self.w = <rs_twindow *>_alloc(sizeof(rs_twindow), &self._mem)
+        rs_twindow_init(self.w, 1, 1)  # width 1: never divides by zero
+
+    def __dealloc__(self):
+        PyMem_Free(self._mem)
+        self._mem = NULL
+        self.w = NULL
+
+    def __init__(self, duration_ns, buckets=10):
+        duration, nb = _args.window_args(duration_ns, buckets)
+        rs_twindow_init(self.w, duration, nb)
+
+    @property
+    def width_ns(self):
+        return self.w.width_ns
+
+    @property
+    def buckets(self):
+        return self.w.nbuckets
+
+    def record(self, now_ns, outcome=0):
+        """Count one call (outcome: OUTCOME_* flags) at now_ns."""
+        cdef int64_t now = _now(now_ns)
+        rs_twindow_record(self.w, now, <uint32_t>_flags(outcome))
+
+    def snapshot(self, now_ns):
+        """(calls, failures, slow) in the window ending at now_ns."""
+        cdef rs_wsnapshot s = rs_twindow_snapshot(self.w, _now(now_ns))
+        return (s.calls, s.failures, s.slow)
+
+    def reset(self, now_ns):
+        """Forget every outcome."""
+        rs_twindow_reset(self.w, _now(now_ns))
+
+
+cdef class CountWindow:
+    """Outcomes of the last `size` calls."""
+
+    def __cinit__(self):
+        self.w = <rs_cwindow *>_alloc(sizeof(rs_cwindow), &self._mem)
+        rs_cwindow_init(self.w, 1)  # size 1: never divides by zero
+
+    def __dealloc__(self):
+        PyMem_Free(self._mem)
+        self._mem = NULL
+        self.w = NULL
+
+    def __init__(self, size):
+        rs_cwindow_init(self.w, _args.count_window_size(size))
+
+    @property
+    def size(self):
+        return self.w.size
+
+    def record(self, outcome=0):
+        """Count one call (outcome: OUTCOME_* flags)."""
+        rs_cwindow_record(self.w, <uint32_t>_flags(outcome))
+
+    def snapshot(self):
+        """(calls, failures, slow) over the last `size` calls."""
+        cdef rs_wsnapshot s = rs_cwindow_snapshot(self.w)
+        return (s.calls, s.failures, s.slow)
+
+    def reset(self):
+        """Forget every outcome."""
+        rs_cwindow_reset(self.w)
+
+
+# ---- circuit ------------------------------------------------------------------------
+
+cdef class Circuit:
+    """Circuit breaker state machine (see csrc/rs_circuit.h)."""
+
+    def __cinit__(self):
+        self.c = <rs_circuit *>_alloc(sizeof(rs_circuit), &self._mem)
+        rs_circuit_init(self.c, 1000000, _args.SLOW_DISABLED_PPM, 1, 1, 1, 1, 0, 1, 0)
+
+    def __dealloc__(self):
+        PyMem_Free(self._mem)
+        self._mem = NULL
+        self.c = NULL
+
+    def __init__(
+        self,
+        failure_ratio,
+        minimum_throughput,
+        sampling_duration_ns,
+        break_duration_ns,
+        *,
+        max_break_duration_ns=0,
+        half_open_calls=1,
+        slow_call_ratio=None,
+        buckets=10,
+        now_ns=0,
+    ):
+        (
+            failure_ppm,
+            slow_ppm,
+            min_tp,
+            sampling,
+            nb,
+            brk,
+            max_brk,
+            hoc,
+            now,
+        ) = _args.circuit_args(
+            failure_ratio,
+            minimum_throughput,
+            sampling_duration_ns,
+            break_duration_ns,
+            max_break_duration_ns,
+            half_open_calls,
+            slow_call_ratio,
+            buckets,
+            now_ns,
+        )
+        rs_circuit_init(self.c, failure_ppm, slow_ppm, min_tp, sampling, nb, brk, max_brk,
+                        hoc, now)
+
+    # -- read-only views --
+    @property
+    def state(self):
+        return rs_circuit_state(self.c)
+
+    @property
+    def word(self):
+        return rs_load_acquire_u64(&self.c.word)
+
+    @property
+    def in_flight_probes(self):
+        cdef uint64_t w = rs_load_acquire_u64(&self.c.word)
+        return rs_cw_permits(w) if rs_cw_state(w) == RS_CS_HALF_OPEN else 0
+
+    @property
+    def half_open_calls(self):
+        return self.c.half_open_calls
+
+    @property
+    def admitted(self):
+        return rs_load_relaxed_u64(&self.c.admitted)
+
+    @property
+    def rejected(self):
+        return rs_load_relaxed_u64(&self.c.rejected)
+
+    @property
+    def successes(self):
+        return rs_load_relaxed_u64(&self.c.successes)
+
+    @property
+    def failures(self):
+        return rs_load_relaxed_u64(&self.c.failures)
+
+    @property
+    def slow(self):
+        return rs_load_relaxed_u64(&self.c.slow)
+
+    @property
+    def opened(self):
+        return rs_load_relaxed_u64(&self.c.opened)
+
+    @property
+    def half_opened(self):
+        return rs_load_relaxed_u64(&self.c.half_opened)
+
+    @property
+    def closed(self):
+        return rs_load_relaxed_u64(&self.c.closed)
+
+    @property
+    def isolated(self):
+        return rs_load_relaxed_u64(&self.c.isolated)
+
+    @property
+    def stale(self):
+        return rs_load_relaxed_u64(&self.c.stale)
+
+    def break_for(self, opens):
+        """Break length in ns for the n-th consecutive open."""
+        return rs_circuit_break_for(self.c, _opens_arg(opens))
+
+    def admit(self, now_ns):
+        """A ticket (>= 0) when the call may run; else -(wait_ns) - 1, or
+        ADMIT_ISOLATED."""
+        return rs_circuit_admit(self.c, _now(now_ns))
+
+    def record(self, ticket, now_ns, outcome=0):
+        """Report an admitted call's outcome; returns the state it moved the
+        circuit to, or NO_TRANSITION."""
+        cdef int64_t now = _now(now_ns)
+        cdef uint32_t flags = <uint32_t>_flags(outcome)
+        return rs_circuit_record(self.c, _ticket(ticket), now, flags)
+
+    def release(self, ticket):
+        """Give back a ticket without an outcome (the call was cancelled)."""
+        rs_circuit_release(self.c, _ticket(ticket))
+
+    def isolate(self, now_ns):
+        """Hold the circuit open until reset()."""
+        rs_circuit_isolate(self.c, _now(now_ns))
+
+    def reset(self, now_ns):
+        """Close the circuit and forget the window."""
+        rs_circuit_reset(self.c, _now(now_ns))
+
+    def retry_after_ns(self, now_ns):
+        """ns until a call could be admitted; -1 when isolated."""
+        return rs_circuit_retry_after(self.c, _now(now_ns))
+
+    def snapshot(self, now_ns):
+        """(calls, failures, slow) in the current closed-state window."""
+        cdef rs_wsnapshot s = rs_twindow_snapshot(&self.c.window, _now(now_ns))
+        return (s.calls, s.failures, s.slow)
+
+
+# ---- gate ---------------------------------------------------------------------------
+
+cdef class Gate:
+    """Concurrency gate: in-flight count against a changeable limit."""
+
+    def __cinit__(self):
+        self.g = <rs_gate *>_alloc(sizeof(rs_gate), &self._mem)
+        rs_gate_init(self.g, 0)
+
+    def __dealloc__(self):
+        PyMem_Free(self._mem)
+        self._mem = NULL
+        self.g = NULL
+
+    def __init__(self, limit):
+        rs_gate_init(self.g, _args.gate_limit(limit))
+
+    def try_enter(self):
+        """Take a slot if one is free."""
+        return rs_gate_try_enter(self.g)
+
+    def exit(self):
+        """Give a slot back."""
+        rs_gate_exit(self.g)
+
+    @property
+    def limit(self):
+        return rs_load_relaxed_i64(&self.g.limit)
+
+    @limit.setter
+    def limit(self, value):
+        rs_gate_set_limit(self.g, _args.gate_limit(value))
+
+    @limit.deleter
+    def limit(self):
+        raise AttributeError("can't delete attribute")
+
+    @property
+    def in_flight(self):
+        return rs_load_relaxed_i64(&self.g.in_flight)
+
+    @property
+    def admitted(self):
+        return rs_load_relaxed_u64(&self.g.admitted)
+
+    @property
+    def rejected(self):
+        return rs_load_relaxed_u64(&self.g.rejected)
+
+
+# ---- counters -----------------------------------------------------------------------
+
+cdef class Counters:
+    """A fixed array of event counters."""
+
+    def __cinit__(self):
+        self.c = <rs_counters *>_alloc(sizeof(rs_counters), &self._mem)
+        rs_counters_init(self.c, 0)
+
+    def __dealloc__(self):
+        PyMem_Free(self._mem)
+        self._mem = NULL
+        self.c = NULL
+
+    def __init__(self, n):
+        rs_counters_init(self.c, _args.counters_size(n))
+
+    def __len__(self):
+        return self.c.n
+
+    def add(self, i, d=1):
+        """Add d to counter i."""
+        cdef uint32_t idx = _counter_index(i, self.c.n)
+        rs_counters_add(self.c, idx, _delta(d))
+
+    def get(self, i):
+        """Counter i."""
+        return rs_counters_get(self.c, _counter_index(i, self.c.n))
+
+    def snapshot(self):
+        """All counters."""
+        cdef uint32_t i
+        return tuple([rs_counters_get(self.c, i) for i in range(self.c.n)])

@@ -1,0 +1,1 @@
+"""Resilience strategies: each usable alone (in a one-strategy Pipeline) or composed."""
