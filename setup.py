@@ -71,8 +71,17 @@ def _extensions() -> list[Extension]:
         extra_link_args=link_args,
         undef_macros=undef_macros,
     )
+    runner = Extension(
+        "resilio._runner_c",
+        sources=["resilio/_runner_c.pyx"],
+        include_dirs=["resilio", "csrc"],
+        depends=[*headers, "resilio/_runner_slots.h", "resilio/_core_c.pxd"],
+        extra_compile_args=compile_args,
+        extra_link_args=link_args,
+        undef_macros=undef_macros,
+    )
     return cythonize(
-        [ext],
+        [ext, runner],
         compiler_directives={
             "language_level": 3,
             "boundscheck": False,

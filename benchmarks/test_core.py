@@ -9,13 +9,14 @@ refused one; each test asserts afterwards that the intended path was the one mea
 Targets (compiled core, ns per call incl. loop overhead) are stored in
 `extra_info["target_ns"]` for report.py; the twin has none.
 
-Keyed buckets: the table is filled with `keys` distinct keys (1,000,000 on the
-compiled core; 100,000 on the twin, whose pure-Python SipHash would take minutes for
-1M, and also on the compiled core for as long as its KeyedBuckets is still the twin's
-class), then decisions are measured over random existing keys. The memory the fill
-added is measured as RSS growth (/proc/self/statm) and, on a compiled table, with
+Keyed buckets: the table is filled with distinct keys (1,000,000 on the compiled
+core; 100,000 on the twin, whose pure-Python SipHash would take minutes for 1M, and
+on the compiled core too if its KeyedBuckets is ever the twin's class), sized at
+keys / 0.667 slots, then decisions are measured over random existing keys (and, as a
+diagnostic, over 1,000 cache-hot ones). The memory is measured as RSS growth
+(/proc/self/statm) over construct + fill, and the constructor's allocation with
 tracemalloc; both are printed and stored in extra_info. Override the sizes with
-RESILIO_BENCH_KEYED_KEYS / RESILIO_BENCH_KEYED_LOAD.
+RESILIO_BENCH_KEYED_KEYS, RESILIO_BENCH_KEYED_KEYS_PY, RESILIO_BENCH_KEYED_LOAD.
 """
 
 from __future__ import annotations
@@ -27,10 +28,17 @@ import random
 import resource
 import time
 import tracemalloc
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
+import pytest
+
 from resilio import _core_py
+
+try:
+    from resilio import _core_c
+except ImportError:  # conftest's `core` fixture skips the c runs; so does `keyed`
+    _core_c = None  # type: ignore[assignment]
 
 OPS = 1000
 
@@ -51,6 +59,18 @@ KEYED_LOAD = float(os.environ.get("RESILIO_BENCH_KEYED_LOAD", 2 / 3))
 #: Random existing keys the decisions cycle through (OPS per round), enough that the
 #: table slots they touch do not all stay in cache.
 KEYED_POOL = 262_144
+
+KEYED_NOW = 1_000_000_000
+
+KEYED_IMPLS = [
+    pytest.param(
+        _core_c,
+        id="c",
+        marks=[pytest.mark.c_extension]
+        + ([pytest.mark.skip(reason="resilio._core_c is not built")] if _core_c is None else []),
+    ),
+    pytest.param(_core_py, id="py"),
+]
 
 _PAGE = os.sysconf("SC_PAGE_SIZE")
 
@@ -172,42 +192,44 @@ def _key(i: int) -> str:
     return f"client-{i:07d}"
 
 
-def test_keyed_try_acquire_live_keys(benchmark: Any, core: Any, per_op: Any) -> None:
+@pytest.fixture(scope="module", params=KEYED_IMPLS)
+def keyed(request: pytest.FixtureRequest) -> Iterator[dict[str, Any]]:
+    """A keyed table filled with distinct keys, and what the fill cost in memory.
+
+    Module-scoped: the random-key and hot-key benchmarks share one fill per
+    implementation (pytest finishes the c table before it builds the py one)."""
+    core = request.param
     compiled_table = core is not _core_py and core.KeyedBuckets is not _core_py.KeyedBuckets
     n = KEYED_KEYS_C if compiled_table else KEYED_KEYS_PY
     max_keys = math.ceil(n / KEYED_LOAD)
-    now = 1_000_000_000
     notes = []
     if core is _core_py:
-        notes.append(f"twin: {n:,} keys, not 1M (pure-Python SipHash makes a 1M fill slow)")
+        notes.append(f"twin: {n:,} keys, not 1M (its pure-Python SipHash makes a 1M fill slow)")
     elif not compiled_table:
         notes.append(
-            f"resilio._core_c.KeyedBuckets is still the twin's pure-Python class "
-            f"(csrc/rs_keyed.h not wired in): {n:,} keys, not a compiled figure"
+            f"resilio._core_c.KeyedBuckets is still the twin's pure-Python class: "
+            f"{n:,} keys, not a compiled figure"
         )
-
-    # -- fill, measuring what the table adds (the keys are formatted on the fly and
-    # dropped, so the growth is the table's) --
     gc.collect()
     rss0, maxrss0 = _rss(), _maxrss()
-    if compiled_table:
-        tracemalloc.start()
-    t0 = time.perf_counter()
-    # Rate 1/s, so a bucket that took a token stays "live" (not full again) for the
+    # The table is allocated once, up front: tracemalloc sees what the constructor
+    # takes; RSS growth over construct + fill also catches anything allocated per key
+    # (the keys are formatted on the fly and dropped, so the growth is the table's).
+    tracemalloc.start()
+    # Rate 1/s, so a bucket that took a token stays live (not full again) for the
     # whole run; burst 10**6, so no decision on an existing key is ever refused.
     kb = core.KeyedBuckets(1.0, 1_000_000, max_keys)
+    traced, _peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
     acquire = kb.try_acquire
+    t0 = time.process_time()
     for i in range(n):
-        acquire(_key(i), now)
-    fill_s = time.perf_counter() - t0
-    traced = None
-    if compiled_table:
-        traced, _peak = tracemalloc.get_traced_memory()
-        tracemalloc.stop()
+        acquire(_key(i), KEYED_NOW)
+    fill_s = time.process_time() - t0
     gc.collect()
     growth = _rss() - rss0
-    live = kb.count(now)
-    mem = {
+    live = kb.count(KEYED_NOW)
+    mem: dict[str, Any] = {
         "keys": n,
         "max_keys": max_keys,
         "live_keys": live,
@@ -225,18 +247,34 @@ def test_keyed_try_acquire_live_keys(benchmark: Any, core: Any, per_op: Any) -> 
     print(
         f"\n[keyed {_impl(core)}] {n:,} keys into max_keys={max_keys:,}: "
         f"RSS +{growth / 2**20:.1f} MiB ({growth / n:.1f} B/key), "
-        f"tracemalloc {'-' if traced is None else f'{traced / 2**20:.1f} MiB'}, "
-        f"live {live:,}, evicted {kb.evicted:,}, fill {fill_s:.1f} s"
+        f"constructor {traced / 2**20:.1f} MiB (tracemalloc), live {live:,}, "
+        f"evicted {kb.evicted:,}, fill {fill_s:.1f} s CPU"
     )
-
-    # -- decisions over random existing keys, cycling through a pool big enough that
-    # the slots touched are not all cache-hot --
     rng = random.Random(1234)
     pool = [_key(i) for i in rng.sample(range(n), min(n, KEYED_POOL))]
+    yield {
+        "core": core,
+        "kb": kb,
+        "n": n,
+        "compiled": compiled_table,
+        "mem": mem,
+        "notes": notes,
+        "pool": pool,
+    }
+    del kb, acquire, pool
+    gc.collect()
+
+
+def test_keyed_try_acquire_random_keys(benchmark: Any, keyed: dict[str, Any], per_op: Any) -> None:
+    """Decisions over random existing keys, cycling through a pool of 262,144 of them
+    (8 MiB of table), so most lookups miss the CPU caches as real traffic would."""
+    kb, core, pool = keyed["kb"], keyed["core"], keyed["pool"]
+    acquire = kb.try_acquire
     batches = [pool[i : i + OPS] for i in range(0, len(pool) - OPS + 1, OPS)]
     nb = len(batches)
     counter = [0]
-    rejected0 = kb.rejected
+    rejected0, inserted0 = kb.rejected, kb.inserted
+    now = KEYED_NOW
 
     def run() -> None:
         i = counter[0]
@@ -244,19 +282,39 @@ def test_keyed_try_acquire_live_keys(benchmark: Any, core: Any, per_op: Any) -> 
         for key in batches[i % nb]:
             acquire(key, now)
 
-    benchmark.group = "core: KeyedBuckets.try_acquire live keys"
+    benchmark.group = "core: KeyedBuckets.try_acquire random live keys"
     benchmark(run)
     assert kb.rejected == rejected0
     per_op(
         benchmark,
-        primitive=f"KeyedBuckets.try_acquire ({n:,} live keys)",
+        primitive=f"KeyedBuckets.try_acquire ({keyed['n']:,} live keys, random)",
         impl=_impl(core),
-        notes="; ".join(notes),
-        **mem,
-        **(_target(core, TARGET_KEYED) if compiled_table else {}),
+        notes="; ".join(keyed["notes"]),
+        reinserted=kb.inserted - inserted0,
+        **keyed["mem"],
+        **(_target(core, TARGET_KEYED) if keyed["compiled"] else {}),
     )
-    del kb, acquire, pool, batches
-    gc.collect()
+
+
+def test_keyed_try_acquire_hot_keys(benchmark: Any, keyed: dict[str, Any], per_op: Any) -> None:
+    """The same table, the same 1,000 keys every round (cache-resident): the cost of
+    the call and the hash without memory misses. Diagnostic, no target."""
+    kb, core = keyed["kb"], keyed["core"]
+    acquire = kb.try_acquire
+    keys = keyed["pool"][:OPS]
+    now = KEYED_NOW
+
+    def run() -> None:
+        for key in keys:
+            acquire(key, now)
+
+    benchmark.group = "core: KeyedBuckets.try_acquire hot keys"
+    benchmark(run)
+    per_op(
+        benchmark,
+        primitive=f"KeyedBuckets.try_acquire ({keyed['n']:,} live keys, 1,000 hot)",
+        impl=_impl(core),
+    )
 
 
 # ---- windows --------------------------------------------------------------------------

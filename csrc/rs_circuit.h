@@ -8,7 +8,12 @@
  *   bits 20-63  time in units of 2^16 ns (65.536 us):
  *               CLOSED/ISOLATED: when the state began (identity only)
  *               OPEN:            when the break ends (rounded up: never early)
- *               HALF_OPEN:       when the probe lease expires (rounded up)
+ *               HALF_OPEN:       when the probe lease expires (rounded up); a
+ *                                lease lasts the current break, break_for(opens)
+ *
+ * Only CLOSED and HALF_OPEN words are handed out as tickets, and their time
+ * stays below 2^43 units, so bit 63 is clear and a ticket is >= 0 as an
+ * int64_t. An OPEN word's break end may use all 44 bits: it is never early.
  *
  * An admission returns the word it was admitted under as a ticket. The
  * ticket's identity (everything but the probe counts) names the state period;
@@ -77,8 +82,22 @@ RS_INLINE int64_t rs_cw_time_ns(uint64_t w) {
 }
 
 RS_INLINE uint64_t rs_cw_units_floor(int64_t ns) { return (uint64_t)ns >> RS_CW_UNIT_SHIFT; }
+/* Probe lease end (a ticket word): saturates at the largest time the word holds
+ * with bit 63 clear, so a ticket is always >= 0. Only a lease ending past
+ * 2^59 - 2^16 ns (18 years) is cut short, so that it ends at that instant. */
+#define RS_CW_MAX_UNITS (((uint64_t)1 << 43) - 1)
 RS_INLINE uint64_t rs_cw_units_ceil(int64_t ns) {
-    return ((uint64_t)ns + ((1u << RS_CW_UNIT_SHIFT) - 1)) >> RS_CW_UNIT_SHIFT;
+    uint64_t u = ((uint64_t)ns + ((1u << RS_CW_UNIT_SHIFT) - 1)) >> RS_CW_UNIT_SHIFT;
+    return u < RS_CW_MAX_UNITS ? u : RS_CW_MAX_UNITS;
+}
+/* Break end (an OPEN word, never a ticket): the whole 44-bit field. now_ns <
+ * 2^59 and a break <= 2^59 give ns < 2^60, whose ceiling is at most 2^44; the
+ * saturated value, 2^60 - 2^16 ns, is still past every valid now_ns, so a break
+ * never ends early. */
+#define RS_CW_MAX_BREAK_UNITS (((uint64_t)1 << 44) - 1)
+RS_INLINE uint64_t rs_cw_break_units_ceil(int64_t ns) {
+    uint64_t u = ((uint64_t)ns + ((1u << RS_CW_UNIT_SHIFT) - 1)) >> RS_CW_UNIT_SHIFT;
+    return u < RS_CW_MAX_BREAK_UNITS ? u : RS_CW_MAX_BREAK_UNITS;
 }
 
 RS_INLINE uint64_t rs_cw_make(uint32_t state, uint32_t opens, uint32_t permits, uint32_t succ,
@@ -121,12 +140,17 @@ RS_INLINE uint64_t rs_circuit_open_word(const rs_circuit *c, uint64_t from, int6
     uint32_t opens = rs_cw_opens(from);
     if (opens < RS_CW_MAX_OPENS) opens++;
     int64_t until = now_ns + rs_circuit_break_for(c, opens);
-    return rs_cw_make(RS_CS_OPEN, opens, 0, 0, rs_cw_gen(from) + 1, rs_cw_units_ceil(until));
+    return rs_cw_make(RS_CS_OPEN, opens, 0, 0, rs_cw_gen(from) + 1, rs_cw_break_units_ceil(until));
 }
 
+/* A fresh half-open period from `from` (OPEN, or HALF_OPEN with every lease run
+ * out): one permit taken, and a lease as long as the current break (the one
+ * that has just ended: break_for(opens), not the base break). */
 RS_INLINE uint64_t rs_circuit_probe_word(const rs_circuit *c, uint64_t from, int64_t now_ns) {
-    return rs_cw_make(RS_CS_HALF_OPEN, rs_cw_opens(from), 1, 0, rs_cw_gen(from) + 1,
-                      rs_cw_units_ceil(now_ns + c->break_ns));
+    uint32_t opens = rs_cw_opens(from);
+    int64_t lease_end = now_ns + rs_circuit_break_for(c, opens);
+    return rs_cw_make(RS_CS_HALF_OPEN, opens, 1, 0, rs_cw_gen(from) + 1,
+                      rs_cw_units_ceil(lease_end));
 }
 
 /* Ask to run a call. Returns a ticket (>= 0) when admitted. When rejected
@@ -152,7 +176,7 @@ RS_INLINE int64_t rs_circuit_admit(rs_circuit *c, int64_t now_ns) {
                 return -(t - now_ns) - 1;
             }
             nw = rs_circuit_probe_word(c, w, now_ns);
-        } else if (rs_cw_permits(w) < c->half_open_calls) {
+        } else if (rs_cw_permits(w) < c->half_open_calls && rs_cw_succ(w) < c->half_open_calls) {
             nw = w + ((uint64_t)1 << RS_CW_PERMITS_SHIFT);
         } else if (now_ns >= t) {
             /* Every probe's lease has run out: start a fresh half-open period;
@@ -211,29 +235,38 @@ RS_INLINE int32_t rs_circuit_record(rs_circuit *c, int64_t ticket, int64_t now_n
     }
     /* HALF_OPEN probe. */
     for (;;) {
-        uint64_t nw;
-        int32_t result = RS_NO_TRANSITION;
         if (failed) {
-            nw = rs_circuit_open_word(c, w, now_ns);
-            result = (int32_t)RS_CS_OPEN;
-        } else {
-            uint32_t permits = rs_cw_permits(w);
-            uint32_t succ = rs_cw_succ(w) + 1;
-            if (succ >= c->half_open_calls) {
-                /* Clear before closing so the new closed period starts
-                 * empty; if the CAS loses, the window was unused anyway. */
-                rs_twindow_reset(&c->window, now_ns);
-                nw = rs_cw_make(RS_CS_CLOSED, 0, 0, 0, rs_cw_gen(w) + 1, rs_cw_units_floor(now_ns));
-                result = (int32_t)RS_CS_CLOSED;
-            } else {
-                nw = (w & RS_CW_ID_MASK) | ((uint64_t)(permits ? permits - 1 : 0) << RS_CW_PERMITS_SHIFT) |
-                     ((uint64_t)succ << RS_CW_SUCC_SHIFT);
+            if (rs_cas_acq_rel_u64(&c->word, &w, rs_circuit_open_word(c, w, now_ns))) {
+                rs_add_relaxed_u64(&c->opened, 1);
+                return (int32_t)RS_CS_OPEN;
             }
-        }
-        if (rs_cas_acq_rel_u64(&c->word, &w, nw)) {
-            if (result == (int32_t)RS_CS_OPEN) rs_add_relaxed_u64(&c->opened, 1);
-            if (result == (int32_t)RS_CS_CLOSED) rs_add_relaxed_u64(&c->closed, 1);
-            return result;
+        } else {
+            uint32_t succ = rs_cw_succ(w);
+            if (succ >= c->half_open_calls) return RS_NO_TRANSITION; /* another probe is closing */
+            uint32_t permits = rs_cw_permits(w);
+            succ++;
+            uint64_t nw = (w & RS_CW_ID_MASK) |
+                          ((uint64_t)(permits ? permits - 1 : 0) << RS_CW_PERMITS_SHIFT) |
+                          ((uint64_t)succ << RS_CW_SUCC_SHIFT);
+            if (rs_cas_acq_rel_u64(&c->word, &w, nw)) {
+                if (succ < c->half_open_calls) return RS_NO_TRANSITION;
+                /* This success completed the quota, so this thread alone
+                 * closes. No CLOSED period exists yet: clearing the window
+                 * cannot wipe anything the new period recorded. */
+                rs_twindow_reset(&c->window, now_ns);
+                uint64_t cur = nw;
+                for (;;) {
+                    uint64_t cl = rs_cw_make(RS_CS_CLOSED, 0, 0, 0, rs_cw_gen(cur) + 1,
+                                             rs_cw_units_floor(now_ns));
+                    if (rs_cas_acq_rel_u64(&c->word, &cur, cl)) {
+                        rs_add_relaxed_u64(&c->closed, 1);
+                        return (int32_t)RS_CS_CLOSED;
+                    }
+                    /* A probe failure, isolate(), reset() or a lease restart got
+                     * there first. */
+                    if ((cur & RS_CW_ID_MASK) != (nw & RS_CW_ID_MASK)) return RS_NO_TRANSITION;
+                }
+            }
         }
         if ((w & RS_CW_ID_MASK) != (t & RS_CW_ID_MASK)) return RS_NO_TRANSITION;
     }

@@ -37,8 +37,19 @@ RS_INLINE bool rs_gate_try_enter(rs_gate *g) {
     }
 }
 
-/* Acq_rel: the slot's release must be seen by the next enterer's CAS. */
-RS_INLINE void rs_gate_exit(rs_gate *g) { rs_add_acq_rel_i64(&g->in_flight, -1); }
+/* Gives a slot back. An exit without a matching enter (nothing in flight)
+ * does nothing: the count never goes below 0, which would let the next
+ * try_enter calls past the limit. */
+RS_INLINE void rs_gate_exit(rs_gate *g) {
+    /* Relaxed: only the CAS's first guess; a stale value just fails the CAS,
+     * which reloads it with acquire. */
+    int64_t n = rs_load_relaxed_i64(&g->in_flight);
+    while (n > 0) {
+        /* Acq_rel: the release publishes the slot holder's writes to the next
+         * enterer, whose CAS reads this value with acquire. */
+        if (rs_cas_acq_rel_i64(&g->in_flight, &n, n - 1)) return;
+    }
+}
 
 RS_INLINE void rs_gate_set_limit(rs_gate *g, int64_t limit) {
     rs_store_release_i64(&g->limit, limit);

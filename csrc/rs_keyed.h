@@ -25,7 +25,8 @@
  *        reuses of the slot and busy (odd) means a writer owns the entry.
  *        Putting the tag in the word a writer claims is what lets a lookup
  *        that meets a busy entry know at once whether its own key is being
- *        written there (see "Changes from the brief" below).
+ *        written there: other keys skip it without waiting, and the key's
+ *        own lookups help the writer instead of inserting the key again.
  *   fp0, fp1  the fingerprint; written only while seq is busy, published by
  *        the release store of the ready (even) seq. Read as a seqlock.
  *   tat  the GCRA word of rs_token_bucket.h (time the bucket is full again;
@@ -80,7 +81,7 @@
  * <= burst + (max now - min now) / interval, exactly as one rs_bucket, under
  * any interleaving and any preemption of threads.
  * Known imprecisions, all confined to tables that churn (entries reclaimed
- * or evicted) and to races, and each bounded by one request's n tokens:
+ * or evicted) and to rare races, each costing at most one bucket's burst:
  *   - two threads inserting the same new key into a full window at the same
  *     instant with different clocks may take two different slots; the copy
  *     later in the window is never looked up again and its first charge is
@@ -158,6 +159,13 @@ _Static_assert(sizeof(rs_keyed_entry) == 32, "rs_keyed_entry must be 32 bytes");
 /* Lookups one operation may restart because other threads changed the
  * window under it; past that it refuses (wait = one interval). */
 #define RS_KEYED_ROUNDS 256u
+
+/* Test hook: the points where a thread that owns an entry (or is taking
+ * one) could be preempted. Stress tests define it to stall there, to drive
+ * the helping and skipping paths; it compiles to nothing otherwise. */
+#ifndef RS_KEYED_STALL_POINT
+#define RS_KEYED_STALL_POINT() ((void)0)
+#endif
 
 /* ---- small helpers ------------------------------------------------------ */
 
@@ -258,6 +266,7 @@ RS_INLINE bool rs_keyed_publish(rs_keyed *t, rs_keyed_entry *e, uint64_t busy,
      * seqlock re-check fails */
     rs_store_release_u64(&e->fp0, q->fp0);
     rs_store_release_u64(&e->fp1, q->fp1); /* release: as for fp0 */
+    RS_KEYED_STALL_POINT();
     int64_t first;
     int64_t r = rs_keyed_step(t, RS_KEYED_FRESH(g), q, &first);
     int64_t expected = RS_KEYED_SENT(g);
@@ -310,6 +319,7 @@ RS_INLINE int rs_keyed_examine(rs_keyed *t, rs_keyed_entry *e, const rs_keyed_re
             uint64_t expected = 0;
             /* acq_rel: claims the slot; on failure we see what the winner wrote */
             if (rs_cas_strong_acq_rel_u64(&e->seq, &expected, busy)) {
+                RS_KEYED_STALL_POINT();
                 rs_add_relaxed_u64(&t->inserted, 1); /* relaxed: a tally */
                 return rs_keyed_publish(t, e, busy, q, h, out) ? RS_KEYED_R_DECIDED
                                                                : RS_KEYED_R_FOUND;
@@ -337,7 +347,7 @@ RS_INLINE int rs_keyed_examine(rs_keyed *t, rs_keyed_entry *e, const rs_keyed_re
         }
         /* acquire (both): a fp written by a later writer carries its busy seq */
         uint64_t f0 = rs_load_acquire_u64(&e->fp0);
-        uint64_t f1 = rs_load_acquire_u64(&e->fp1);
+        uint64_t f1 = rs_load_acquire_u64(&e->fp1); /* acquire: as fp0 */
         uint64_t s2 = rs_load_acquire_u64(&e->seq); /* acquire: seqlock re-check after the reads */
         if (s2 != s) {
             s = s2;
@@ -376,6 +386,7 @@ RS_INLINE int rs_keyed_claim(rs_keyed *t, rs_keyed_entry *e, uint64_t s, int64_t
     /* acq_rel: taking the slot is atomic against deciders' CAS on this word
      * (they expect a real value and fail on the sentinel) */
     if (!rs_cas_strong_acq_rel_i64(&e->tat, &expected, RS_KEYED_SENT(g))) return RS_KEYED_R_RETRY;
+    RS_KEYED_STALL_POINT();
     /* acquire: after our CAS read the latest tat, this sees the seq of whoever
      * wrote that tat (a reused slot shows its new generation) */
     if (rs_load_acquire_u64(&e->seq) != s) {
@@ -387,6 +398,7 @@ RS_INLINE int rs_keyed_claim(rs_keyed *t, rs_keyed_entry *e, uint64_t s, int64_t
     uint64_t busy = rs_keyed_seq_make(q->tag, g, 1);
     /* release: a helper that sees this busy word also sees our SENT(g) */
     rs_store_release_u64(&e->seq, busy);
+    RS_KEYED_STALL_POINT();
     rs_add_relaxed_u64(&t->inserted, 1); /* relaxed: a tally */
     if (evict) rs_add_relaxed_u64(&t->evicted, 1); /* relaxed: a tally */
     return rs_keyed_publish(t, e, busy, q, h, out) ? RS_KEYED_R_DECIDED : RS_KEYED_R_FOUND;
@@ -411,30 +423,28 @@ RS_INLINE int rs_keyed_take(rs_keyed *t, const rs_keyed_req *q, rs_keyed_hit *h,
                 if ((s >> 32) == q->tag) return RS_KEYED_R_RETRY;
                 break;
             }
+            bool ours = false;
             if ((s >> 32) == q->tag) {
                 uint64_t f0 = rs_load_acquire_u64(&e->fp0); /* acquire: seqlock read */
                 uint64_t f1 = rs_load_acquire_u64(&e->fp1); /* acquire: seqlock read */
-                uint64_t s2 = rs_load_acquire_u64(&e->seq); /* acquire: seqlock re-check */
-                if (s2 != s) {
-                    s = s2;
-                    continue;
-                }
-                if (f0 == q->fp0 && f1 == q->fp1) return RS_KEYED_R_RETRY; /* inserted since */
+                ours = f0 == q->fp0 && f1 == q->fp1;
             }
             int64_t v = rs_load_acquire_i64(&e->tat); /* acquire: as in examine */
-            uint64_t s2 = rs_load_acquire_u64(&e->seq); /* acquire: re-check after the tat */
+            uint64_t s2 = rs_load_acquire_u64(&e->seq); /* acquire: seqlock re-check */
             if (s2 != s) {
                 s = s2;
                 continue;
             }
             if (rs_keyed_is_sent(v)) {
-                /* someone is taking it, maybe for our key: wait for its tag */
+                /* someone is taking it (from our key, if ours), maybe for our
+                 * key: wait for its tag, then leave it out */
                 if (++spins < RS_KEYED_SPIN) {
                     s = rs_load_acquire_u64(&e->seq); /* acquire: as above */
                     continue;
                 }
                 break;
             }
+            if (ours) return RS_KEYED_R_RETRY; /* our key was inserted meanwhile */
             if (v <= q->now) {
                 if (!reclaim) {
                     reclaim = e;
@@ -477,6 +487,9 @@ RS_INLINE bool rs_keyed_decide(rs_keyed *t, const rs_keyed_hit *h, const rs_keye
     rs_keyed_entry *e = h->e;
     int64_t v = h->tat;
     for (;;) {
+        /* a sentinel is never decided on (publish can hand us one when a
+         * stale claim hit a busy entry): look again */
+        if (rs_keyed_is_sent(v)) return false;
         int64_t next;
         int64_t r = rs_keyed_step(t, v, q, &next);
         if (r < 0) { /* a refusal changes nothing; v is our key's validated tat */
@@ -494,8 +507,7 @@ RS_INLINE bool rs_keyed_decide(rs_keyed *t, const rs_keyed_hit *h, const rs_keye
             return false; /* charged the next occupant (stricter for it): retry ours */
         }
         /* acquire: validates v, the value another thread installed */
-        if (rs_keyed_is_sent(v) || !rs_keyed_same_gen(rs_load_acquire_u64(&e->seq), h->tok))
-            return false;
+        if (!rs_keyed_same_gen(rs_load_acquire_u64(&e->seq), h->tok)) return false;
     }
 }
 

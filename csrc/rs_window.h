@@ -104,9 +104,17 @@ RS_INLINE rs_wsnapshot rs_twindow_snapshot(rs_twindow *w, int64_t now_ns) {
         uint64_t idx = cur - i;
         rs_wbucket *b = &w->buckets[idx % n];
         uint32_t tag = (uint32_t)idx;
-        s.failures += rs_tagged_read(&b->failures, tag);
-        s.slow += rs_tagged_read(&b->slow, tag);
-        s.calls += rs_tagged_read(&b->calls, tag);
+        uint64_t f = rs_tagged_read(&b->failures, tag);
+        uint64_t sl = rs_tagged_read(&b->slow, tag);
+        uint64_t cw = rs_load_acquire_u64(&b->calls);
+        /* The marks count only while the bucket's calls word still carries
+         * this bucket: a newer bucket that reused the slot restarts the calls
+         * word at its first call but the failure/slow words only at its first
+         * failure/slow call, so stale marks can outlive their calls. */
+        if ((uint32_t)(cw >> 32) != tag) continue;
+        s.failures += f;
+        s.slow += sl;
+        s.calls += cw & 0xFFFFFFFFu;
     }
     return s;
 }

@@ -11,7 +11,7 @@ struct, e.g. ``rs_bucket_try_acquire(bucket.b, now_ns, 1)`` with ``bucket`` type
 primitive can later live in memory it does not own (a shared mapping).
 """
 
-from libc.stdint cimport int32_t, int64_t, uint32_t, uint64_t
+from libc.stdint cimport int32_t, int64_t, uint8_t, uint32_t, uint64_t
 
 
 cdef extern from "rs_atomic.h" nogil:
@@ -125,6 +125,8 @@ cdef extern from "rs_circuit.h" nogil:
     const uint64_t RS_CW_PERMITS_MASK
     const uint64_t RS_CW_SUCC_MASK
     const uint64_t RS_CW_ID_MASK
+    const uint64_t RS_CW_MAX_UNITS
+    const uint64_t RS_CW_MAX_BREAK_UNITS
     const int64_t RS_ADMIT_ISOLATED
 
     ctypedef struct rs_circuit:
@@ -156,6 +158,7 @@ cdef extern from "rs_circuit.h" nogil:
     int64_t rs_cw_time_ns(uint64_t w)
     uint64_t rs_cw_units_floor(int64_t ns)
     uint64_t rs_cw_units_ceil(int64_t ns)
+    uint64_t rs_cw_break_units_ceil(int64_t ns)
     uint64_t rs_cw_make(uint32_t state, uint32_t opens, uint32_t permits, uint32_t succ,
                         uint32_t gen, uint64_t time_units)
 
@@ -203,6 +206,57 @@ cdef extern from "rs_counters.h" nogil:
     uint64_t rs_counters_get(rs_counters *c, uint32_t i)
 
 
+cdef extern from "rs_siphash.h" nogil:
+    void rs_siphash128(const uint8_t *inp, size_t len, const uint8_t *k, uint64_t *out)
+
+
+cdef extern from "rs_keyed.h" nogil:
+    enum:
+        RS_KEYED_EVICT
+        RS_KEYED_REJECT
+        RS_KEYED_PROBE
+        RS_KEYED_MAX_KEY
+        RS_KEYED_SPIN
+        RS_KEYED_ROUNDS
+    const uint64_t RS_KEYED_MAX_CAPACITY
+    const int64_t RS_KEYED_MAX_NOW
+    const int64_t RS_KEYED_MAX_TOLERANCE
+    const int64_t RS_KEYED_MAX_WAIT
+    const uint32_t RS_KEYED_GEN_MAX
+    const int64_t RS_KEYED_SENT_BASE
+
+    ctypedef struct rs_keyed_entry:
+        rs_atomic_u64 seq
+        rs_atomic_u64 fp0
+        rs_atomic_u64 fp1
+        rs_atomic_i64 tat
+
+    ctypedef struct rs_keyed:
+        int64_t interval_ns
+        int64_t burst
+        uint64_t capacity
+        uint32_t on_full
+        uint32_t probe
+        uint8_t secret[16]
+        rs_atomic_u64 admitted
+        rs_atomic_u64 rejected
+        rs_atomic_u64 evicted
+        rs_atomic_u64 inserted
+        rs_keyed_entry entries[1]  # C: a flexible array member of `capacity` entries
+
+    size_t rs_keyed_size(uint64_t capacity)
+    int rs_keyed_check(int64_t interval_ns, int64_t burst, uint64_t capacity, uint32_t on_full)
+    void rs_keyed_init(rs_keyed *t, int64_t interval_ns, int64_t burst, uint64_t capacity,
+                       const uint8_t *secret, uint32_t on_full)
+    int64_t rs_keyed_try_acquire(rs_keyed *t, const uint8_t *key, size_t len, int64_t now_ns,
+                                 int64_t n)
+    int64_t rs_keyed_reserve(rs_keyed *t, const uint8_t *key, size_t len, int64_t now_ns,
+                             int64_t n, int64_t max_wait_ns)
+    void rs_keyed_refund(rs_keyed *t, const uint8_t *key, size_t len, int64_t now_ns, int64_t n)
+    int64_t rs_keyed_available(rs_keyed *t, const uint8_t *key, size_t len, int64_t now_ns)
+    uint64_t rs_keyed_count(rs_keyed *t, int64_t now_ns)
+
+
 # ---- the compiled classes (their Python API mirrors resilio._core_py) ----
 # `_mem` is the owned allocation the struct pointer points into (64-byte aligned inside
 # it); it is NULL when the struct lives in memory the object does not own.
@@ -236,3 +290,9 @@ cdef class Gate:
 cdef class Counters:
     cdef rs_counters *c
     cdef void *_mem
+
+
+cdef class KeyedBuckets:
+    cdef rs_keyed *t
+    cdef void *_mem
+    cdef double _rate

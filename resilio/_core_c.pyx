@@ -1,5 +1,5 @@
 # cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
-# cython: initializedcheck=False, embedsignature=True, embedsignature.format=python, binding=False
+# cython: initializedcheck=False, embedsignature=True, embedsignature.format=clinic, binding=False
 """Compiled core: thin classes over the header-only C in ``csrc/``.
 
 The public API is exactly that of the pure-Python twin ``resilio._core_py`` (same names,
@@ -13,14 +13,18 @@ signature, so an out-of-range int raises the twin's ``ValueError`` instead of Cy
 ``OverflowError``; on the success path the conversion is one C call per argument.
 """
 
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_Check, PyBytes_GET_SIZE
 from cpython.mem cimport PyMem_Free, PyMem_Malloc
 from cpython.number cimport PyNumber_Index
-from libc.stdint cimport int64_t, uint32_t, uint64_t, uintptr_t
-from libc.string cimport memset
+from cpython.unicode cimport PyUnicode_Check
+from libc.stdint cimport int64_t, uint8_t, uint32_t, uint64_t, uintptr_t
+from libc.string cimport memcpy, memset
+
+import math
+import os
 
 from resilio import _core_args as _args
-# TEMPORARY until csrc/rs_keyed.h exists: the twin's keyed table.
-from resilio._keyed_py import KEYED_EVICT, KEYED_REJECT, KeyedBuckets  # noqa
+from resilio import _keyed_py as _kp
 
 
 cdef extern from "Python.h":
@@ -30,6 +34,7 @@ cdef extern from "Python.h":
     long long _as_ll_ovf "PyLong_AsLongLongAndOverflow"(object o, int *overflow) noexcept
     unsigned long long _as_mask "PyLong_AsUnsignedLongLongMask"(object o) noexcept
     unsigned long long PyLong_AsUnsignedLongLong(object o) except? -1
+    const char *PyUnicode_AsUTF8AndSize(object o, Py_ssize_t *size) except NULL
 
 
 __all__ = [
@@ -60,29 +65,37 @@ OUTCOME_FAILURE = RS_OUTCOME_FAILURE
 OUTCOME_SLOW = RS_OUTCOME_SLOW
 ADMIT_ISOLATED = RS_ADMIT_ISOLATED
 NO_TRANSITION = RS_NO_TRANSITION
+KEYED_EVICT = RS_KEYED_EVICT
+KEYED_REJECT = RS_KEYED_REJECT
 
 cdef extern from *:
     """
     /* now_ns must fit the circuit word's time field (resilio._core_args.MAX_NOW_NS). */
     #define RS_PY_MAX_NOW ((int64_t)1 << 59)
-    /* GCRA words are int64: with now < 2**59, a tolerance (burst * interval_ns) and a
-     * reservation wait of at most 2**61 each keep every intermediate below 2**63. */
-    #define RS_PY_MAX_TOLERANCE ((int64_t)1 << 61)
-    #define RS_PY_MAX_WAIT ((int64_t)1 << 61)
     /* break_for() saturates long before this many doublings (break >= 1, max < 2**60). */
     #define RS_PY_MAX_OPENS_ARG 64
     """
     const int64_t _MAX_NOW "RS_PY_MAX_NOW"
-    const int64_t _MAX_TOLERANCE "RS_PY_MAX_TOLERANCE"
-    const int64_t _MAX_WAIT "RS_PY_MAX_WAIT"
     const uint32_t _MAX_OPENS_ARG "RS_PY_MAX_OPENS_ARG"
+
+# GCRA words are int64. TokenBucket takes the keyed table's bounds (rs_keyed.h): with
+# now < 2**59, a tolerance (burst * interval_ns) <= 2**60 (checked by
+# resilio._core_args.bucket_args for both implementations) and a reservation wait clamped
+# to 2**60 keep every intermediate below 2**63.
+cdef int64_t _MAX_WAIT = RS_KEYED_MAX_WAIT
+
+# The shared argument checks must use the C's bounds.
+if (_args.MAX_NOW_NS, _args.MAX_OPENS_ARG, _args.MAX_TOLERANCE_NS, _args.MAX_WAIT_NS) != (
+    _MAX_NOW, _MAX_OPENS_ARG, RS_KEYED_MAX_TOLERANCE, RS_KEYED_MAX_WAIT
+):
+    raise ImportError("resilio._core_args bounds differ from the compiled core's")
 
 
 # ---- argument conversion ------------------------------------------------------------
 # Fast paths are inline and allocate nothing; every raise is in an out-of-line function.
 
 cdef int _raise_bad_now(object now_ns) except -1:
-    raise ValueError(f"now_ns must be in [0, 2**59), got {now_ns!r}")
+    raise ValueError(_args.MSG_NOW.format(now_ns))
 
 
 cdef int64_t _now_slow(object now_ns) except -1:
@@ -111,24 +124,25 @@ cdef int64_t _tokens_slow(object n, int64_t burst) except -1:
     return _args.tokens(n, burst)
 
 
-cdef inline int64_t _one_token(object n, int64_t burst) except -1:
-    """n for try_acquire: the twin validates only when n != 1."""
-    cdef int ovf = 0
-    if PyLong_Check(n) and _as_ll_ovf(n, &ovf) == 1 and ovf == 0:
-        return 1
-    return _tokens_slow(n, burst)
-
-
 cdef inline int64_t _tokens(object n, int64_t burst) except -1:
     """n for reserve/refund: always validated, as the twin does."""
     cdef int ovf = 0
     cdef long long v
-    # Exact int only: bool is rejected by the shared check, which the slow path runs.
+    # An exact int in range passes the shared check as is; anything else (bool, an int
+    # subclass, a wrong type, out of range) goes through it for the twin's verdict.
     if type(n) is int:
         v = _as_ll_ovf(n, &ovf)
         if ovf == 0 and 1 <= v <= burst:
             return v
     return _tokens_slow(n, burst)
+
+
+cdef inline int64_t _one_token(object n, int64_t burst) except -1:
+    """n for try_acquire: the twin validates only when n != 1 (so True passes)."""
+    cdef int ovf = 0
+    if PyLong_Check(n) and _as_ll_ovf(n, &ovf) == 1 and ovf == 0:
+        return 1
+    return _tokens(n, burst)
 
 
 cdef int _flags_slow(object outcome) except -1:
@@ -162,18 +176,18 @@ cdef uint32_t _opens_arg(object opens) except? 0xFFFFFFFF:
 cdef int64_t _max_wait(object max_wait_ns) except -1:
     cdef int ovf = 0
     cdef long long v
-    if not PyLong_Check(max_wait_ns):
+    if type(max_wait_ns) is not int:
         max_wait_ns = PyNumber_Index(max_wait_ns)
     v = _as_ll_ovf(max_wait_ns, &ovf)
     if ovf < 0 or (ovf == 0 and v < 0):
-        raise ValueError(f"max_wait_ns must be >= 0, got {max_wait_ns!r}")
+        raise ValueError(_args.MSG_MAX_WAIT.format(max_wait_ns))
     if ovf > 0 or v > _MAX_WAIT:
         return _MAX_WAIT
     return v
 
 
 cdef int _raise_bad_index(object i) except -1:
-    raise IndexError("Counters index out of range")
+    raise IndexError(_args.MSG_INDEX)
 
 
 cdef inline uint32_t _counter_index(object i, uint32_t n) except? 0xFFFFFFFF:
@@ -193,7 +207,7 @@ cdef uint64_t _delta_slow(object d) except? 0xFFFFFFFFFFFFFFFF:
     i = PyNumber_Index(d)
     v = _as_ll_ovf(i, &ovf)
     if ovf < 0 or (ovf == 0 and v < 0):
-        raise ValueError(f"d must be >= 0, got {d!r}")
+        raise ValueError(_args.MSG_DELTA.format(d))
     # >= 2**63: exact up to 2**64 - 1, OverflowError beyond.
     return PyLong_AsUnsignedLongLong(i)
 
@@ -208,22 +222,30 @@ cdef inline uint64_t _delta(object d) except? 0xFFFFFFFFFFFFFFFF:
     return _delta_slow(d)
 
 
-cdef void *_alloc(size_t size, void **mem) except NULL:
-    """Zeroed memory for one struct, 64-byte aligned (its own cache lines); the block
-    to free goes to *mem."""
+cdef void *_alloc(size_t size, void **mem, size_t zero=<size_t>-1) except NULL:
+    """Memory for one struct, 64-byte aligned (its own cache lines), its first `zero`
+    bytes (all by default) zeroed; the block to free goes to *mem."""
+    if size == 0 or size > <size_t>-1 - 64:
+        raise MemoryError()
     cdef void *raw = PyMem_Malloc(size + 64)
     if raw == NULL:
         raise MemoryError()
     cdef void *p = <void *>((<uintptr_t>raw + 63) & ~(<uintptr_t>63))
-    memset(p, 0, size)
+    memset(p, 0, size if zero > size else zero)
     mem[0] = raw
     return p
 
 
 # ---- token bucket -------------------------------------------------------------------
+# Class docstrings open with "Name(signature)\n--\n\n" at column 0: CPython turns that into
+# the type's __text_signature__, so inspect.signature(TokenBucket) works on the compiled
+# classes (methods get theirs from embedsignature.format=clinic).
 
 cdef class TokenBucket:
-    """Token bucket (GCRA): `burst` tokens, refilled at `rate` per second."""
+    """TokenBucket(rate, burst)
+--
+
+Token bucket (GCRA): `burst` tokens, refilled at `rate` per second."""
 
     def __cinit__(self):
         self.b = <rs_bucket *>_alloc(sizeof(rs_bucket), &self._mem)
@@ -238,11 +260,6 @@ cdef class TokenBucket:
 
     def __init__(self, rate, burst):
         interval, burst_ = _args.bucket_args(rate, burst)
-        if interval * burst_ > _MAX_TOLERANCE:
-            raise ValueError(
-                f"burst / rate must be at most 2**61 ns (about 73 years), got "
-                f"burst={burst_!r} at {interval} ns per token"
-            )
         self._rate = float(rate)
         rs_bucket_init(self.b, interval, burst_)
 
@@ -294,7 +311,10 @@ cdef class TokenBucket:
 # ---- windows ------------------------------------------------------------------------
 
 cdef class TimeWindow:
-    """Outcomes over a sliding time window of `buckets` buckets."""
+    """TimeWindow(duration_ns, buckets=10)
+--
+
+Outcomes over a sliding time window of `buckets` buckets."""
 
     def __cinit__(self):
         self.w = <rs_twindow *>_alloc(sizeof(rs_twindow), &self._mem)
@@ -333,7 +353,10 @@ cdef class TimeWindow:
 
 
 cdef class CountWindow:
-    """Outcomes of the last `size` calls."""
+    """CountWindow(size)
+--
+
+Outcomes of the last `size` calls."""
 
     def __cinit__(self):
         self.w = <rs_cwindow *>_alloc(sizeof(rs_cwindow), &self._mem)
@@ -368,7 +391,10 @@ cdef class CountWindow:
 # ---- circuit ------------------------------------------------------------------------
 
 cdef class Circuit:
-    """Circuit breaker state machine (see csrc/rs_circuit.h)."""
+    """Circuit(failure_ratio, minimum_throughput, sampling_duration_ns, break_duration_ns, *, max_break_duration_ns=0, half_open_calls=1, slow_call_ratio=None, buckets=10, now_ns=0)
+--
+
+Circuit breaker state machine (see csrc/rs_circuit.h)."""
 
     def __cinit__(self):
         self.c = <rs_circuit *>_alloc(sizeof(rs_circuit), &self._mem)
@@ -515,7 +541,10 @@ cdef class Circuit:
 # ---- gate ---------------------------------------------------------------------------
 
 cdef class Gate:
-    """Concurrency gate: in-flight count against a changeable limit."""
+    """Gate(limit)
+--
+
+Concurrency gate: in-flight count against a changeable limit."""
 
     def __cinit__(self):
         self.g = <rs_gate *>_alloc(sizeof(rs_gate), &self._mem)
@@ -565,7 +594,10 @@ cdef class Gate:
 # ---- counters -----------------------------------------------------------------------
 
 cdef class Counters:
-    """A fixed array of event counters."""
+    """Counters(n)
+--
+
+A fixed array of event counters."""
 
     def __cinit__(self):
         self.c = <rs_counters *>_alloc(sizeof(rs_counters), &self._mem)
@@ -595,3 +627,184 @@ cdef class Counters:
         """All counters."""
         cdef uint32_t i
         return tuple([rs_counters_get(self.c, i) for i in range(self.c.n)])
+
+
+# ---- keyed buckets ------------------------------------------------------------------
+# Argument checks mirror resilio._keyed_py (same order, same messages: its MSG_*).
+
+cdef int _raise_keyed_n(object n, int64_t burst) except -1:
+    if isinstance(n, bool) or not isinstance(n, int):
+        raise TypeError(_kp.MSG_N_TYPE.format(n))
+    raise ValueError(_kp.MSG_N.format(burst, n))
+
+
+cdef inline int64_t _keyed_n(object n, int64_t burst) except -1:
+    cdef int ovf = 0
+    cdef long long v
+    if type(n) is int:
+        v = _as_ll_ovf(n, &ovf)
+        if ovf == 0 and 1 <= v <= burst:
+            return v
+    elif isinstance(n, int) and not isinstance(n, bool) and 1 <= n <= burst:
+        return n
+    _raise_keyed_n(n, burst)
+    return -1
+
+
+cdef int _raise_key(object key, Py_ssize_t size) except -1:
+    if size < 0:
+        raise TypeError(_kp.MSG_KEY_TYPE.format(key))
+    raise ValueError(_kp.MSG_KEY_LEN.format(size))
+
+
+cdef inline const uint8_t *_key(object key, Py_ssize_t *size) except NULL:
+    """The key's bytes (a str's UTF-8, cached in the str by CPython): no copy."""
+    cdef const char *p
+    if PyUnicode_Check(key):
+        p = PyUnicode_AsUTF8AndSize(key, size)
+    elif PyBytes_Check(key):
+        p = PyBytes_AS_STRING(key)
+        size[0] = PyBytes_GET_SIZE(key)
+    else:
+        _raise_key(key, -1)
+        return NULL
+    if size[0] > RS_KEYED_MAX_KEY:
+        _raise_key(key, size[0])
+        return NULL
+    return <const uint8_t *>p
+
+
+cdef class KeyedBuckets:
+    """KeyedBuckets(rate, burst, max_keys, *, secret=None, on_full=0)
+--
+
+A token bucket per key (`burst` tokens refilled at `rate` per second)
+in a table of at most `max_keys` keys."""
+
+    def __cinit__(self):
+        cdef uint8_t zero_secret[16]
+        memset(zero_secret, 0, 16)
+        # A valid one-entry table even if a subclass never calls __init__.
+        self.t = <rs_keyed *>_alloc(rs_keyed_size(1), &self._mem)
+        rs_keyed_init(self.t, 1, 1, 1, zero_secret, RS_KEYED_EVICT)
+        self._rate = 1e9
+
+    def __dealloc__(self):
+        PyMem_Free(self._mem)
+        self._mem = NULL
+        self.t = NULL
+
+    def __init__(self, rate, burst, max_keys, *, secret=None, on_full=KEYED_EVICT):
+        if isinstance(rate, bool) or not isinstance(rate, (int, float)):
+            raise TypeError(_kp.MSG_RATE_TYPE.format(rate))
+        if not math.isfinite(rate) or rate <= 0:
+            raise ValueError(_kp.MSG_RATE.format(rate))
+        if isinstance(burst, bool) or not isinstance(burst, int):
+            raise TypeError(_kp.MSG_BURST_TYPE.format(burst))
+        if not 1 <= burst <= _kp.MAX_BURST:
+            raise ValueError(_kp.MSG_BURST.format(burst))
+        interval = _args.ceil_period_ns(rate)
+        if burst * interval > _kp.MAX_TOLERANCE_NS:
+            raise ValueError(_kp.MSG_TOLERANCE.format(burst, rate))
+        if isinstance(max_keys, bool) or not isinstance(max_keys, int):
+            raise TypeError(_kp.MSG_MAX_KEYS_TYPE.format(max_keys))
+        if not 1 <= max_keys <= _kp.MAX_KEYS:
+            raise ValueError(_kp.MSG_MAX_KEYS.format(max_keys))
+        if secret is None:
+            secret = os.urandom(16)
+        elif not isinstance(secret, bytes):
+            raise TypeError(_kp.MSG_SECRET_TYPE.format(secret))
+        elif len(secret) != 16:
+            raise ValueError(_kp.MSG_SECRET.format(len(secret)))
+        if type(on_full) is not int or on_full not in (KEYED_EVICT, KEYED_REJECT):
+            raise ValueError(_kp.MSG_ON_FULL.format(on_full))
+        cdef int64_t c_interval = interval
+        cdef int64_t c_burst = burst
+        cdef uint64_t capacity = max_keys
+        cdef uint32_t c_on_full = on_full
+        cdef uint8_t c_secret[16]
+        memcpy(c_secret, PyBytes_AS_STRING(secret), 16)
+        if rs_keyed_check(c_interval, c_burst, capacity, c_on_full) != 0:
+            raise AssertionError("KeyedBuckets arguments passed the Python checks but not C's")
+        cdef size_t size = rs_keyed_size(capacity)
+        cdef void *mem = NULL
+        # rs_keyed_init writes every entry: zero only the header.
+        cdef rs_keyed *t = <rs_keyed *>_alloc(size, &mem, sizeof(rs_keyed))
+        rs_keyed_init(t, c_interval, c_burst, capacity, c_secret, c_on_full)
+        PyMem_Free(self._mem)
+        self._mem = mem
+        self.t = t
+        self._rate = float(rate)
+
+    # ---- read-only properties ----
+
+    @property
+    def rate(self):
+        return self._rate
+
+    @property
+    def burst(self):
+        return self.t.burst
+
+    @property
+    def max_keys(self):
+        return self.t.capacity
+
+    @property
+    def interval_ns(self):
+        return self.t.interval_ns
+
+    @property
+    def admitted(self):
+        return rs_load_relaxed_u64(&self.t.admitted)
+
+    @property
+    def rejected(self):
+        return rs_load_relaxed_u64(&self.t.rejected)
+
+    @property
+    def evicted(self):
+        return rs_load_relaxed_u64(&self.t.evicted)
+
+    @property
+    def inserted(self):
+        return rs_load_relaxed_u64(&self.t.inserted)
+
+    # ---- operations ----
+
+    def try_acquire(self, key, now_ns, n=1):
+        """Take n tokens for key now: 0 when admitted, else ns until they would be."""
+        cdef int64_t now = _now(now_ns)
+        cdef int64_t k = _keyed_n(n, self.t.burst)
+        cdef Py_ssize_t size
+        cdef const uint8_t *p = _key(key, &size)
+        return rs_keyed_try_acquire(self.t, p, <size_t>size, now, k)
+
+    def reserve(self, key, now_ns, n, max_wait_ns):
+        """Reserve n tokens for key usable within max_wait_ns: the wait (>= 0),
+        or -(wait needed) when refused. max_wait_ns is clamped to MAX_WAIT_NS."""
+        cdef int64_t now = _now(now_ns)
+        cdef int64_t k = _keyed_n(n, self.t.burst)
+        cdef int64_t max_wait = _max_wait(max_wait_ns)
+        cdef Py_ssize_t size
+        cdef const uint8_t *p = _key(key, &size)
+        return rs_keyed_reserve(self.t, p, <size_t>size, now, k, max_wait)
+
+    def refund(self, key, now_ns, n=1):
+        """Give back n tokens of an unused reservation; no-op for an unknown key."""
+        cdef int64_t now = _now(now_ns)
+        cdef int64_t k = _keyed_n(n, self.t.burst)
+        cdef Py_ssize_t size
+        cdef const uint8_t *p = _key(key, &size)
+        rs_keyed_refund(self.t, p, <size_t>size, now, k)
+
+    def available(self, key, now_ns):
+        """Whole tokens available to key at now_ns (burst for an unknown key)."""
+        cdef int64_t now = _now(now_ns)
+        cdef Py_ssize_t size
+        cdef const uint8_t *p = _key(key, &size)
+        return rs_keyed_available(self.t, p, <size_t>size, now)
+
+    def count(self, now_ns):
+        """Entries holding a live (not full) bucket at now_ns. O(max_keys)."""
+        return rs_keyed_count(self.t, _now(now_ns))

@@ -8,6 +8,7 @@ Python has no data races under the GIL, so CAS loops become plain updates.
 from __future__ import annotations
 
 from resilio import _core_args as _args
+from resilio._gcra_py import gcra_available, gcra_refund, gcra_step
 from resilio._keyed_py import KEYED_EVICT, KEYED_REJECT, KeyedBuckets
 
 __all__ = [
@@ -41,42 +42,14 @@ NO_TRANSITION = -1
 
 _TAT_FULL = -(1 << 63)
 _MAX_NOW = _args.MAX_NOW_NS
+_MAX_WAIT = _args.MAX_WAIT_NS
 _U32 = 0xFFFFFFFF
 _U64 = 0xFFFFFFFFFFFFFFFF
 
-
-def _bad_now(now_ns: int) -> ValueError:
-    return ValueError(f"now_ns must be in [0, 2**59), got {now_ns!r}")
-
-
-def _gcra_step(
-    tat: int, interval: int, burst: int, now_ns: int, n: int, max_wait: int
-) -> tuple[int, int]:
-    """Return (result, new_tat) exactly as rs_gcra_step decides."""
-    base = tat if tat > now_ns else now_ns
-    new_tat = base + n * interval
-    wait = new_tat - burst * interval - now_ns
-    if wait < 0:
-        wait = 0
-    if wait > max_wait:
-        return -wait, tat
-    return wait, new_tat
-
-
-def _gcra_refund(tat: int, interval: int, n: int, now_ns: int) -> int:
-    if tat <= now_ns:
-        return tat
-    new_tat = tat - n * interval
-    return now_ns if new_tat < now_ns else new_tat
-
-
-def _gcra_available(tat: int, interval: int, burst: int, now_ns: int) -> int:
-    if tat <= now_ns:
-        return burst
-    free_ns = burst * interval - (tat - now_ns)
-    if free_ns <= 0:
-        return 0
-    return free_ns // interval
+# Argument checks: every method tests the common case inline (an exact int in range) and
+# calls the shared conversion in resilio._core_args only otherwise, which converts or
+# raises exactly as the compiled wrapper does. Every check runs before any state changes.
+_now = _args.now
 
 
 class TokenBucket:
@@ -113,11 +86,11 @@ class TokenBucket:
 
     def try_acquire(self, now_ns: int, n: int = 1) -> int:
         """Take n tokens now: 0 when admitted, else ns until n are available."""
-        if not 0 <= now_ns < _MAX_NOW:
-            raise _bad_now(now_ns)
-        if n != 1:
-            _args.tokens(n, self._burst)
-        r, self._tat = _gcra_step(self._tat, self._interval, self._burst, now_ns, n, 0)
+        if type(now_ns) is not int or not 0 <= now_ns < _MAX_NOW:
+            now_ns = _now(now_ns)
+        if type(n) is not int or n != 1:
+            n = _args.one_token(n, self._burst)
+        r, self._tat = gcra_step(self._tat, self._interval, self._burst, now_ns, n, 0)
         if r == 0:
             self._admitted += 1
             return 0
@@ -127,12 +100,13 @@ class TokenBucket:
     def reserve(self, now_ns: int, n: int, max_wait_ns: int) -> int:
         """Reserve n tokens usable within max_wait_ns: the wait (>= 0), or
         -(wait needed) when refused."""
-        if not 0 <= now_ns < _MAX_NOW:
-            raise _bad_now(now_ns)
-        _args.tokens(n, self._burst)
-        if max_wait_ns < 0:
-            raise ValueError(f"max_wait_ns must be >= 0, got {max_wait_ns!r}")
-        r, self._tat = _gcra_step(self._tat, self._interval, self._burst, now_ns, n, max_wait_ns)
+        if type(now_ns) is not int or not 0 <= now_ns < _MAX_NOW:
+            now_ns = _now(now_ns)
+        if type(n) is not int or not 1 <= n <= self._burst:
+            n = _args.tokens(n, self._burst)
+        if type(max_wait_ns) is not int or not 0 <= max_wait_ns <= _MAX_WAIT:
+            max_wait_ns = _args.max_wait(max_wait_ns)
+        r, self._tat = gcra_step(self._tat, self._interval, self._burst, now_ns, n, max_wait_ns)
         if r >= 0:
             self._admitted += 1
         else:
@@ -141,16 +115,17 @@ class TokenBucket:
 
     def refund(self, now_ns: int, n: int = 1) -> None:
         """Give back n unused tokens of a reservation."""
-        if not 0 <= now_ns < _MAX_NOW:
-            raise _bad_now(now_ns)
-        _args.tokens(n, self._burst)
-        self._tat = _gcra_refund(self._tat, self._interval, n, now_ns)
+        if type(now_ns) is not int or not 0 <= now_ns < _MAX_NOW:
+            now_ns = _now(now_ns)
+        if type(n) is not int or not 1 <= n <= self._burst:
+            n = _args.tokens(n, self._burst)
+        self._tat = gcra_refund(self._tat, self._interval, n, now_ns)
 
     def available(self, now_ns: int) -> int:
         """Whole tokens available at now_ns."""
-        if not 0 <= now_ns < _MAX_NOW:
-            raise _bad_now(now_ns)
-        return _gcra_available(self._tat, self._interval, self._burst, now_ns)
+        if type(now_ns) is not int or not 0 <= now_ns < _MAX_NOW:
+            now_ns = _now(now_ns)
+        return gcra_available(self._tat, self._interval, self._burst, now_ns)
 
 
 # ---- windows ----
@@ -199,21 +174,22 @@ class TimeWindow:
 
     def record(self, now_ns: int, outcome: int = 0) -> None:
         """Count one call (outcome: OUTCOME_* flags) at now_ns."""
-        if not 0 <= now_ns < _MAX_NOW:
-            raise _bad_now(now_ns)
+        if type(now_ns) is not int or not 0 <= now_ns < _MAX_NOW:
+            now_ns = _now(now_ns)
+        flags = outcome & 3 if type(outcome) is int else _args.flags(outcome)
         idx = now_ns // self._width
         slot = idx % self._n
         tag = idx & _U32
         _tagged_inc(self._calls, slot, tag)
-        if outcome & OUTCOME_FAILURE:
+        if flags & OUTCOME_FAILURE:
             _tagged_inc(self._failures, slot, tag)
-        if outcome & OUTCOME_SLOW:
+        if flags & OUTCOME_SLOW:
             _tagged_inc(self._slow, slot, tag)
 
     def snapshot(self, now_ns: int) -> tuple[int, int, int]:
         """(calls, failures, slow) in the window ending at now_ns."""
-        if not 0 <= now_ns < _MAX_NOW:
-            raise _bad_now(now_ns)
+        if type(now_ns) is not int or not 0 <= now_ns < _MAX_NOW:
+            now_ns = _now(now_ns)
         cur = now_ns // self._width
         n = self._n
         calls = failures = slow = 0
@@ -222,16 +198,21 @@ class TimeWindow:
             idx = cur - i
             slot = idx % n
             tag = idx & _U32
+            i += 1
+            cw = self._calls[slot]
+            # Marks count only while the calls word still carries this bucket
+            # (see rs_twindow_snapshot).
+            if (cw >> 32) != tag:
+                continue
             failures += _tagged_read(self._failures[slot], tag)
             slow += _tagged_read(self._slow[slot], tag)
-            calls += _tagged_read(self._calls[slot], tag)
-            i += 1
+            calls += cw & _U32
         return calls, failures, slow
 
     def reset(self, now_ns: int) -> None:
         """Forget every outcome."""
-        if not 0 <= now_ns < _MAX_NOW:
-            raise _bad_now(now_ns)
+        if type(now_ns) is not int or not 0 <= now_ns < _MAX_NOW:
+            now_ns = _now(now_ns)
         cur = now_ns // self._width
         stale = ((cur - self._n) & _U32) << 32
         self._calls = [stale] * _MAXB
@@ -266,9 +247,10 @@ class CountWindow:
 
     def record(self, outcome: int = 0) -> None:
         """Count one call (outcome: OUTCOME_* flags)."""
+        flags = outcome & 3 if type(outcome) is int else _args.flags(outcome)
         p = self._pos % self._size
         self._pos = (self._pos + 1) & _U64
-        v = _SLOT_VALID | (outcome & (OUTCOME_FAILURE | OUTCOME_SLOW))
+        v = _SLOT_VALID | flags
         old = self._ring[p]
         self._ring[p] = v
         self._apply(v, old)
@@ -310,8 +292,21 @@ def _cw_make(state: int, opens: int, permits: int, succ: int, gen: int, units: i
     ) & _U64
 
 
+# Time-field saturation (see rs_cw_units_ceil / rs_cw_break_units_ceil): a probe lease
+# keeps bit 63 clear, so a ticket is >= 0; a break end may use the whole field, so it
+# lies beyond every valid now_ns and a break never ends early.
+_MAX_UNITS = (1 << 43) - 1
+_MAX_BREAK_UNITS = (1 << 44) - 1
+
+
 def _units_ceil(ns: int) -> int:
-    return (ns + (1 << _UNIT_SHIFT) - 1) >> _UNIT_SHIFT
+    u = (ns + (1 << _UNIT_SHIFT) - 1) >> _UNIT_SHIFT
+    return u if u < _MAX_UNITS else _MAX_UNITS
+
+
+def _break_units_ceil(ns: int) -> int:
+    u = (ns + (1 << _UNIT_SHIFT) - 1) >> _UNIT_SHIFT
+    return u if u < _MAX_BREAK_UNITS else _MAX_BREAK_UNITS
 
 
 def _gen(w: int) -> int:
@@ -444,6 +439,8 @@ class Circuit:
 
     def break_for(self, opens: int) -> int:
         """Break length in ns for the n-th consecutive open."""
+        if type(opens) is not int or not 0 <= opens <= _args.MAX_OPENS_ARG:
+            opens = _args.opens(opens)
         if self._max_break <= 0:
             return self._break
         b = self._break
@@ -458,17 +455,19 @@ class Circuit:
         if opens < _MAX_OPENS:
             opens += 1
         until = now_ns + self.break_for(opens)
-        return _cw_make(OPEN, opens, 0, 0, _gen(frm) + 1, _units_ceil(until))
+        return _cw_make(OPEN, opens, 0, 0, _gen(frm) + 1, _break_units_ceil(until))
 
     def _probe_word(self, frm: int, now_ns: int) -> int:
+        # The lease lasts the current break: the one that just ended.
         opens = (frm >> _OPENS_SHIFT) & 0xF
-        return _cw_make(HALF_OPEN, opens, 1, 0, _gen(frm) + 1, _units_ceil(now_ns + self._break))
+        lease = _units_ceil(now_ns + self.break_for(opens))
+        return _cw_make(HALF_OPEN, opens, 1, 0, _gen(frm) + 1, lease)
 
     def admit(self, now_ns: int) -> int:
         """A ticket (>= 0) when the call may run; else -(wait_ns) - 1, or
         ADMIT_ISOLATED."""
-        if not 0 <= now_ns < _MAX_NOW:
-            raise _bad_now(now_ns)
+        if type(now_ns) is not int or not 0 <= now_ns < _MAX_NOW:
+            now_ns = _now(now_ns)
         w = self._word
         st = w & 3
         c = self._counts
@@ -484,7 +483,7 @@ class Circuit:
                 c[1] += 1
                 return -(t - now_ns) - 1
             nw = self._probe_word(w, now_ns)
-        elif _permits(w) < self._hoc:
+        elif _permits(w) < self._hoc and _succ(w) < self._hoc:
             nw = w + (1 << _PERMITS_SHIFT)
         elif now_ns >= t:
             nw = self._probe_word(w, now_ns)
@@ -507,23 +506,24 @@ class Circuit:
     def record(self, ticket: int, now_ns: int, outcome: int = 0) -> int:
         """Report an admitted call's outcome; returns the state it moved the
         circuit to, or NO_TRANSITION."""
-        if not 0 <= now_ns < _MAX_NOW:
-            raise _bad_now(now_ns)
+        if type(now_ns) is not int or not 0 <= now_ns < _MAX_NOW:
+            now_ns = _now(now_ns)
+        flags = outcome & 3 if type(outcome) is int else _args.flags(outcome)
+        t = ticket & _U64 if type(ticket) is int else _args.ticket(ticket)
         c = self._counts
-        failed = bool(outcome & OUTCOME_FAILURE)
+        failed = bool(flags & OUTCOME_FAILURE)
         if failed:
             c[3] += 1
         else:
             c[2] += 1
-        if outcome & OUTCOME_SLOW:
+        if flags & OUTCOME_SLOW:
             c[4] += 1
-        t = ticket & _U64
         w = self._word
         if (w & _ID_MASK) != (t & _ID_MASK):
             c[9] += 1
             return NO_TRANSITION
         if t & 3 == CLOSED:
-            self._window.record(now_ns, outcome)
+            self._window.record(now_ns, flags)
             if not self._should_trip(*self._window.snapshot(now_ns)):
                 return NO_TRANSITION
             self._word = self._open_word(w, now_ns)
@@ -533,23 +533,27 @@ class Circuit:
             self._word = self._open_word(w, now_ns)
             c[5] += 1
             return OPEN
-        permits = _permits(w)
-        succ = _succ(w) + 1
+        succ = _succ(w)
         if succ >= self._hoc:
-            self._window.reset(now_ns)
-            self._word = _cw_make(CLOSED, 0, 0, 0, _gen(w) + 1, now_ns >> _UNIT_SHIFT)
-            c[7] += 1
-            return CLOSED
-        self._word = (
+            return NO_TRANSITION  # another probe is closing
+        permits = _permits(w)
+        succ += 1
+        nw = (
             (w & _ID_MASK)
             | ((permits - 1 if permits else 0) << _PERMITS_SHIFT)
             | (succ << _SUCC_SHIFT)
         )
-        return NO_TRANSITION
+        if succ < self._hoc:
+            self._word = nw
+            return NO_TRANSITION
+        self._window.reset(now_ns)
+        self._word = _cw_make(CLOSED, 0, 0, 0, _gen(nw) + 1, now_ns >> _UNIT_SHIFT)
+        c[7] += 1
+        return CLOSED
 
     def release(self, ticket: int) -> None:
         """Give back a ticket without an outcome (the call was cancelled)."""
-        t = ticket & _U64
+        t = ticket & _U64 if type(ticket) is int else _args.ticket(ticket)
         if t & 3 != HALF_OPEN:
             return
         w = self._word
@@ -559,8 +563,8 @@ class Circuit:
 
     def isolate(self, now_ns: int) -> None:
         """Hold the circuit open until reset()."""
-        if not 0 <= now_ns < _MAX_NOW:
-            raise _bad_now(now_ns)
+        if type(now_ns) is not int or not 0 <= now_ns < _MAX_NOW:
+            now_ns = _now(now_ns)
         w = self._word
         if w & 3 == ISOLATED:
             return
@@ -569,8 +573,8 @@ class Circuit:
 
     def reset(self, now_ns: int) -> None:
         """Close the circuit and forget the window."""
-        if not 0 <= now_ns < _MAX_NOW:
-            raise _bad_now(now_ns)
+        if type(now_ns) is not int or not 0 <= now_ns < _MAX_NOW:
+            now_ns = _now(now_ns)
         self._window.reset(now_ns)
         w = self._word
         self._word = _cw_make(CLOSED, 0, 0, 0, _gen(w) + 1, now_ns >> _UNIT_SHIFT)
@@ -579,6 +583,8 @@ class Circuit:
 
     def retry_after_ns(self, now_ns: int) -> int:
         """ns until a call could be admitted; -1 when isolated."""
+        if type(now_ns) is not int or not 0 <= now_ns < _MAX_NOW:
+            now_ns = _now(now_ns)
         w = self._word
         st = w & 3
         if st == CLOSED:
@@ -592,6 +598,8 @@ class Circuit:
 
     def snapshot(self, now_ns: int) -> tuple[int, int, int]:
         """(calls, failures, slow) in the current closed-state window."""
+        if type(now_ns) is not int or not 0 <= now_ns < _MAX_NOW:
+            now_ns = _now(now_ns)
         return self._window.snapshot(now_ns)
 
 
@@ -616,8 +624,10 @@ class Gate:
         return True
 
     def exit(self) -> None:
-        """Give a slot back."""
-        self._in_flight -= 1
+        """Give a slot back; an exit without a matching try_enter (nothing in flight)
+        does nothing."""
+        if self._in_flight > 0:
+            self._in_flight -= 1
 
     @property
     def limit(self) -> int:
@@ -653,11 +663,19 @@ class Counters:
 
     def add(self, i: int, d: int = 1) -> None:
         """Add d to counter i."""
-        self._v[i] += d
+        v = self._v
+        if type(i) is not int or not 0 <= i < len(v):
+            i = _args.counter_index(i, len(v))
+        if type(d) is not int or not 0 <= d <= _U64:
+            d = _args.counter_delta(d)
+        v[i] = (v[i] + d) & _U64  # wraps at 2**64, as the C's uint64 counters
 
     def get(self, i: int) -> int:
         """Counter i."""
-        return self._v[i]
+        v = self._v
+        if type(i) is not int or not 0 <= i < len(v):
+            i = _args.counter_index(i, len(v))
+        return v[i]
 
     def snapshot(self) -> tuple[int, ...]:
         """All counters."""

@@ -25,6 +25,9 @@ import math
 import os
 from array import array
 
+from resilio import _core_args as _args
+from resilio._gcra_py import gcra_available, gcra_refund, gcra_step
+
 __all__ = [
     "KEYED_EVICT",
     "KEYED_REJECT",
@@ -48,19 +51,19 @@ MAX_KEYS = (1 << 32) - 1
 #: Probe window length (min(max_keys, PROBE) slots).
 PROBE = 16
 #: now_ns must be in [0, MAX_NOW_NS) (same bound as the rest of the core).
-MAX_NOW_NS = 1 << 59
+MAX_NOW_NS = _args.MAX_NOW_NS
 #: burst * interval_ns must not exceed this (about 36 years).
-MAX_TOLERANCE_NS = 1 << 60
+MAX_TOLERANCE_NS = _args.MAX_TOLERANCE_NS
 #: reserve() clamps max_wait_ns to this.
-MAX_WAIT_NS = 1 << 60
-MAX_BURST = 1 << 31
+MAX_WAIT_NS = _args.MAX_WAIT_NS
+MAX_BURST = _args.MAX_BURST
 
 # Error messages, shared word for word with the compiled wrapper.
 MSG_RATE_TYPE = "rate must be a number, got {!r}"
 MSG_RATE = "rate must be a finite number > 0, got {!r}"
 MSG_BURST_TYPE = "burst must be an int, got {!r}"
 MSG_BURST = "burst must be in [1, 2147483648], got {!r}"
-MSG_TOLERANCE = "burst / rate must be at most 2**60 ns (about 36 years), got burst={!r} rate={!r}"
+MSG_TOLERANCE = _args.MSG_TOLERANCE
 MSG_MAX_KEYS_TYPE = "max_keys must be an int, got {!r}"
 MSG_MAX_KEYS = "max_keys must be in [1, 4294967295], got {!r}"
 MSG_SECRET_TYPE = "secret must be bytes or None, got {!r}"
@@ -70,8 +73,8 @@ MSG_KEY_TYPE = "key must be str or bytes, got {!r}"
 MSG_KEY_LEN = "key must be at most 64 bytes (UTF-8 for str), got {!r} bytes"
 MSG_N_TYPE = "n must be an int, got {!r}"
 MSG_N = "n must be in [1, burst={!r}], got {!r}"
-MSG_NOW = "now_ns must be in [0, 2**59), got {!r}"
-MSG_MAX_WAIT = "max_wait_ns must be >= 0, got {!r}"
+MSG_NOW = _args.MSG_NOW
+MSG_MAX_WAIT = _args.MSG_MAX_WAIT
 
 _M64 = 0xFFFF_FFFF_FFFF_FFFF
 _INT64_MIN = -(1 << 63)
@@ -134,45 +137,22 @@ def siphash128(data: bytes, key: bytes) -> tuple[int, int]:
     return out0, v0 ^ v1 ^ v2 ^ v3
 
 
-# ---- GCRA (mirrors rs_gcra_step / rs_gcra_refund / rs_gcra_available) ----------
-
-
-def _gcra_step(
-    tat: int, interval: int, burst: int, now_ns: int, n: int, max_wait: int
-) -> tuple[int, int]:
-    """(result, new_tat) exactly as rs_gcra_step decides; tat unchanged on refusal."""
-    base = tat if tat > now_ns else now_ns
-    new_tat = base + n * interval
-    wait = new_tat - burst * interval - now_ns
-    if wait < 0:
-        wait = 0
-    if wait > max_wait:
-        return -wait, tat
-    return wait, new_tat
-
-
-def _gcra_refund(tat: int, interval: int, n: int, now_ns: int) -> int:
-    if tat <= now_ns:
-        return tat
-    new_tat = tat - n * interval
-    return now_ns if new_tat < now_ns else new_tat
-
-
-def _gcra_available(tat: int, interval: int, burst: int, now_ns: int) -> int:
-    if tat <= now_ns:
-        return burst
-    free_ns = burst * interval - (tat - now_ns)
-    if free_ns <= 0:
-        return 0
-    return free_ns // interval
-
-
 # ---- argument checks -----------------------------------------------------------
 
 
-def _check_now(now_ns: int) -> None:
-    if not 0 <= now_ns < MAX_NOW_NS:
-        raise ValueError(MSG_NOW.format(now_ns))
+def _check_now(now_ns: int) -> int:
+    """now_ns as an int in [0, MAX_NOW_NS): anything with __index__ is accepted, a float
+    is a TypeError (as the compiled wrapper's int64 conversion)."""
+    if type(now_ns) is int and 0 <= now_ns < MAX_NOW_NS:
+        return now_ns
+    return _args.now(now_ns)
+
+
+def _check_max_wait(max_wait_ns: int) -> int:
+    """max_wait_ns as an int in [0, MAX_WAIT_NS] (larger values are clamped)."""
+    if type(max_wait_ns) is int and 0 <= max_wait_ns <= MAX_WAIT_NS:
+        return max_wait_ns
+    return _args.max_wait(max_wait_ns)
 
 
 def _check_n(n: int, burst: int) -> None:
@@ -233,7 +213,7 @@ class KeyedBuckets:
             raise TypeError(MSG_BURST_TYPE.format(burst))
         if not 1 <= burst <= MAX_BURST:
             raise ValueError(MSG_BURST.format(burst))
-        interval = max(1, math.ceil(1e9 / rate))
+        interval = _args.ceil_period_ns(rate)
         if burst * interval > MAX_TOLERANCE_NS:
             raise ValueError(MSG_TOLERANCE.format(burst, rate))
         if isinstance(max_keys, bool) or not isinstance(max_keys, int):
@@ -324,7 +304,7 @@ class KeyedBuckets:
         idx, empty = self._lookup(fp0, fp1)
         tat = self._tat
         if idx >= 0:
-            r, tat[idx] = _gcra_step(tat[idx], self._interval, self._burst, now_ns, n, max_wait)
+            r, tat[idx] = gcra_step(tat[idx], self._interval, self._burst, now_ns, n, max_wait)
             return r
         gen = 1
         evict = False
@@ -361,14 +341,14 @@ class KeyedBuckets:
         self._inserted += 1
         if evict:
             self._evicted += 1
-        r, tat[idx] = _gcra_step(_INT64_MIN + gen, self._interval, self._burst, now_ns, n, max_wait)
+        r, tat[idx] = gcra_step(_INT64_MIN + gen, self._interval, self._burst, now_ns, n, max_wait)
         return r
 
     # ---- operations ----
 
     def try_acquire(self, key: str | bytes, now_ns: int, n: int = 1) -> int:
         """Take n tokens for key now: 0 when admitted, else ns until they would be."""
-        _check_now(now_ns)
+        now_ns = _check_now(now_ns)
         _check_n(n, self._burst)
         r = self._acquire(key, now_ns, n, 0)
         if r == 0:
@@ -380,11 +360,10 @@ class KeyedBuckets:
     def reserve(self, key: str | bytes, now_ns: int, n: int, max_wait_ns: int) -> int:
         """Reserve n tokens for key usable within max_wait_ns: the wait (>= 0),
         or -(wait needed) when refused. max_wait_ns is clamped to MAX_WAIT_NS."""
-        _check_now(now_ns)
+        now_ns = _check_now(now_ns)
         _check_n(n, self._burst)
-        if max_wait_ns < 0:
-            raise ValueError(MSG_MAX_WAIT.format(max_wait_ns))
-        r = self._acquire(key, now_ns, n, min(max_wait_ns, MAX_WAIT_NS))
+        max_wait = _check_max_wait(max_wait_ns)
+        r = self._acquire(key, now_ns, n, max_wait)
         if r >= 0:
             self._admitted += 1
         else:
@@ -393,23 +372,23 @@ class KeyedBuckets:
 
     def refund(self, key: str | bytes, now_ns: int, n: int = 1) -> None:
         """Give back n tokens of an unused reservation; no-op for an unknown key."""
-        _check_now(now_ns)
+        now_ns = _check_now(now_ns)
         _check_n(n, self._burst)
         fp0, fp1 = siphash128(_key_bytes(key), self._secret)
         idx, _ = self._lookup(fp0, fp1)
         if idx >= 0:
-            self._tat[idx] = _gcra_refund(self._tat[idx], self._interval, n, now_ns)
+            self._tat[idx] = gcra_refund(self._tat[idx], self._interval, n, now_ns)
 
     def available(self, key: str | bytes, now_ns: int) -> int:
         """Whole tokens available to key at now_ns (burst for an unknown key)."""
-        _check_now(now_ns)
+        now_ns = _check_now(now_ns)
         fp0, fp1 = siphash128(_key_bytes(key), self._secret)
         idx, _ = self._lookup(fp0, fp1)
         if idx < 0:
             return self._burst
-        return _gcra_available(self._tat[idx], self._interval, self._burst, now_ns)
+        return gcra_available(self._tat[idx], self._interval, self._burst, now_ns)
 
     def count(self, now_ns: int) -> int:
         """Entries holding a live (not full) bucket at now_ns. O(max_keys)."""
-        _check_now(now_ns)
+        now_ns = _check_now(now_ns)
         return sum(1 for s, v in zip(self._seq, self._tat, strict=True) if s and v > now_ns)

@@ -15,6 +15,7 @@ import inspect
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from typing import Any, ParamSpec, TypeVar
 
+from resilio import _core
 from resilio.clock import Clock
 from resilio.strategies._base import WAIT, GateStrategy, Runner, Shaper, Strategy
 
@@ -105,6 +106,22 @@ def _gate_n(gates: tuple[GateStrategy, ...], inner: Runner | None) -> Runner:
     return run
 
 
+try:
+    from resilio._runner_c import Bound as _CBound
+    from resilio._runner_c import GateGroup as _CGateGroup
+except ImportError:  # pure-Python install: the Python runners below do the same
+    _CGateGroup = _CBound = None
+
+_MAX_C_GATES = 4
+
+
+def _gate_runner(gates: tuple[GateStrategy, ...], inner: Runner | None) -> Runner:
+    # The compiled step follows the core choice, so both are tested together.
+    if _CGateGroup is not None and _core.core_impl == "cython" and len(gates) <= _MAX_C_GATES:
+        return _CGateGroup(gates, inner)  # type: ignore[no-any-return]
+    return _gate1(gates[0], inner) if len(gates) == 1 else _gate_n(gates, inner)
+
+
 def _compile(strategies: Sequence[Strategy]) -> Runner | None:
     """Build the runner chain from the innermost strategy outwards."""
     runner: Runner | None = None
@@ -115,7 +132,7 @@ def _compile(strategies: Sequence[Strategy]) -> Runner | None:
         if not pending:
             return
         gates = tuple(reversed(pending))  # pending was collected innermost first
-        runner = _gate1(gates[0], runner) if len(gates) == 1 else _gate_n(gates, runner)
+        runner = _gate_runner(gates, runner)
         pending.clear()
 
     for s in reversed(strategies):
@@ -177,6 +194,12 @@ class Pipeline:
     def __call__(self, fn: Callable[P, Awaitable[R]]) -> Callable[P, Coroutine[Any, Any, R]]:
         """Decorate an async function so every call runs through the pipeline."""
         run = self._run
+        if _CBound is not None and _core.core_impl == "cython":
+            # A compiled callable: no Python frame between the caller and the runner.
+            bound = _CBound(run, fn)
+            functools.update_wrapper(bound, fn)
+            _mark_coroutine_function(bound)
+            return bound  # type: ignore[no-any-return]
 
         @functools.wraps(fn)
         def wrapper(*args: P.args, **kwargs: P.kwargs) -> Coroutine[Any, Any, R]:

@@ -343,7 +343,8 @@ def pyrate_token_bucket() -> Batch:
     return _pyrate(limiter_factory.create_token_bucket_limiter(10**9, Duration.SECOND))
 
 
-def hyx_tokenbucket() -> Batch:
+async def hyx_tokenbucket() -> Batch:
+    # hyx's limiter captures the running loop when it is built.
     _need("hyx")
     from hyx.ratelimit import tokenbucket
 
@@ -461,73 +462,191 @@ class Case:
 CASES = [
     Case("bare", "baseline", "-", bare, "await f()"),
     Case("resilio-retry", "retry", "resilio", r_retry, "Pipeline(Retry(attempts=3))"),
-    Case("resilio-circuit_breaker", "circuit_breaker", "resilio", r_breaker,
-         "Pipeline(CircuitBreaker())"),
-    Case("resilio-rate_limiter", "rate_limiter", "resilio", r_limiter,
-         "Pipeline(RateLimiter(rate=1e9, burst=10**9))"),
+    Case(
+        "resilio-circuit_breaker",
+        "circuit_breaker",
+        "resilio",
+        r_breaker,
+        "Pipeline(CircuitBreaker())",
+    ),
+    Case(
+        "resilio-rate_limiter",
+        "rate_limiter",
+        "resilio",
+        r_limiter,
+        "Pipeline(RateLimiter(rate=1e9, burst=10**9))",
+    ),
     Case("resilio-timeout", "timeout", "resilio", r_timeout, "Pipeline(Timeout(30.0))"),
     Case("resilio-bulkhead", "bulkhead", "resilio", r_bulkhead, "Pipeline(Bulkhead(1000))"),
-    Case("resilio-hedging", "hedging", "resilio", r_hedging,
-         "Pipeline(Hedging(delay=1.0)), primary wins"),
-    Case("resilio-fallback", "fallback", "resilio", r_fallback,
-         "Pipeline(Fallback(value=None))"),
-    Case("resilio-pipeline", "pipeline", "resilio", r_pipeline,
-         "Pipeline(RateLimiter(1e9, 10**9), Timeout(30.0), Retry(3), CircuitBreaker(), "
-         "Timeout(10.0)) as decorator"),
-    Case("resilio-pipeline-execute", "pipeline", "resilio (execute)", r_pipeline_execute,
-         "same pipeline, await pipeline.execute(f)"),
-    Case("tenacity-retry", "retry", "tenacity", tenacity_decorator,
-         "@retry(stop=stop_after_attempt(3))"),
-    Case("tenacity-AsyncRetrying", "retry", "tenacity", tenacity_async_retrying,
-         "async for attempt in AsyncRetrying(stop=stop_after_attempt(3))"),
-    Case("stamina-retry", "retry", "stamina", stamina_retry,
-         "@stamina.retry(on=Exception, attempts=3)"),
-    Case("backoff-on_exception", "retry", "backoff", backoff_on_exception,
-         "@backoff.on_exception(backoff.expo, Exception, max_tries=3)"),
+    Case(
+        "resilio-hedging",
+        "hedging",
+        "resilio",
+        r_hedging,
+        "Pipeline(Hedging(delay=1.0)), primary wins",
+    ),
+    Case("resilio-fallback", "fallback", "resilio", r_fallback, "Pipeline(Fallback(value=None))"),
+    Case(
+        "resilio-pipeline",
+        "pipeline",
+        "resilio",
+        r_pipeline,
+        "Pipeline(RateLimiter(1e9, 10**9), Timeout(30.0), Retry(3), CircuitBreaker(), "
+        "Timeout(10.0)) as decorator",
+    ),
+    Case(
+        "resilio-pipeline-execute",
+        "pipeline",
+        "resilio (execute)",
+        r_pipeline_execute,
+        "same pipeline, await pipeline.execute(f)",
+    ),
+    Case(
+        "tenacity-retry",
+        "retry",
+        "tenacity",
+        tenacity_decorator,
+        "@retry(stop=stop_after_attempt(3))",
+    ),
+    Case(
+        "tenacity-AsyncRetrying",
+        "retry",
+        "tenacity",
+        tenacity_async_retrying,
+        "async for attempt in AsyncRetrying(stop=stop_after_attempt(3))",
+    ),
+    Case(
+        "stamina-retry",
+        "retry",
+        "stamina",
+        stamina_retry,
+        "@stamina.retry(on=Exception, attempts=3)",
+    ),
+    Case(
+        "backoff-on_exception",
+        "retry",
+        "backoff",
+        backoff_on_exception,
+        "@backoff.on_exception(backoff.expo, Exception, max_tries=3)",
+    ),
     Case("hyx-retry", "retry", "hyx", hyx_retry, "@hyx.retry.retry(on=Exception, attempts=3)"),
-    Case("pybreaker-call_async", "circuit_breaker", "pybreaker", pybreaker_call_async,
-         "await breaker.call_async(f) (tornado coroutine)"),
-    Case("pybreaker-calling", "circuit_breaker", "pybreaker", pybreaker_calling,
-         "with breaker.calling(): await f() (sync context manager)"),
-    Case("aiobreaker", "circuit_breaker", "aiobreaker", aiobreaker_decorator,
-         "@aiobreaker.CircuitBreaker()"),
-    Case("purgatory", "circuit_breaker", "purgatory", purgatory_decorator,
-         "@AsyncCircuitBreakerFactory()('bench') (in-memory)"),
-    Case("circuitbreaker", "circuit_breaker", "circuitbreaker", circuitbreaker_decorator,
-         "@CircuitBreaker() (the class behind @circuit)"),
+    Case(
+        "pybreaker-call_async",
+        "circuit_breaker",
+        "pybreaker",
+        pybreaker_call_async,
+        "await breaker.call_async(f) (tornado coroutine)",
+    ),
+    Case(
+        "pybreaker-calling",
+        "circuit_breaker",
+        "pybreaker",
+        pybreaker_calling,
+        "with breaker.calling(): await f() (sync context manager)",
+    ),
+    Case(
+        "aiobreaker",
+        "circuit_breaker",
+        "aiobreaker",
+        aiobreaker_decorator,
+        "@aiobreaker.CircuitBreaker()",
+    ),
+    Case(
+        "purgatory",
+        "circuit_breaker",
+        "purgatory",
+        purgatory_decorator,
+        "@AsyncCircuitBreakerFactory()('bench') (in-memory)",
+    ),
+    Case(
+        "circuitbreaker",
+        "circuit_breaker",
+        "circuitbreaker",
+        circuitbreaker_decorator,
+        "@CircuitBreaker() (the class behind @circuit)",
+    ),
     Case("hyx-breaker", "circuit_breaker", "hyx", hyx_breaker, "@consecutive_breaker()"),
-    Case("aiolimiter", "rate_limiter", "aiolimiter", aiolimiter_ctx,
-         "async with AsyncLimiter(10**9, 1)"),
-    Case("limits-moving_window", "rate_limiter", "limits", limits_moving_window,
-         "limits.aio MovingWindowRateLimiter(MemoryStorage()).hit, 10**9/s"),
-    Case("limits-fixed_window", "rate_limiter", "limits", limits_fixed_window,
-         "limits.aio FixedWindowRateLimiter(MemoryStorage()).hit, 10**9/s"),
-    Case("pyrate-in_memory", "rate_limiter", "pyrate-limiter", pyrate_in_memory,
-         "Limiter(Rate(10**9, SECOND)).try_acquire_async (in-memory log)"),
-    Case("pyrate-token_bucket", "rate_limiter", "pyrate-limiter", pyrate_token_bucket,
-         "create_token_bucket_limiter(10**9, SECOND).try_acquire_async"),
-    Case("hyx-tokenbucket", "rate_limiter", "hyx", hyx_tokenbucket,
-         "@tokenbucket(max_executions=1e9, per_time_secs=1)"),
-    Case("asyncio-timeout", "timeout", "asyncio", asyncio_timeout,
-         "async with asyncio.timeout(30.0)"),
-    Case("asyncio-wait_for", "timeout", "asyncio", asyncio_wait_for,
-         "await asyncio.wait_for(f(), 30.0)"),
+    Case(
+        "aiolimiter",
+        "rate_limiter",
+        "aiolimiter",
+        aiolimiter_ctx,
+        "async with AsyncLimiter(10**9, 1)",
+    ),
+    Case(
+        "limits-moving_window",
+        "rate_limiter",
+        "limits",
+        limits_moving_window,
+        "limits.aio MovingWindowRateLimiter(MemoryStorage()).hit, 10**9/s",
+    ),
+    Case(
+        "limits-fixed_window",
+        "rate_limiter",
+        "limits",
+        limits_fixed_window,
+        "limits.aio FixedWindowRateLimiter(MemoryStorage()).hit, 10**9/s",
+    ),
+    Case(
+        "pyrate-in_memory",
+        "rate_limiter",
+        "pyrate-limiter",
+        pyrate_in_memory,
+        "Limiter(Rate(10**9, SECOND)).try_acquire_async (in-memory log)",
+    ),
+    Case(
+        "pyrate-token_bucket",
+        "rate_limiter",
+        "pyrate-limiter",
+        pyrate_token_bucket,
+        "create_token_bucket_limiter(10**9, SECOND).try_acquire_async",
+    ),
+    Case(
+        "hyx-tokenbucket",
+        "rate_limiter",
+        "hyx",
+        hyx_tokenbucket,
+        "@tokenbucket(max_executions=1e9, per_time_secs=1)",
+    ),
+    Case(
+        "asyncio-timeout", "timeout", "asyncio", asyncio_timeout, "async with asyncio.timeout(30.0)"
+    ),
+    Case(
+        "asyncio-wait_for",
+        "timeout",
+        "asyncio",
+        asyncio_wait_for,
+        "await asyncio.wait_for(f(), 30.0)",
+    ),
     Case("hyx-timeout", "timeout", "hyx", hyx_timeout, "@hyx.timeout.timeout(30.0)"),
-    Case("asyncio-Semaphore", "bulkhead", "asyncio", asyncio_semaphore,
-         "async with asyncio.Semaphore(1000)"),
-    Case("hyx-bulkhead", "bulkhead", "hyx", hyx_bulkhead,
-         "@bulkhead(max_concurrency=1000, max_capacity=2000)"),
+    Case(
+        "asyncio-Semaphore",
+        "bulkhead",
+        "asyncio",
+        asyncio_semaphore,
+        "async with asyncio.Semaphore(1000)",
+    ),
+    Case(
+        "hyx-bulkhead",
+        "bulkhead",
+        "hyx",
+        hyx_bulkhead,
+        "@bulkhead(max_concurrency=1000, max_capacity=2000)",
+    ),
     Case("hyx-fallback", "fallback", "hyx", hyx_fallback, "@fallback(handler)"),
-    Case("peer-stack", "pipeline", "aiolimiter+asyncio+tenacity+aiobreaker", peer_stack,
-         "AsyncLimiter, asyncio.timeout(30), tenacity retry(3), aiobreaker, "
-         "asyncio.timeout(10), nested"),
+    Case(
+        "peer-stack",
+        "pipeline",
+        "aiolimiter+asyncio+tenacity+aiobreaker",
+        peer_stack,
+        "AsyncLimiter, asyncio.timeout(30), tenacity retry(3), aiobreaker, "
+        "asyncio.timeout(10), nested",
+    ),
 ]
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
-def test_overhead(
-    benchmark: Any, loop: asyncio.AbstractEventLoop, per_op: Any, case: Case
-) -> None:
+def test_overhead(benchmark: Any, loop: asyncio.AbstractEventLoop, per_op: Any, case: Case) -> None:
     built = case.build()
     batch: Batch = loop.run_until_complete(built) if asyncio.iscoroutine(built) else built
     run_until_complete = loop.run_until_complete

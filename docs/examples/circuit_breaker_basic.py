@@ -5,9 +5,11 @@ Runs on a FakeClock so the 5 s break takes no real time.
 
 from __future__ import annotations
 
+import contextlib
+
 import anyio
 
-from resilio import BrokenCircuitError, CircuitBreaker, CircuitState, Pipeline
+from resilio import BrokenCircuitError, CircuitBreaker, Pipeline
 from resilio.testing import FakeClock
 
 clock = FakeClock()
@@ -32,11 +34,9 @@ async def fetch(key: str) -> str:
 async def main() -> None:
     global healthy
     for _ in range(4):
-        try:
+        with contextlib.suppress(ConnectionError):
             await fetch("a")
-        except ConnectionError:
-            pass
-    assert breaker.state is CircuitState.OPEN
+    print("state:", breaker.state.name)  # OPEN
 
     try:
         await fetch("a")  # not even attempted
@@ -47,7 +47,6 @@ async def main() -> None:
     await clock.sleep(breaker.retry_after or 0.0)  # the break ends
     print(await fetch("a"))  # this call is the half-open probe; it succeeds
     print("state:", breaker.state.name)  # CLOSED
-    assert breaker.state is CircuitState.CLOSED
 
 
 if __name__ == "__main__":

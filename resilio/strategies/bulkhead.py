@@ -50,10 +50,13 @@ class Bulkhead(GateStrategy):
     """
 
     __slots__ = (
+        "_enter",
+        "_err",
         "_exit",
         "_gate",
         "_handoffs",
         "_max_queue",
+        "_ok",
         "_queue_timeout",
         "_rejected",
         "_try_enter",
@@ -100,6 +103,7 @@ class Bulkhead(GateStrategy):
         # rejected count also counts calls that then queued, so it is not used.
         self._handoffs = 0
         self._rejected = 0
+        self._make_hooks()
 
     @property
     def kind(self) -> str:
@@ -140,17 +144,55 @@ class Bulkhead(GateStrategy):
         """Calls refused: queue full or queue timeout."""
         return self._rejected
 
-    def _enter(self) -> Any:
-        # No barging check is needed: while anyone is queued every slot is held
-        # (exits hand slots to waiters instead of freeing them), so try_enter fails.
-        if self._try_enter():
-            return None
+    def _make_hooks(self) -> None:
+        """Build `_enter`, `_ok` and `_err` as closures over the gate's bound methods."""
+        # Instance slots shadowing the methods: a closure skips a method's attribute
+        # loads, which are most of what a bulkhead costs per call.
+        try_enter = self._try_enter
+        exit_ = self._exit
+        waiters = self._waiters
+        enter_slow = self._enter_slow
+        release = self._release
+
+        def enter() -> Any:
+            # No barging check is needed: while anyone is queued every slot is held
+            # (exits hand slots to waiters instead of freeing them), so try_enter fails.
+            if try_enter():
+                return None
+            return enter_slow()
+
+        def ok(token: Any, result: Any) -> None:
+            if waiters:
+                release()
+            else:
+                exit_()
+
+        def err(token: Any, exc: BaseException) -> None:
+            # Failure or cancellation alike: the slot goes on or back, never lost.
+            if waiters:
+                release()
+            else:
+                exit_()
+
+        self._enter = enter  # type: ignore[method-assign]
+        self._ok = ok  # type: ignore[method-assign]
+        self._err = err  # type: ignore[method-assign]
+
+    def _fast_kind(self) -> str:
+        """Tell the compiled runner it may take and give back slots in C."""
+        return "gate"
+
+    def _enter_slow(self) -> Any:
         if len(self._waiters) < self._max_queue:
             return WAIT
         raise self._full("all slots taken and the queue is full")
 
     async def _enter_wait(self) -> Any:
         waiters = self._waiters
+        # Called on its own (not right after a refused _enter), a free slot may exist:
+        # queueing then would wait for a hand-off that never comes.
+        if not waiters and self._try_enter():
+            return None
         if len(waiters) >= self._max_queue:
             raise self._full("all slots taken and the queue is full")
         w = _Waiter()
@@ -180,18 +222,6 @@ class Bulkhead(GateStrategy):
             w.granted = True
             self._handoffs += 1
             w.event.set()
-        else:
-            self._exit()
-
-    def _ok(self, token: Any, result: Any) -> None:
-        if self._waiters:
-            self._release()
-        else:
-            self._exit()
-
-    def _err(self, token: Any, exc: BaseException) -> None:
-        if self._waiters:
-            self._release()
         else:
             self._exit()
 

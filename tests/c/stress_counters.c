@@ -6,7 +6,8 @@
  * 8 threads x N ops on a full set of RS_COUNTERS_MAX counters. Op j of thread t
  * adds a delta (1..7, or 2^33 + 1 every 97th op, so sums leave 32 bits) to
  * counter (j * 7 + t * 3) mod 32, and every 64th op adds t + 1 to every
- * counter, so each counter gets adds from every thread. While they run, thread
+ * counter, so each counter gets adds from every thread; every op also adds 1 to
+ * counter 0, which all threads hit all the time. While they run, thread
  * 0 reads all counters every 256 ops: no counter ever goes down or above its
  * final sum. Afterwards each counter equals the exact sum recomputed by the
  * main thread. A second set of 5 counters (n = 5) sits next to the first:
@@ -23,6 +24,7 @@ static rs_counters small; /* n = 5, hammered too */
 static uint64_t want[RS_COUNTERS_MAX];
 static uint64_t want_small[5];
 static _Atomic uint64_t reads_checked;
+static st_rendezvous rv;
 
 static uint32_t index_of(int t, int64_t j) { return (uint32_t)((j * 7 + t * 3) % RS_COUNTERS_MAX); }
 static uint64_t delta_of(int t, int64_t j) {
@@ -34,10 +36,12 @@ static void *worker(void *p) {
     st_arg *a = p;
     const int t = a->id;
     uint64_t last[RS_COUNTERS_MAX] = {0};
-    uint64_t checks = 0;
+    uint64_t checks = 0, meet = 0;
     st_barrier_wait(&start_bar);
+    st_rendezvous_wait(&rv, &meet);
     for (int64_t j = 0; j < N; j++) {
         rs_counters_add(&cs, index_of(t, j), delta_of(t, j));
+        rs_counters_add(&cs, 0, 1); /* one hot counter every thread hits on every op */
         rs_counters_add(&small, (uint32_t)((j + t) % 5), 1);
         if ((j & 63) == 0)
             for (uint32_t i = 0; i < RS_COUNTERS_MAX; i++) rs_counters_add(&cs, i, (uint64_t)t + 1);
@@ -66,6 +70,7 @@ int main(int argc, char **argv) {
     for (int t = 0; t < ST_THREADS; t++) {
         for (int64_t j = 0; j < N; j++) {
             want[index_of(t, j)] += delta_of(t, j);
+            want[0] += 1;
             want_small[(j + t) % 5] += 1;
             if ((j & 63) == 0)
                 for (uint32_t i = 0; i < RS_COUNTERS_MAX; i++) want[i] += (uint64_t)t + 1;
@@ -74,6 +79,7 @@ int main(int argc, char **argv) {
     st_barrier_init(&start_bar, ST_THREADS + 1);
     pthread_t tids[ST_THREADS];
     st_arg args[ST_THREADS];
+    atomic_store(&rv.n, 0);
     st_spawn(tids, args, worker, NULL);
     st_barrier_wait(&start_bar);
     st_join(tids);

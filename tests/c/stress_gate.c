@@ -17,6 +17,13 @@
  *     made two more decisions after the change, in-flight stays <= max(new
  *     limit, in-flight at that moment) until the next change. Checked at every
  *     admission; plus the same exact totals as G1.
+ *  G3 unmatched exits: exit() with nothing in flight does nothing, so the
+ *     count never goes below 0. Single-threaded first (exits on an empty
+ *     gate, then the limit still holds exactly), then 8 threads doing
+ *     enter / exit pairs while every thread also calls exit() without a
+ *     matching enter every 32nd op: in_flight read after every op is never
+ *     negative, and ends at exactly 0 (every decrement attempt beyond the
+ *     enters finds the count at 0); the same exact totals as G1.
  */
 #include "stress_common.h"
 
@@ -24,12 +31,13 @@
 
 /* Busy-wait lengths inside the gate and between attempts: comparable, so
  * every thread keeps contending instead of one holder re-entering at once. */
-#define HOLD_SPIN 32
-#define THINK_SPIN 32
+#define HOLD_SPIN 16
+#define THINK_SPIN 16
 
 static int64_t N;
 static rs_gate gate;
 static pthread_barrier_t start_bar;
+static st_rendezvous rv; /* workers spin here after the start barrier */
 
 static _Atomic int64_t mine;     /* our in-flight count */
 static _Atomic int64_t mine_max;
@@ -47,17 +55,21 @@ static void *g1_worker(void *p) {
     st_arg *a = p;
     tally t = {0, 0};
     const int64_t limit = g1_limit;
+    uint64_t meet = 0;
     st_barrier_wait(&start_bar);
+    st_rendezvous_wait(&rv, &meet);
     for (int64_t j = 0; j < N; j++) {
         if (rs_gate_try_enter(&gate)) {
             t.admitted++;
             int64_t v = atomic_fetch_add(&mine, 1) + 1;
             CHECK(v <= limit, "G1: %" PRId64 " in flight, limit %" PRId64, v, limit);
             st_atomic_max_i64(&mine_max, v);
-            if (limit == 1) plain_counter++; /* a data race unless the gate orders it */
             st_spin(HOLD_SPIN);
             if ((j & 255) == 0) sched_yield(); /* get preempted while holding, too */
             atomic_fetch_sub(&mine, 1);
+            /* Last before exit, after our own (seq_cst) atomics, so only the
+             * gate's exit -> enter ordering can make this race-free. */
+            if (limit == 1) plain_counter++;
             rs_gate_exit(&gate);
         } else {
             t.rejected++;
@@ -97,6 +109,7 @@ static void part_g1(int64_t limit) {
     atomic_store(&mine_max, 0);
     pthread_t tids[ST_THREADS];
     st_arg args[ST_THREADS];
+    atomic_store(&rv.n, 0);
     st_spawn(tids, args, g1_worker, NULL);
     st_barrier_wait(&start_bar);
     st_join(tids);
@@ -119,8 +132,9 @@ static _Atomic uint64_t g2_checks;
 static void *g2_worker(void *p) {
     st_arg *a = p;
     tally t = {0, 0};
-    uint64_t checks = 0;
+    uint64_t checks = 0, meet = 0;
     st_barrier_wait(&start_bar);
+    st_rendezvous_wait(&rv, &meet);
     for (int64_t j = 0; j < N; j++) {
         if (rs_gate_try_enter(&gate)) {
             /* try_enter read the limit with a relaxed load; this fence makes a
@@ -176,6 +190,7 @@ static void part_g2(void) {
     for (int i = 0; i < ST_THREADS; i++) atomic_store(&ops_done[i], 0);
     pthread_t tids[ST_THREADS];
     st_arg args[ST_THREADS];
+    atomic_store(&rv.n, 0);
     st_spawn(tids, args, g2_worker, NULL);
     st_barrier_wait(&start_bar);
     uint64_t changes = 0;
@@ -204,6 +219,83 @@ static void part_g2(void) {
            changes, s.admitted, s.rejected, atomic_load(&g2_checks), atomic_load(&mine_max));
 }
 
+/* ---------------- G3 ---------------- */
+
+#define G3_LIMIT 3
+static _Atomic uint64_t g3_unmatched;
+static _Atomic int64_t g3_min_seen;
+
+static void g3_observe(void) {
+    /* Relaxed: only the value matters; a negative count is a bug at any time. */
+    int64_t v = rs_load_relaxed_i64(&gate.in_flight);
+    CHECK(v >= 0, "G3: in_flight %" PRId64 " < 0", v);
+    int64_t m = atomic_load_explicit(&g3_min_seen, memory_order_relaxed);
+    while (v < m && !atomic_compare_exchange_weak(&g3_min_seen, &m, v)) {
+    }
+}
+
+static void *g3_worker(void *p) {
+    st_arg *a = p;
+    tally t = {0, 0};
+    uint64_t unmatched = 0, meet = 0;
+    st_barrier_wait(&start_bar);
+    st_rendezvous_wait(&rv, &meet);
+    for (int64_t j = 0; j < N; j++) {
+        if (((j + a->id) & 31) == 0) {
+            rs_gate_exit(&gate); /* no matching enter */
+            unmatched++;
+            g3_observe();
+        }
+        if (rs_gate_try_enter(&gate)) {
+            t.admitted++;
+            st_spin(HOLD_SPIN);
+            if ((j & 255) == 0) sched_yield();
+            rs_gate_exit(&gate);
+        } else {
+            t.rejected++;
+            if ((t.rejected & 63) == 0) sched_yield();
+        }
+        g3_observe();
+        st_spin(THINK_SPIN);
+    }
+    tl[a->id] = t;
+    atomic_fetch_add(&g3_unmatched, unmatched);
+    return NULL;
+}
+
+static void part_g3(void) {
+    /* Single-threaded: exits on an empty gate leave it at 0 and the limit exact. */
+    rs_gate_init(&gate, 2);
+    rs_gate_exit(&gate);
+    rs_gate_exit(&gate);
+    CHECK_EQ_I64(rs_load_relaxed_i64(&gate.in_flight), 0, "G3: exit on an empty gate");
+    CHECK(rs_gate_try_enter(&gate) && rs_gate_try_enter(&gate) && !rs_gate_try_enter(&gate),
+          "G3: limit 2 after unmatched exits");
+    rs_gate_exit(&gate);
+    rs_gate_exit(&gate);
+    rs_gate_exit(&gate); /* one too many */
+    CHECK_EQ_I64(rs_load_relaxed_i64(&gate.in_flight), 0, "G3: one exit too many");
+    CHECK(rs_gate_try_enter(&gate) && rs_gate_try_enter(&gate) && !rs_gate_try_enter(&gate),
+          "G3: limit 2 after one exit too many");
+
+    /* Concurrent. */
+    rs_gate_init(&gate, G3_LIMIT);
+    atomic_store(&mine, 0);
+    atomic_store(&g3_unmatched, 0);
+    atomic_store(&g3_min_seen, INT64_MAX);
+    pthread_t tids[ST_THREADS];
+    st_arg args[ST_THREADS];
+    atomic_store(&rv.n, 0);
+    st_spawn(tids, args, g3_worker, NULL);
+    st_barrier_wait(&start_bar);
+    st_join(tids);
+    check_end("G3");
+    tally s = sum_tally();
+    printf("  G3 unmatched exits: %" PRIu64 " of them, admitted %" PRIu64 ", rejected %" PRIu64
+           ", lowest in_flight seen %" PRId64 "\n",
+           atomic_load(&g3_unmatched), s.admitted, s.rejected, atomic_load(&g3_min_seen));
+}
+
 int main(int argc, char **argv) {
     N = st_parse_ops(argc, argv);
     double t0 = st_seconds();
@@ -213,6 +305,7 @@ int main(int argc, char **argv) {
     part_g1(3);
     part_g1(ST_THREADS);
     part_g2();
+    part_g3();
     pthread_barrier_destroy(&start_bar);
     printf("stress_gate: ok (%.2f s)\n", st_seconds() - t0);
     return 0;

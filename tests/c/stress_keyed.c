@@ -1,7 +1,7 @@
 /* Stress test of csrc/rs_keyed.h (keyed token buckets) and rs_siphash.h.
  *
  *   cc -O2 -std=c11 -Wall -Wextra -Werror -pthread -Icsrc tests/c/stress_keyed.c
- *   ./a.out [ops_per_thread]          (default 1000000)
+ *   ./a.out [ops_per_thread]          (default 1000000; 100000 under TSan)
  *
  * 8 threads hammer one table and the totals are checked exactly:
  *   siphash  rs_siphash128 against the 64 official SipHash-2-4 128-bit
@@ -15,7 +15,13 @@
  *                <= burst + (max now - min now + max wait) / interval,
  *            every key inserted exactly once, nothing evicted;
  *   (c)      64 slots, 10,000 keys churning, EVICT then REJECT: no crash,
- *            results in range, counters equal to what the threads saw.
+ *            results in range, counters equal to what the threads saw;
+ *   (d)      single-threaded: entry states a stalled or killed thread leaves
+ *            behind (helped insert, dead writer, stalled claim, ABA undo);
+ *   (e)      new keys raced by all threads while writers stall (100 us
+ *            sleeps injected where a thread owns an entry): every key gets
+ *            exactly `burst` tokens and is inserted once; then (c) again with
+ *            stalls.
  * Exit 0 on success, 1 with a message otherwise. Must also pass under
  * -fsanitize=thread.
  */
@@ -26,10 +32,43 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
+/* Stall injection: while stall_percent > 0, a thread reaching a point where
+ * it owns a table entry sleeps 100 us that often (a preemption), long enough
+ * for the others to run out of spins and help or skip. */
+static void stall_point(void);
+#define RS_KEYED_STALL_POINT() stall_point()
 #include "rs_keyed.h"
 
+static int stall_percent = 0; /* set only while no worker runs */
+static _Thread_local uint64_t stall_rng = 0;
+
+static void stall_point(void) {
+    if (!stall_percent) return;
+    if (!stall_rng) stall_rng = (uint64_t)(uintptr_t)&stall_rng | 1u;
+    stall_rng ^= stall_rng << 13;
+    stall_rng ^= stall_rng >> 7;
+    stall_rng ^= stall_rng << 17;
+    if (stall_rng % 100 < (uint64_t)stall_percent) {
+        struct timespec ts = {0, 100000};
+        nanosleep(&ts, NULL);
+    }
+}
+
 #define THREADS 8
+
+/* ThreadSanitizer runs some 20x slower: a smaller default keeps it to ~30 s. */
+#if defined(__SANITIZE_THREAD__)
+#define DEFAULT_OPS 100000
+#elif defined(__has_feature)
+#if __has_feature(thread_sanitizer)
+#define DEFAULT_OPS 100000
+#endif
+#endif
+#ifndef DEFAULT_OPS
+#define DEFAULT_OPS 1000000
+#endif
 
 static int failures = 0;
 #define CHECK(cond, ...)                                                                     \
@@ -522,17 +561,214 @@ static void part_c(long ops, uint32_t on_full) {
     free(t);
 }
 
+/* ---- (d) protocol states, set up by hand (single thread) ----------------------- */
+
+/* Where key k would live, and its request as the table sees it. */
+static rs_keyed_req req_for(rs_keyed *t, const char *k, int64_t now, int64_t n) {
+    rs_keyed_req q;
+    rs_keyed_req_init(t, &q, (const uint8_t *)k, strlen(k), now);
+    q.n = n;
+    q.insert = true;
+    return q;
+}
+
+static unsigned entries_holding(rs_keyed *t, const rs_keyed_req *q) {
+    unsigned c = 0;
+    for (uint64_t i = 0; i < t->capacity; i++)
+        if (rs_load_relaxed_u64(&t->entries[i].fp0) == q->fp0 &&
+            rs_load_relaxed_u64(&t->entries[i].fp1) == q->fp1)
+            c++;
+    return c;
+}
+
+static void part_d(void) {
+    int failures_before = failures;
+    const int64_t now = INT64_C(1000000000), iv = 1000, burst = 3;
+    const uint8_t *K = (const uint8_t *)"stalled-key";
+    const size_t KL = 11;
+
+    /* d1: a writer inserting K stalls after claiming the slot (busy, nothing
+     * written). Lookups of K help it and decide on that slot; when the writer
+     * resumes it keeps what the helpers did: K never gets a second bucket. */
+    rs_keyed *t = make_table(iv, burst, 64, RS_KEYED_EVICT);
+    rs_keyed_req q = req_for(t, "stalled-key", now, 1);
+    rs_keyed_entry *home = &t->entries[q.home];
+    uint64_t busy = rs_keyed_seq_make(q.tag, 1, 1);
+    rs_store_relaxed_u64(&home->seq, busy);
+    for (int i = 0; i < burst; i++)
+        CHECK(rs_keyed_try_acquire(t, K, KL, now, 1) == 0, "(d1) helped acquire %d", i);
+    CHECK(rs_keyed_try_acquire(t, K, KL, now, 1) == iv, "(d1) refusal on the helped slot");
+    CHECK(rs_load_relaxed_u64(&home->seq) == busy, "(d1) helpers must not publish");
+    CHECK(rs_load_relaxed_u64(&t->inserted) == 0, "(d1) nobody else inserted K");
+    rs_keyed_hit h;
+    int64_t out = 0;
+    CHECK(!rs_keyed_publish(t, home, busy, &q, &h, &out), "(d1) the writer's CAS must fail");
+    CHECK(rs_load_relaxed_u64(&home->seq) == (busy ^ 1u), "(d1) published");
+    CHECK(rs_keyed_available(t, K, KL, now) == 0, "(d1) the helpers' charges are kept");
+    CHECK(rs_keyed_try_acquire(t, K, KL, now, 1) == iv, "(d1) still refused after publish");
+    CHECK(entries_holding(t, &q) == 1, "(d1) K in %u entries", entries_holding(t, &q));
+    free(t);
+
+    /* d2: a writer of another key died in K's home slot: K skips it at once. */
+    t = make_table(iv, burst, 64, RS_KEYED_EVICT);
+    q = req_for(t, "stalled-key", now, 1);
+    home = &t->entries[q.home];
+    rs_store_relaxed_u64(&home->seq, rs_keyed_seq_make(q.tag ^ 1u, 7, 1));
+    CHECK(rs_keyed_try_acquire(t, K, KL, now, 1) == 0, "(d2) admitted");
+    CHECK(rs_keyed_available(t, K, KL, now) == burst - 1, "(d2) one token taken");
+    CHECK(rs_load_relaxed_u64(&t->entries[(q.home + 1) % 64].fp0) == q.fp0,
+          "(d2) K went to the next slot");
+    CHECK(rs_keyed_count(t, now) == 1, "(d2) count");
+    free(t);
+
+    /* d3: K's entry is being taken by another thread (tat = sentinel, seq
+     * still K's) and that thread stalls: K's lookups wait a bounded time,
+     * then treat K as gone (it was being evicted) and insert it again. */
+    t = make_table(iv, burst, 64, RS_KEYED_EVICT);
+    q = req_for(t, "stalled-key", now, 1);
+    home = &t->entries[q.home];
+    CHECK(rs_keyed_try_acquire(t, K, KL, now, 3) == 0, "(d3) first");
+    uint64_t s = rs_load_relaxed_u64(&home->seq);
+    rs_store_relaxed_i64(&home->tat, RS_KEYED_SENT(rs_keyed_next_gen(rs_keyed_seq_gen(s))));
+    CHECK(rs_keyed_available(t, K, KL, now) == burst, "(d3) K unknown while being taken");
+    CHECK(rs_keyed_try_acquire(t, K, KL, now, 1) == 0, "(d3) K gets a new bucket");
+    CHECK(rs_load_relaxed_u64(&t->inserted) == 2, "(d3) inserted twice");
+    CHECK(entries_holding(t, &q) == 2, "(d3) old entry still claimed, new one live");
+    CHECK(rs_keyed_count(t, now) == 1, "(d3) the claimed entry is not counted");
+    free(t);
+
+    /* d4: ABA on a claim: the slot was reused and its tat equals the value we
+     * validated under the old seq: the claim undoes itself. */
+    t = make_table(iv, burst, 64, RS_KEYED_EVICT);
+    q = req_for(t, "stalled-key", now, 1);
+    home = &t->entries[q.home];
+    CHECK(rs_keyed_try_acquire(t, K, KL, now, 1) == 0, "(d4) first");
+    s = rs_load_relaxed_u64(&home->seq);
+    int64_t v = rs_load_relaxed_i64(&home->tat);
+    rs_keyed_req other = req_for(t, "other-key", now, 1);
+    CHECK(rs_keyed_claim(t, home, s + 2, v, false, &other, &h, &out) == RS_KEYED_R_RETRY,
+          "(d4) stale claim must fail");
+    CHECK(rs_load_relaxed_i64(&home->tat) == v, "(d4) tat restored");
+    CHECK(rs_load_relaxed_u64(&home->seq) == s, "(d4) seq untouched");
+    CHECK(rs_keyed_available(t, K, KL, now) == burst - 1, "(d4) K intact");
+    free(t);
+    /* d5: as d3 but the window is full: the insert path must leave the
+     * claimed entry out too (not wait on it forever) and evict another. */
+    t = make_table(iv, burst, 4, RS_KEYED_EVICT);
+    q = req_for(t, "stalled-key", now, 1);
+    const char *others[3] = {"k1", "k2", "k3"};
+    for (int i = 0; i < 3; i++)
+        CHECK(rs_keyed_try_acquire(t, (const uint8_t *)others[i], 2, now, 1 + i) == 0,
+              "(d5) fill");
+    CHECK(rs_keyed_try_acquire(t, K, KL, now, 3) == 0, "(d5) K");
+    home = NULL;
+    for (uint64_t i = 0; i < 4; i++)
+        if (rs_load_relaxed_u64(&t->entries[i].fp0) == q.fp0) home = &t->entries[i];
+    CHECK(home != NULL, "(d5) K's entry");
+    if (home) {
+        s = rs_load_relaxed_u64(&home->seq);
+        rs_store_relaxed_i64(&home->tat, RS_KEYED_SENT(rs_keyed_next_gen(rs_keyed_seq_gen(s))));
+    }
+    CHECK(rs_keyed_try_acquire(t, K, KL, now, 1) == 0, "(d5) K gets a bucket by eviction");
+    CHECK(rs_load_relaxed_u64(&t->evicted) == 1, "(d5) one eviction");
+    CHECK(rs_keyed_available(t, (const uint8_t *)"k1", 2, now) == burst, "(d5) k1 was evicted");
+    CHECK(rs_keyed_available(t, K, KL, now) == burst - 1, "(d5) K's new bucket");
+    free(t);
+    if (failures == failures_before)
+        printf("(d) protocol states: helped insert, dead writer, stalled claim, ABA undo ok\n");
+}
+
+/* ---- (e) insert races with stalled writers ------------------------------------ */
+
+#define E_KEYS 4
+#define E_BURST 3
+
+typedef struct {
+    rs_keyed *t;
+    pthread_barrier_t *start;
+    int rounds, id;
+    uint64_t *tokens; /* rounds * E_KEYS counters, private to the thread */
+    uint64_t decisions;
+} e_arg;
+
+static void *e_worker(void *p) {
+    e_arg *a = p;
+    char key[32];
+    for (int r = 0; r < a->rounds; r++) {
+        pthread_barrier_wait(a->start);
+        for (int m = 0; m < E_BURST + 2; m++) {
+            for (int j = 0; j < E_KEYS; j++) {
+                /* threads walk the keys in different orders */
+                int k = (j + a->id) % E_KEYS;
+                int len = snprintf(key, sizeof key, "race-%d-%d", r, k);
+                a->decisions++;
+                if (rs_keyed_try_acquire(a->t, (const uint8_t *)key, (size_t)len, 777, 1) == 0)
+                    a->tokens[r * E_KEYS + k]++;
+            }
+        }
+    }
+    return NULL;
+}
+
+static void part_e(int rounds) {
+    int failures_before = failures;
+    rs_keyed *t = make_table(1000, E_BURST, 4096, RS_KEYED_EVICT);
+    pthread_t th[THREADS];
+    e_arg args[THREADS];
+    pthread_barrier_t start;
+    pthread_barrier_init(&start, NULL, THREADS);
+    stall_percent = 30;
+    for (int i = 0; i < THREADS; i++) {
+        args[i] = (e_arg){.t = t, .start = &start, .rounds = rounds, .id = i,
+                          .tokens = calloc((size_t)rounds * E_KEYS, sizeof(uint64_t))};
+        pthread_create(&th[i], NULL, e_worker, &args[i]);
+    }
+    uint64_t dec = 0;
+    for (int i = 0; i < THREADS; i++) {
+        pthread_join(th[i], NULL);
+        dec += args[i].decisions;
+    }
+    stall_percent = 0;
+    pthread_barrier_destroy(&start);
+    int bad = 0;
+    for (int k = 0; k < rounds * E_KEYS; k++) {
+        uint64_t sum = 0;
+        for (int i = 0; i < THREADS; i++) sum += args[i].tokens[k];
+        if (sum != E_BURST) bad++;
+        CHECK(sum == E_BURST || bad > 3, "(e) key %d: %" PRIu64 " tokens admitted, burst %d", k,
+              sum, E_BURST);
+    }
+    CHECK(bad == 0, "(e) %d keys admitted a wrong number of tokens", bad);
+    CHECK(rs_load_relaxed_u64(&t->inserted) == (uint64_t)rounds * E_KEYS,
+          "(e) %" PRIu64 " inserts for %d keys", rs_load_relaxed_u64(&t->inserted),
+          rounds * E_KEYS);
+    CHECK(rs_load_relaxed_u64(&t->admitted) + rs_load_relaxed_u64(&t->rejected) == dec,
+          "(e) counters");
+    if (failures == failures_before)
+        printf("(e) %d new keys raced by %d threads with stalled writers: each admitted "
+               "exactly burst, each inserted once\n",
+               rounds * E_KEYS, THREADS);
+    for (int i = 0; i < THREADS; i++) free(args[i].tokens);
+    free(t);
+}
+
 int main(int argc, char **argv) {
-    long ops = argc > 1 ? strtol(argv[1], NULL, 10) : 1000000;
+    long ops = argc > 1 ? strtol(argv[1], NULL, 10) : DEFAULT_OPS;
     if (ops < 1) {
         fprintf(stderr, "usage: %s [ops_per_thread >= 1]\n", argv[0]);
         return 2;
     }
     check_siphash();
+    part_d();
     part_a(ops);
     part_b(ops);
     part_c(ops / 2 + 1, RS_KEYED_EVICT);
     part_c(ops / 2 + 1, RS_KEYED_REJECT);
+    part_e(ops >= 1000000 ? 200 : 50);
+    /* churn again with stalled writers: claims, sentinels, skips and undos */
+    stall_percent = 2;
+    part_c(ops / 50 + 1, RS_KEYED_EVICT);
+    stall_percent = 0;
     if (failures) {
         fprintf(stderr, "stress_keyed: %d check(s) failed\n", failures);
         return 1;

@@ -357,15 +357,43 @@ def test_opens_saturate(core):
     assert c.retry_after_ns(t) == brk << 14
 
 
-def test_probe_lease_uses_base_break(core):
+def test_probe_lease_uses_current_break(core):
+    # A probe's lease lasts the break that has just ended (break_for(opens)), not the
+    # base break: after a second open it is 2 * brk.
     brk = 100 * MS
     c = make(core, brk=brk, max_break_duration_ns=100 * brk)
     trip(core, c, 0)
     t = ceil_u(brk)
-    c.record(c.admit(t), t, core.OUTCOME_FAILURE)  # break now 2 * brk
+    p = c.admit(t)
+    assert c.retry_after_ns(t) == ceil_u(t + brk) - t  # first open: the base break
+    c.record(p, t, core.OUTCOME_FAILURE)  # break now 2 * brk
     t = ceil_u(t + 2 * brk)
-    assert c.admit(t) >= 0
-    assert c.retry_after_ns(t) == ceil_u(t + brk) - t
+    lost = c.admit(t)
+    assert lost >= 0
+    lease = ceil_u(t + 2 * brk)
+    assert c.retry_after_ns(t) == lease - t
+    assert c.admit(lease - 1) == -2
+    # The lease ends with the current break: a fresh half-open period starts.
+    assert c.admit(lease) >= 0
+    assert c.half_opened == 3
+    assert c.record(lost, lease, core.OUTCOME_FAILURE) == core.NO_TRANSITION
+    assert c.stale == 1
+
+
+def test_probe_lease_saturates_with_the_break(core):
+    # The lease follows break_for(opens) up to max_break_duration_ns.
+    brk = 100 * MS
+    c = make(core, brk=brk, max_break_duration_ns=3 * brk)
+    trip(core, c, 0)
+    t = 0
+    for b in [brk, 2 * brk, 3 * brk, 3 * brk]:
+        t = t + c.retry_after_ns(t)
+        assert c.admit(t) >= 0
+        assert c.retry_after_ns(t) == ceil_u(t + b) - t
+        t = ceil_u(t + b)  # the probe is lost: its lease ends
+        p = c.admit(t)
+        assert c.retry_after_ns(t) == ceil_u(t + b) - t  # a fresh lease, same break
+        assert c.record(p, t, core.OUTCOME_FAILURE) == core.OPEN
 
 
 # ---- stale tickets, release, lost probes ---------------------------------------------
@@ -651,17 +679,61 @@ def test_bad_now(core, bad):
     assert c.successes == 0
 
 
+@pytest.mark.parametrize("bad", [-1, MAX_NOW])
+def test_retry_after_and_snapshot_bad_now(core, bad):
+    c = make(core)
+    trip(core, c, 0)
+    with pytest.raises(ValueError, match="now_ns"):
+        c.retry_after_ns(bad)
+    with pytest.raises(ValueError, match="now_ns"):
+        c.snapshot(bad)
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        pytest.param(lambda c, t: c.admit(1.5), id="admit-now"),
+        pytest.param(lambda c, t: c.admit(0.0), id="admit-now-integral"),
+        pytest.param(lambda c, t: c.record(t, 0.0), id="record-now"),
+        pytest.param(lambda c, t: c.record(t, 0, 1.0), id="record-outcome"),
+        pytest.param(lambda c, t: c.record(t, 0, None), id="record-outcome-none"),
+        pytest.param(lambda c, t: c.record(None, 0), id="record-ticket"),
+        pytest.param(lambda c, t: c.record(float(t), 0, 1), id="record-ticket-float"),
+        pytest.param(lambda c, t: c.release(None), id="release-ticket"),
+        pytest.param(lambda c, t: c.isolate(1.0), id="isolate-now"),
+        pytest.param(lambda c, t: c.reset(1.0), id="reset-now"),
+        pytest.param(lambda c, t: c.retry_after_ns(1.0), id="retry_after-now"),
+        pytest.param(lambda c, t: c.snapshot(1.0), id="snapshot-now"),
+        pytest.param(lambda c, t: c.break_for(1.5), id="break_for"),
+        pytest.param(lambda c, t: c.break_for(None), id="break_for-none"),
+    ],
+)
+def test_wrong_types_raise_before_any_change(core, call):
+    c = make(core, min_tp=1)
+    t = c.admit(0)
+    before = (c.word, counters(c), c.snapshot(0))
+    with pytest.raises(TypeError):
+        call(c, t)
+    assert (c.word, counters(c), c.snapshot(0)) == before
+
+
+def test_break_for_argument_range(core):
+    c = make(core, brk=100, max_break_duration_ns=700)
+    assert c.break_for(True) == 100
+    assert c.break_for(0) == c.break_for(-5) == c.break_for(-(1 << 70)) == 100
+    assert c.break_for(1 << 70) == c.break_for(64) == 700
+
+
 # ---- edges of the time field ---------------------------------------------------------
 
 
-@pytest.mark.parametrize("brk", [1 << 58, MAX_NOW])
+@pytest.mark.parametrize("brk", [1 << 58, 15 << 55, (1 << 59) - U, MAX_NOW])
 def test_admitted_ticket_is_non_negative_at_far_times(core, brk):
     # rs_circuit_admit: "Returns a ticket (>= 0) when admitted". A probe lease ending at or
     # beyond 2**59 ns packs into a word with bit 63 set.
     c = make(core, min_tp=1, brk=brk)
-    t0 = (1 << 58) - brk if brk < MAX_NOW else 0
-    assert run(core, c, max(t0, 0), core.OUTCOME_FAILURE) == core.OPEN
-    probe_at = ceil_u(max(t0, 0) + brk)
+    assert run(core, c, 0, core.OUTCOME_FAILURE) == core.OPEN
+    probe_at = ceil_u(brk)
     if probe_at >= MAX_NOW:
         # The break ends past the largest allowed clock: never admitted again.
         assert c.admit(MAX_NOW - 1) < 0
@@ -671,6 +743,38 @@ def test_admitted_ticket_is_non_negative_at_far_times(core, brk):
     assert p >= 0
     assert c.state == core.HALF_OPEN
     assert c.record(p, probe_at) == core.CLOSED
+
+
+def test_break_ending_past_every_clock_is_never_early(core):
+    # A break ending at or past 2**59 ns fits the OPEN word (which is never a ticket):
+    # the circuit stays open for every valid clock, and retry_after is exact. The end
+    # saturates only at 2**60 - 2**16 ns, still past every valid clock.
+    last = MAX_NOW - 1
+    c = make(core, min_tp=1, brk=MAX_NOW, now_ns=last)
+    assert run(core, c, last, core.OUTCOME_FAILURE) == core.OPEN
+    end = (1 << 60) - U  # ceil(last + 2**59) is 2**60: saturated
+    assert c.word >> 63 == 1
+    assert c.retry_after_ns(last) == end - last
+    assert c.admit(last) == -(end - last) - 1
+    assert c.state == core.OPEN
+
+
+def test_probe_lease_past_every_clock_keeps_the_ticket_non_negative(core):
+    # A probe lease ending past 2**59 - 2**16 ns saturates there, so its ticket keeps
+    # bit 63 clear; the lease then ends at that instant.
+    brk = 1 << 58
+    c = make(core, min_tp=1, brk=brk)
+    assert run(core, c, 0, core.OUTCOME_FAILURE) == core.OPEN
+    t = MAX_NOW - 2 * U
+    lost = c.admit(t)
+    assert lost >= 0
+    lease = MAX_NOW - U
+    assert c.retry_after_ns(t) == lease - t
+    assert c.admit(lease - 1) == -2
+    fresh = c.admit(lease)
+    assert fresh >= 0
+    assert fresh != lost
+    assert c.record(fresh, lease) == core.CLOSED
 
 
 @pytest.mark.xfail(

@@ -249,6 +249,26 @@ def test_n_must_fit_the_burst(impl):
     assert (kb.admitted, kb.rejected, kb.inserted) == (0, 0, 0)
 
 
+class _Index:
+    def __init__(self, v: int) -> None:
+        self.v = v
+
+    def __index__(self) -> int:
+        return self.v
+
+
+def test_clock_and_wait_must_be_integers(impl):
+    kb = make(impl, burst=1)
+    with pytest.raises(TypeError):
+        kb.try_acquire("k", 1.5)
+    with pytest.raises(TypeError):
+        kb.reserve("k", T, 1, 1.5)
+    assert (kb.admitted, kb.rejected, kb.inserted, kb.count(T)) == (0, 0, 0, 0)
+    assert kb.try_acquire("k", _Index(T)) == 0  # anything with __index__ will do
+    assert kb.reserve("k", T, 1, _Index(IV)) == IV
+    assert kb.available("k", _Index(T + 2 * IV)) == 1
+
+
 @pytest.mark.parametrize("now", [-1, 1 << 59])
 def test_now_range(impl, now):
     kb = make(impl)

@@ -44,7 +44,10 @@ RATES = st.one_of(
 def requests(draw: st.DrawFn, interval: int, burst: int) -> list[tuple[int, str, int, int]]:
     """(time step, op, n, max_wait): mostly bursts at one instant and short gaps."""
     steps = st.one_of(
-        st.just(0), st.just(0), st.integers(0, interval), st.integers(0, 3 * interval),
+        st.just(0),
+        st.just(0),
+        st.integers(0, interval),
+        st.integers(0, 3 * interval),
         st.sampled_from([interval - 1, interval, interval + 1, burst * interval]),
         st.integers(0, 10 * burst * interval),
     )
@@ -54,8 +57,9 @@ def requests(draw: st.DrawFn, interval: int, burst: int) -> list[tuple[int, str,
     return draw(st.lists(st.tuples(steps, op, n, wait), min_size=1, max_size=120))
 
 
-def check_no_over_admission(events: list[tuple[int, int]], interval: int, burst: int,
-                            rate: float) -> None:
+def check_no_over_admission(
+    events: list[tuple[int, int]], interval: int, burst: int, rate: float
+) -> None:
     """events: (time the tokens are used, tokens), in admission order."""
     times = [t for t, _ in events]
     assert times == sorted(times), "usage times must not go backwards with a monotone clock"
@@ -83,10 +87,15 @@ def check_no_over_admission(events: list[tuple[int, int]], interval: int, burst:
 
 
 @SETTINGS
-@given(data=st.data(), rate=RATES, burst=st.integers(1, 12),
-       start=st.sampled_from([0, 1, 10**15, MAX_NOW // 2]))
-def test_bucket_never_over_admits(core: Any, data: st.DataObject, rate: float, burst: int,
-                                  start: int) -> None:
+@given(
+    data=st.data(),
+    rate=RATES,
+    burst=st.integers(1, 12),
+    start=st.sampled_from([0, 1, 10**15, MAX_NOW // 2]),
+)
+def test_bucket_never_over_admits(
+    core: Any, data: st.DataObject, rate: float, burst: int, start: int
+) -> None:
     b = core.TokenBucket(rate, burst)
     interval = b.interval_ns
     # The rate bound assumes interval_ns >= 1e9 / rate exactly; that is checked on its
@@ -112,8 +121,9 @@ def test_bucket_never_over_admits(core: Any, data: st.DataObject, rate: float, b
 
 @SETTINGS
 @given(rate=RATES, burst=st.integers(1, 12), steps=st.integers(0, 60))
-def test_greedy_client_gets_exactly_the_bound(core: Any, rate: float, burst: int,
-                                              steps: int) -> None:
+def test_greedy_client_gets_exactly_the_bound(
+    core: Any, rate: float, burst: int, steps: int
+) -> None:
     """A client that always retries at the returned wait is admitted exactly on schedule:
     the bucket is tight, not merely safe."""
     b = core.TokenBucket(rate, burst)
@@ -128,8 +138,9 @@ def test_greedy_client_gets_exactly_the_bound(core: Any, rate: float, burst: int
         assert b.try_acquire(now) == 0
 
 
-@pytest.mark.parametrize("rate", [1 / 3, 1 / 7, 2 / 3, 1 / 6, 0.1, 0.3, 3.0, 7.0, 100.0,
-                                  1e9 / 3, 1e6 / 3])
+@pytest.mark.parametrize(
+    "rate", [1 / 3, 1 / 7, 2 / 3, 1 / 6, 0.1, 0.3, 3.0, 7.0, 100.0, 1e9 / 3, 1e6 / 3]
+)
 def test_interval_never_shorter_than_the_exact_period(core: Any, rate: float) -> None:
     """csrc/rs_token_bucket.h: interval_ns = ceil(1e9 / rate), so that at most
     burst + floor(T / interval) <= burst + rate*T tokens pass in any T. The ceiling must be
@@ -161,52 +172,85 @@ class CircuitModel:
       rounded up to a 2**16 ns unit. Past that, admit starts a half-open period.
     - HALF_OPEN: at most half_open_calls probes in flight; a success frees its permit and
       after half_open_calls successes the circuit closes with an empty window and forgets
-      its opens; a failure opens it again. A probe lease lasts `break` (rounded up);
-      when every permit is taken and the lease has run out, admit starts a fresh
-      half-open period.
+      its opens; a failure opens it again. A probe lease lasts the current break,
+      break_for(opens) (rounded up); when every permit is taken and the lease has run
+      out, admit starts a fresh half-open period.
     - ISOLATED: rejected until reset. reset closes from any state with an empty window.
     - A ticket is valid only in the state period it was admitted in; release gives a probe
-      permit back.
+      permit back. As the header documents, a period is known by its identity: (state,
+      consecutive opens, generation mod 16, the period's time in 2**16 ns units), so an
+      old ticket whose identity recurs is accepted (see
+      test_circuit.py::test_ticket_stale_after_sixteen_resets_in_one_time_unit).
     """
 
-    def __init__(self, ratio: Fraction, slow_ratio: Fraction | None, min_tp: int,
-                 sampling: int, buckets: int, brk: int, max_brk: int, hoc: int) -> None:
+    def __init__(
+        self,
+        ratio: Fraction,
+        slow_ratio: Fraction | None,
+        min_tp: int,
+        sampling: int,
+        buckets: int,
+        brk: int,
+        max_brk: int,
+        hoc: int,
+        now: int,
+    ) -> None:
         self.ratio, self.slow_ratio, self.min_tp = ratio, slow_ratio, min_tp
         self.width = -(-sampling // buckets)
         self.buckets = buckets
         self.brk, self.max_brk, self.hoc = brk, max_brk, hoc
         self.state = CLOSED
-        self.period = 0
+        self.began = now // UNIT
+        self.generation = 0
         self.opens = 0
         self.permits = 0
         self.successes_in_half_open = 0
         self.until = 0  # OPEN: break end; HALF_OPEN: lease end
         self.window: list[tuple[int, bool, bool]] = []  # (bucket index, failed, slow)
         self.count = dict.fromkeys(
-            ["admitted", "rejected", "successes", "failures", "slow", "opened",
-             "half_opened", "closed", "isolated", "stale"], 0)
+            [
+                "admitted",
+                "rejected",
+                "successes",
+                "failures",
+                "slow",
+                "opened",
+                "half_opened",
+                "closed",
+                "isolated",
+                "stale",
+            ],
+            0,
+        )
 
     def break_for(self, opens: int) -> int:
         if self.max_brk == 0:
             return self.brk
         return min(self.brk * 2 ** (opens - 1), self.max_brk)
 
-    def _transition(self, state: int) -> None:
+    def _transition(self, state: int, now: int) -> None:
         self.state = state
-        self.period += 1
+        self.generation += 1
         self.permits = 0
         self.successes_in_half_open = 0
+        self.began = now // UNIT  # CLOSED / ISOLATED: when the period began
+
+    @property
+    def period(self) -> tuple[int, int, int, int]:
+        """The identity a ticket carries."""
+        when = self.began if self.state in (CLOSED, ISOLATED) else self.until // UNIT
+        return (self.state, self.opens, self.generation % 16, when)
 
     def _open(self, now: int) -> None:
         self.opens = min(self.opens + 1, 15)
-        self._transition(OPEN)
+        self._transition(OPEN, now)
         self.until = ceil_unit(now + self.break_for(self.opens))
         self.count["opened"] += 1
 
     def _half_open(self, now: int) -> None:
-        self._transition(HALF_OPEN)
+        self._transition(HALF_OPEN, now)
         self.permits = 1
-        self.until = ceil_unit(now + self.brk)
+        self.until = ceil_unit(now + self.break_for(self.opens))
         self.count["half_opened"] += 1
 
     def snapshot(self, now: int) -> tuple[int, int, int]:
@@ -235,7 +279,7 @@ class CircuitModel:
         self.count["admitted"] += 1
         return ("ticket", self.period)
 
-    def record(self, period: int, now: int, failed: bool, slow: bool) -> int:
+    def record(self, period: tuple[int, ...], now: int, failed: bool, slow: bool) -> int:
         self.count["failures" if failed else "successes"] += 1
         self.count["slow"] += slow
         if period != self.period:
@@ -259,29 +303,29 @@ class CircuitModel:
             return OPEN
         self.successes_in_half_open += 1
         if self.successes_in_half_open >= self.hoc:
-            self._transition(CLOSED)
             self.opens = 0
+            self._transition(CLOSED, now)
             self.window.clear()
             self.count["closed"] += 1
             return CLOSED
         self.permits = max(self.permits - 1, 0)
         return -1
 
-    def release(self, period: int) -> None:
+    def release(self, period: tuple[int, ...]) -> None:
         if period == self.period and self.state == HALF_OPEN and self.permits > 0:
             self.permits -= 1
 
-    def isolate(self) -> None:
+    def isolate(self, now: int) -> None:
         if self.state != ISOLATED:
-            self._transition(ISOLATED)
             self.opens = 0
+            self._transition(ISOLATED, now)
             self.count["isolated"] += 1
 
-    def reset(self) -> None:
+    def reset(self, now: int) -> None:
         if self.state != CLOSED:
             self.count["closed"] += 1
-        self._transition(CLOSED)
         self.opens = 0
+        self._transition(CLOSED, now)
         self.window.clear()
 
     def retry_after(self, now: int) -> int:
@@ -294,8 +338,13 @@ class CircuitModel:
         return max(self.until - now, 0)
 
 
-RATIOS = {0.1: Fraction(1, 10), 0.25: Fraction(1, 4), 0.5: Fraction(1, 2),
-          0.75: Fraction(3, 4), 1.0: Fraction(1)}
+RATIOS = {
+    0.1: Fraction(1, 10),
+    0.25: Fraction(1, 4),
+    0.5: Fraction(1, 2),
+    0.75: Fraction(3, 4),
+    1.0: Fraction(1),
+}
 
 
 class CircuitMachine(RuleBasedStateMachine):
@@ -303,7 +352,8 @@ class CircuitMachine(RuleBasedStateMachine):
 
     def __init__(self) -> None:
         super().__init__()
-        self.tickets: list[tuple[int, int]] = []  # (implementation's ticket, model period)
+        # (implementation's ticket, the model's identity of its period)
+        self.tickets: list[tuple[int, tuple[int, ...]]] = []
         self.transitions = 0
 
     @initialize(
@@ -317,15 +367,42 @@ class CircuitMachine(RuleBasedStateMachine):
         hoc=st.integers(1, 4),
         start=st.sampled_from([0, 12_345, 10**15 + 1]),
     )
-    def setup(self, ratio: float, slow_ratio: float | None, min_tp: int, buckets: int,
-              sampling: int, brk: int, max_factor: int, hoc: int, start: int) -> None:
+    def setup(
+        self,
+        ratio: float,
+        slow_ratio: float | None,
+        min_tp: int,
+        buckets: int,
+        sampling: int,
+        brk: int,
+        max_factor: int,
+        hoc: int,
+        start: int,
+    ) -> None:
         max_brk = brk * max_factor
         self.now = start
         self.c = self.core.Circuit(
-            ratio, min_tp, sampling, brk, max_break_duration_ns=max_brk,
-            half_open_calls=hoc, slow_call_ratio=slow_ratio, buckets=buckets, now_ns=start)
-        self.m = CircuitModel(RATIOS[ratio], None if slow_ratio is None else RATIOS[slow_ratio],
-                              min_tp, sampling, buckets, brk, max_brk, hoc)
+            ratio,
+            min_tp,
+            sampling,
+            brk,
+            max_break_duration_ns=max_brk,
+            half_open_calls=hoc,
+            slow_call_ratio=slow_ratio,
+            buckets=buckets,
+            now_ns=start,
+        )
+        self.m = CircuitModel(
+            RATIOS[ratio],
+            None if slow_ratio is None else RATIOS[slow_ratio],
+            min_tp,
+            sampling,
+            buckets,
+            brk,
+            max_brk,
+            hoc,
+            start,
+        )
 
     # -- time --
     @rule(dt=st.one_of(st.integers(0, 3), st.integers(0, UNIT), st.integers(0, 10**9)))
@@ -353,7 +430,7 @@ class CircuitMachine(RuleBasedStateMachine):
         else:
             assert r == -value - 1, f"rejection: expected wait {value}, got {-r - 1}"
 
-    def _take(self, data: st.DataObject) -> tuple[int, int]:
+    def _take(self, data: st.DataObject) -> tuple[int, tuple[int, ...]]:
         i = data.draw(st.integers(0, len(self.tickets) - 1))
         return self.tickets.pop(i)
 
@@ -362,7 +439,8 @@ class CircuitMachine(RuleBasedStateMachine):
     def record(self, data: st.DataObject, failed: bool, slow: bool) -> None:
         ticket, period = self._take(data)
         outcome = (self.core.OUTCOME_FAILURE if failed else 0) | (
-            self.core.OUTCOME_SLOW if slow else 0)
+            self.core.OUTCOME_SLOW if slow else 0
+        )
         expected = self.m.record(period, self.now, failed, slow)
         got = self.c.record(ticket, self.now, outcome)
         assert got == expected, f"record -> {got}, model says {expected}"
@@ -376,12 +454,12 @@ class CircuitMachine(RuleBasedStateMachine):
 
     @rule()
     def isolate(self) -> None:
-        self.m.isolate()
+        self.m.isolate(self.now)
         self.c.isolate(self.now)
 
     @rule()
     def reset(self) -> None:
-        self.m.reset()
+        self.m.reset(self.now)
         self.c.reset(self.now)
 
     # -- agreement after every step --
@@ -398,10 +476,15 @@ class CircuitMachine(RuleBasedStateMachine):
 
 
 def test_circuit_matches_reference_model(core: Any) -> None:
-    machine = type(f"CircuitMachine_{core.__name__.rsplit('.', 1)[-1]}", (CircuitMachine,),
-                   {"core": core})
+    machine = type(
+        f"CircuitMachine_{core.__name__.rsplit('.', 1)[-1]}", (CircuitMachine,), {"core": core}
+    )
     run_state_machine_as_test(
         machine,
-        settings=settings(max_examples=200, stateful_step_count=40, deadline=None,
-                          suppress_health_check=[HealthCheck.too_slow]),
+        settings=settings(
+            max_examples=200,
+            stateful_step_count=30,
+            deadline=None,
+            suppress_health_check=[HealthCheck.too_slow],
+        ),
     )

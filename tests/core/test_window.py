@@ -208,6 +208,16 @@ def test_time_window_bad_now(core, bad):
     assert w.snapshot(0) == (0, 0, 0)
 
 
+@pytest.mark.parametrize("bad", [None, 1.0, "1"])
+def test_time_window_bad_outcome_changes_nothing(core, bad):
+    w = core.TimeWindow(1000, 10)
+    with pytest.raises(TypeError):
+        w.record(0, bad)
+    with pytest.raises(TypeError):
+        w.record(1.0)
+    assert w.snapshot(0) == (0, 0, 0)
+
+
 # ---- CountWindow --------------------------------------------------------------
 
 
@@ -277,6 +287,16 @@ def test_count_window_extra_bits_ignored(core):
     w.record(4)
     w.record(8 | core.OUTCOME_SLOW)
     assert w.snapshot() == (2, 0, 1)
+
+
+@pytest.mark.parametrize("bad", [None, 1.0, "1"])
+def test_count_window_bad_outcome_changes_nothing(core, bad):
+    w = core.CountWindow(2)
+    w.record(core.OUTCOME_FAILURE)
+    with pytest.raises(TypeError):
+        w.record(bad)
+    w.record(0)
+    assert w.snapshot() == (2, 1, 0)  # the failure is still in the ring
 
 
 @pytest.mark.parametrize(

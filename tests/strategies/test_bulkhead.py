@@ -6,10 +6,11 @@ chosen core in `resilio._core`) and on asyncio and trio.
 
 from __future__ import annotations
 
+import functools
 import math
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from types import ModuleType
-from typing import Any
+from typing import Any, ParamSpec
 
 import anyio
 import pytest
@@ -20,6 +21,18 @@ from resilio.strategies._base import WAIT
 from resilio.strategies.bulkhead import Bulkhead
 
 pytestmark = pytest.mark.anyio
+P = ParamSpec("P")
+
+
+def bounded(test: Callable[P, Awaitable[None]]) -> Callable[P, Awaitable[None]]:
+    """Fail a test that would hang (a waiter never woken) instead of blocking the run."""
+
+    @functools.wraps(test)
+    async def run(*args: P.args, **kwargs: P.kwargs) -> None:
+        with anyio.fail_after(5):
+            await test(*args, **kwargs)
+
+    return run
 
 
 @pytest.fixture
@@ -30,6 +43,9 @@ def impl(core: ModuleType, monkeypatch: pytest.MonkeyPatch) -> Iterator[ModuleTy
             monkeypatch.setattr(resilio._core, name, getattr(core, name))
         else:  # a name the compiled core lacks must fail, not fall back to the twin
             monkeypatch.delattr(resilio._core, name, raising=False)
+    # Pipelines pick the compiled or the Python runner by the core in use.
+    impl_name = "python" if core is _core_py else "cython"
+    monkeypatch.setattr(resilio._core, "core_impl", impl_name)
     yield core
 
 
@@ -105,6 +121,7 @@ async def test_properties(impl: ModuleType, anyio_backend: str) -> None:
 # ---- the limit ------------------------------------------------------------------------
 
 
+@bounded
 async def test_concurrency_limit_is_exact(impl: ModuleType, anyio_backend: str) -> None:
     bh = Bulkhead(3, max_queue=10)
     p = Pipeline(bh)
@@ -142,6 +159,7 @@ async def test_slot_freed_by_success_error_and_cancel(impl: ModuleType, anyio_ba
 # ---- refusing -------------------------------------------------------------------------
 
 
+@bounded
 async def test_no_queue_refuses_at_once(impl: ModuleType, anyio_backend: str) -> None:
     bh = Bulkhead(2)
     p = Pipeline(bh)
@@ -159,6 +177,7 @@ async def test_no_queue_refuses_at_once(impl: ModuleType, anyio_backend: str) ->
     assert (bh.admitted, bh.rejected, bh.in_flight) == (2, 1, 0)
 
 
+@bounded
 async def test_full_queue_refuses_at_once(impl: ModuleType, anyio_backend: str) -> None:
     bh = Bulkhead(1, max_queue=2, name="pool")
     p = Pipeline(bh)
@@ -178,6 +197,7 @@ async def test_full_queue_refuses_at_once(impl: ModuleType, anyio_backend: str) 
     assert (bh.admitted, bh.rejected, bh.in_flight, bh.queued) == (3, 1, 0, 0)
 
 
+@bounded
 async def test_queue_timeout(impl: ModuleType, anyio_backend: str) -> None:
     bh = Bulkhead(1, max_queue=1, queue_timeout=0.02)
     p = Pipeline(bh)
@@ -200,6 +220,7 @@ async def test_queue_timeout(impl: ModuleType, anyio_backend: str) -> None:
 # ---- the queue ------------------------------------------------------------------------
 
 
+@bounded
 async def test_queue_is_fifo(impl: ModuleType, anyio_backend: str) -> None:
     bh = Bulkhead(1, max_queue=5)
     p = Pipeline(bh)
@@ -215,6 +236,7 @@ async def test_queue_is_fifo(impl: ModuleType, anyio_backend: str) -> None:
     assert held.finished == list(range(6))
 
 
+@bounded
 async def test_slot_is_handed_to_the_oldest_waiter_no_barging(
     impl: ModuleType, anyio_backend: str
 ) -> None:
@@ -240,6 +262,7 @@ async def test_slot_is_handed_to_the_oldest_waiter_no_barging(
     assert (bh.in_flight, bh.queued, bh.admitted) == (0, 0, 3)
 
 
+@bounded
 async def test_cancelled_waiter_leaves_no_trace(impl: ModuleType, anyio_backend: str) -> None:
     bh = Bulkhead(1, max_queue=3)
     p = Pipeline(bh)
@@ -265,6 +288,7 @@ async def test_cancelled_waiter_leaves_no_trace(impl: ModuleType, anyio_backend:
 @pytest.mark.parametrize(
     "cancel_first", [True, False], ids=["cancel-then-slot", "slot-then-cancel"]
 )
+@bounded
 async def test_waiter_cancelled_as_it_is_handed_a_slot(
     impl: ModuleType, anyio_backend: str, cancel_first: bool
 ) -> None:
@@ -304,6 +328,7 @@ async def test_waiter_cancelled_as_it_is_handed_a_slot(
     assert (bh.in_flight, bh.queued, bh.admitted) == (0, 0, 3)
 
 
+@bounded
 async def test_cancellations_under_churn_leak_nothing(impl: ModuleType, anyio_backend: str) -> None:
     bh = Bulkhead(2, max_queue=60)
     p = Pipeline(bh)
@@ -325,3 +350,12 @@ async def test_cancellations_under_churn_leak_nothing(impl: ModuleType, anyio_ba
     assert (bh.in_flight, bh.queued, bh.rejected) == (0, 0, 0)
     assert 15 <= done < 60
     assert await p.execute(quick, "still works") == "still works"
+
+
+@bounded
+async def test_enter_wait_alone_takes_a_free_slot(impl: ModuleType, anyio_backend: str) -> None:
+    bh = Bulkhead(1, max_queue=1)
+    assert await bh._enter_wait() is None  # not after a refused _enter: a slot was free
+    assert (bh.in_flight, bh.queued) == (1, 0)
+    bh._ok(None, None)
+    assert bh.in_flight == 0

@@ -6,10 +6,11 @@ chosen core in `resilio._core`) and on asyncio and trio.
 
 from __future__ import annotations
 
+import functools
 import math
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from types import ModuleType
-from typing import Any
+from typing import Any, ParamSpec
 
 import anyio
 import pytest
@@ -21,6 +22,19 @@ from resilio.strategies.rate_limiter import KeyedRateLimiter, RateLimiter
 from resilio.testing import FakeClock
 
 pytestmark = pytest.mark.anyio
+P = ParamSpec("P")
+
+
+def bounded(test: Callable[P, Awaitable[None]]) -> Callable[P, Awaitable[None]]:
+    """Fail a test that would hang (a waiter never woken) instead of blocking the run."""
+
+    @functools.wraps(test)
+    async def run(*args: P.args, **kwargs: P.kwargs) -> None:
+        with anyio.fail_after(5):
+            await test(*args, **kwargs)
+
+    return run
+
 
 TICK = 0.1  # seconds per token at rate 10/s
 
@@ -33,6 +47,9 @@ def impl(core: ModuleType, monkeypatch: pytest.MonkeyPatch) -> Iterator[ModuleTy
             monkeypatch.setattr(resilio._core, name, getattr(core, name))
         else:  # a name the compiled core lacks must fail, not fall back to the twin
             monkeypatch.delattr(resilio._core, name, raising=False)
+    # Pipelines pick the compiled or the Python runner by the core in use.
+    impl_name = "python" if core is _core_py else "cython"
+    monkeypatch.setattr(resilio._core, "core_impl", impl_name)
     yield core
 
 
@@ -261,6 +278,7 @@ async def test_max_wait_sleeps_exactly_until_the_token(
     assert (rl.admitted, rl.rejected) == (3, 0)  # a wait is not a refusal
 
 
+@bounded
 async def test_waiters_are_served_in_order(impl: ModuleType, anyio_backend: str) -> None:
     clock = SteppedClock()
     rl = RateLimiter(10.0, 1, max_wait=1.0, clock=clock)
@@ -285,6 +303,7 @@ async def test_waiters_are_served_in_order(impl: ModuleType, anyio_backend: str)
     assert calls == [(-1,), (0,), (1,), (2,), (3,)]
 
 
+@bounded
 async def test_refused_when_the_wait_exceeds_max_wait(impl: ModuleType, anyio_backend: str) -> None:
     clock = SteppedClock()
     rl = RateLimiter(10.0, 1, max_wait=0.15, clock=clock)
@@ -302,6 +321,7 @@ async def test_refused_when_the_wait_exceeds_max_wait(impl: ModuleType, anyio_ba
     assert (rl.admitted, rl.rejected) == (2, 1)
 
 
+@bounded
 async def test_cancelled_waiter_gives_its_tokens_back(impl: ModuleType, anyio_backend: str) -> None:
     clock = SteppedClock()
     rl = RateLimiter(10.0, 1, max_wait=1.0, clock=clock)
@@ -320,6 +340,7 @@ async def test_cancelled_waiter_gives_its_tokens_back(impl: ModuleType, anyio_ba
     assert len(clock.sleeps) == 1
 
 
+@bounded
 async def test_cancelling_one_waiter_leaves_the_others_waiting(
     impl: ModuleType, anyio_backend: str
 ) -> None:
@@ -380,6 +401,7 @@ async def test_key_longer_than_64_bytes_is_refused(impl: ModuleType, anyio_backe
     assert calls == [("k" * 64,)]
 
 
+@bounded
 async def test_keyed_wait_and_refund(impl: ModuleType, anyio_backend: str) -> None:
     clock = SteppedClock()
     rl = RateLimiter(10.0, 1, max_wait=1.0, key=lambda k: k, clock=clock)
@@ -426,3 +448,21 @@ async def test_available_key_argument(impl: ModuleType, anyio_backend: str) -> N
         RateLimiter(10.0).available("a")
     with pytest.raises(TypeError):
         RateLimiter(10.0, key=lambda k: k).available()
+
+
+async def test_enter_wait_decides_alone(impl: ModuleType, anyio_backend: str) -> None:
+    # Called without a reserving _enter just before, _enter_wait reserves itself.
+    clock = FakeClock()
+    rl = RateLimiter(10.0, 1, max_wait=0.15, clock=clock)
+    assert isinstance(rl, GateStrategy)
+    assert await rl._enter_wait() is None  # a token was there: no wait
+    assert clock.sleeps == []
+    assert await rl._enter_wait() is None  # waits for the next one
+    assert clock.sleeps == [pytest.approx(TICK, abs=1e-12)]
+    clock2 = FakeClock()
+    strict = RateLimiter(10.0, 1, max_wait=0.05, clock=clock2)
+    assert isinstance(strict, GateStrategy)
+    await strict._enter_wait()
+    with pytest.raises(RateLimitedError):
+        await strict._enter_wait()
+    assert (strict.admitted, strict.rejected) == (1, 1)

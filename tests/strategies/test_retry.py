@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 import inspect
 import math
 import random
@@ -492,6 +493,7 @@ def test_backoff_is_immutable_and_described() -> None:
     assert repr(b) == "Backoff.exponential(0.2, max_delay=10.0, jitter='decorrelated', factor=3.0)"
     assert repr(Backoff.constant(1)) == "Backoff.constant(1.0)"
     assert b.factor == 3.0
+    assert copy.copy(b) is b and copy.deepcopy(b) is b
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,450 @@
+"""Run both benchmark suites and write docs/benchmarks.md.
+
+    python benchmarks/report.py                 # run both suites, render the page
+    python benchmarks/report.py --quick         # shorter rounds (a noisy first look)
+    python benchmarks/report.py --render-only   # re-render from the last JSON files
+
+The suites are run with pytest-benchmark (`--benchmark-json`) into
+benchmarks/results/{core,compare}.json, one pytest process per suite, from the
+repository root. Every figure on the page comes from those files; the page lists
+the exact commands that produced them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "benchmarks" / "results"
+DOC = ROOT / "docs" / "benchmarks.md"
+
+SUITES = {
+    "core": "benchmarks/test_core.py",
+    "compare": "benchmarks/compare/test_overhead.py",
+}
+
+#: Order of the overhead table.
+JOBS = [
+    "baseline",
+    "retry",
+    "circuit_breaker",
+    "rate_limiter",
+    "timeout",
+    "bulkhead",
+    "hedging",
+    "fallback",
+    "pipeline",
+]
+
+
+# ---- running ----------------------------------------------------------------------------
+
+
+def pytest_command(suite: str, args: argparse.Namespace) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "pytest",
+        SUITES[suite],
+        "-p",
+        "no:cacheprovider",
+        "--benchmark-only",
+        f"--benchmark-json={(RESULTS / f'{suite}.json').relative_to(ROOT)}",
+        f"--benchmark-min-rounds={args.min_rounds}",
+        f"--benchmark-max-time={args.max_time}",
+        "--benchmark-warmup=on",
+        "--benchmark-warmup-iterations=100",
+        f"--benchmark-timer={args.compare_timer if suite == 'compare' else args.timer}",
+        "--benchmark-sort=name",
+        "--benchmark-columns=median,iqr,rounds",
+        "-q",
+        "-s",
+        "-rs",
+        *(["-k", args.k] if args.k else []),
+    ]
+
+
+def run_suites(args: argparse.Namespace) -> list[str]:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    commands, skipped = [], []
+    for suite in SUITES:
+        cmd = pytest_command(suite, args)
+        shown = shlex.join(["python", *cmd[1:]])
+        commands.append(shown)
+        print(f"\n$ {shown}", flush=True)
+        t0 = time.monotonic()
+        # Streamed to the console, and kept for the skip reasons (-rs).
+        with subprocess.Popen(
+            cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        ) as proc:
+            assert proc.stdout is not None
+            for line in proc.stdout:
+                sys.stdout.write(line)
+                if line.startswith("SKIPPED"):
+                    skipped.append(line.split("] ", 1)[-1].strip())
+        rc = proc.returncode
+        print(f"({suite}: exit {rc}, {time.monotonic() - t0:.0f} s)", flush=True)
+        if rc != 0:
+            print(f"warning: the {suite} suite exited {rc}; rendering what it recorded")
+    invocation = shlex.join(["python", "benchmarks/report.py", *sys.argv[1:]])
+    commands.insert(0, invocation)
+    (RESULTS / "commands.json").write_text(json.dumps(commands, indent=1) + "\n")
+    (RESULTS / "skipped.txt").write_text("".join(f"{s}\n" for s in skipped))
+    return commands
+
+
+# ---- rendering --------------------------------------------------------------------------
+
+
+def load(suite: str) -> dict[str, Any] | None:
+    path = RESULTS / f"{suite}.json"
+    if not path.exists():
+        return None
+    data: dict[str, Any] = json.loads(path.read_text())
+    return data
+
+
+def per_op(b: dict[str, Any]) -> float:
+    """Median ns per operation: the benchmark's median round / its operations."""
+    ops = b["extra_info"].get("ops_per_round", 1)
+    return float(b["stats"]["median"]) * 1e9 / float(ops)
+
+
+def fmt_ns(x: float | None) -> str:
+    if x is None:
+        return "—"
+    if abs(x) >= 10_000:
+        return f"{x:,.0f}"
+    if abs(x) >= 100:
+        return f"{x:.0f}"
+    return f"{x:.1f}"
+
+
+def verdict(value: float | None, target: float | None) -> str:
+    if value is None or target is None:
+        return ""
+    return "met" if value <= target else "**missed**"
+
+
+def machine_section(data: list[dict[str, Any]], commands: list[str], timer: str) -> list[str]:
+    mi = data[0]["machine_info"]
+    loads = [
+        f"{d['machine_info'].get('load_average_at_start', '?')} → "
+        f"{d['machine_info'].get('load_average_at_end', '?')}"
+        for d in data
+    ]
+    when = data[0].get("datetime", "?")
+    lines = [
+        "## Machine and run",
+        "",
+        f"- CPU: {mi.get('cpu_model', '?')} ({mi.get('cores', '?')} cores)",
+        f"- Python: {mi.get('python', mi.get('python_version', '?'))} "
+        f"({mi.get('python_implementation', '?')}), {mi.get('system', '?')} "
+        f"{mi.get('release', '')}",
+        f"- resilio.core_impl: `{mi.get('resilio_core_impl', '?')}`",
+        f"- run at: {when}; pytest-benchmark timer: `{timer}`",
+        f"- load average (1/5/15 min) at start → end of each suite: {'; '.join(loads)}",
+        "",
+        "Rerun everything and rewrite this page (from the repository root):",
+        "",
+        "```sh",
+        "pip install -e '.[test,bench]' tornado   # tornado: pybreaker's async path",
+        commands[0] if commands else "python benchmarks/report.py",
+        "```",
+        "",
+        "which runs exactly:",
+        "",
+        "```sh",
+        *commands[1:],
+        "```",
+        "",
+    ]
+    return lines
+
+
+def core_section(core: dict[str, Any]) -> tuple[list[str], list[tuple[str, str, str]]]:
+    rows: dict[str, dict[str, Any]] = {}
+    order: list[str] = []
+    keyed: list[dict[str, Any]] = []
+    for b in core["benchmarks"]:
+        e = b["extra_info"]
+        prim = e.get("primitive", b["name"])
+        if prim.startswith("KeyedBuckets"):
+            # One row per variant; the key counts differ by impl and go in the note.
+            if "rss_growth_bytes" in e:
+                keyed.append(b)
+            variant = "1,000 hot keys" if "hot" in prim else "random keys"
+            prim = f"KeyedBuckets.try_acquire (live table, {variant})"
+        if prim not in rows:
+            rows[prim] = {}
+            order.append(prim)
+        rows[prim][e.get("impl", "-")] = b
+    targets: list[tuple[str, str, str]] = []
+    lines = [
+        "## Core primitives",
+        "",
+        "ns per call, median over rounds of 1,000 calls in a tight loop (loop overhead "
+        "included, as the targets are stated); `c` is the compiled core "
+        "`resilio._core_c`, `py` the pure-Python twin `resilio._core_py`. "
+        "Source: `benchmarks/test_core.py`.",
+        "",
+        "| primitive | c ns/call | py ns/call | py / c | target (c) | |",
+        "| --- | ---: | ---: | ---: | ---: | --- |",
+    ]
+    for prim in order:
+        r = rows[prim]
+        if "-" in r:
+            lines.append(f"| {prim} | {fmt_ns(per_op(r['-']))} | | | | calibration |")
+            continue
+        c = per_op(r["c"]) if "c" in r else None
+        p = per_op(r["py"]) if "py" in r else None
+        target = r["c"]["extra_info"].get("target_ns") if "c" in r else None
+        ratio = f"{p / c:.1f}x" if c and p else "—"
+        note = ""
+        if "c" in r and r["c"]["extra_info"].get("notes"):
+            note = " (see note)"
+        v = verdict(c, target)
+        lines.append(
+            f"| {prim} | {fmt_ns(c)}{note} | {fmt_ns(p)} | {ratio} | "
+            f"{'≤ ' + str(target) if target else ''} | {v} |"
+        )
+        if target:
+            targets.append((f"core: {prim}", f"{fmt_ns(c)} ns (≤ {target})", v))
+    lines.append("")
+    if keyed:
+        lines += [
+            "### Keyed buckets: memory",
+            "",
+            "The table (max_keys = keys / 0.667) is filled with distinct keys "
+            "(`client-0000000`...) formatted on the fly and dropped, so the growth is the "
+            "table's: RSS from /proc/self/statm before construction and after the fill; "
+            "*constructor* is what tracemalloc saw the constructor allocate. *evicted*: "
+            "inserts whose 16-slot probe window was full. *fill* is CPU ns per new key, "
+            "formatting the key included.",
+            "",
+            "| impl | keys | max_keys | live | evicted | RSS growth | bytes/key "
+            "| constructor | fill ns/key | target | |",
+            "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | --- |",
+        ]
+        for b in keyed:
+            e = b["extra_info"]
+            tm = e.get("tracemalloc_bytes")
+            target = e.get("target_bytes")
+            growth = e.get("rss_growth_bytes", 0)
+            v = ""
+            if target:
+                v = verdict(growth * 1_000_000 / max(e["keys"], 1), target)
+                targets.append(
+                    (
+                        "core: KeyedBuckets memory for 1M keys",
+                        f"{growth / 2**20:.1f} MiB for {e['keys']:,} keys (≤ 64 MiB per 1M)",
+                        v,
+                    )
+                )
+            lines.append(
+                f"| {e.get('impl')} | {e['keys']:,} | {e['max_keys']:,} | "
+                f"{e.get('live_keys', 0):,} | {e.get('evicted', 0):,} | "
+                f"{growth / 2**20:.1f} MiB | {e.get('bytes_per_key')} | "
+                f"{'—' if tm is None else f'{tm / 2**20:.1f} MiB'} | "
+                f"{fmt_ns(e.get('fill_ns_per_key'))} | "
+                f"{'≤ 64 MiB per 1M keys' if target else '—'} | {v} |"
+            )
+        notes = [b["extra_info"]["notes"] for b in keyed if b["extra_info"].get("notes")]
+        lines.append("")
+        for n in notes:
+            lines.append(f"Note: {n}.")
+        lines.append("")
+    return lines, targets
+
+
+def compare_section(cmp: dict[str, Any]) -> tuple[list[str], list[tuple[str, str, str]]]:
+    benches = cmp["benchmarks"]
+    bare_b = [b for b in benches if b["extra_info"].get("job") == "baseline"]
+    bare = per_op(bare_b[0]) if bare_b else None
+    resilio_by_job: dict[str, float] = {}
+    for b in benches:
+        if b["extra_info"].get("library") == "resilio" and bare is not None:
+            resilio_by_job[b["extra_info"]["job"]] = per_op(b) - bare
+    targets: list[tuple[str, str, str]] = []
+    lines = [
+        "## Success-path overhead per call",
+        "",
+        "One coroutine awaits the wrapped function 1,000 times per round on one "
+        "persistent event loop; the function returns at once, so the figure is pure "
+        "wrapping cost. *added* = ns/call - bare `await f()` in the same run; "
+        "*x resilio* = added ns / resilio's added ns for the same job (higher is slower "
+        "than resilio). resilio strategies run through a one-strategy `Pipeline` used "
+        "as a decorator. Source: `benchmarks/compare/test_overhead.py`.",
+        "",
+        "| job | name | library: how | ns/call | added ns | x resilio | target (added) | |",
+        "| --- | --- | --- | ---: | ---: | ---: | ---: | --- |",
+    ]
+    key = {j: i for i, j in enumerate(JOBS)}
+    benches = sorted(
+        benches,
+        key=lambda b: (
+            key.get(b["extra_info"].get("job", ""), 99),
+            b["extra_info"].get("library") != "resilio",
+            per_op(b),
+        ),
+    )
+    for b in benches:
+        e = b["extra_info"]
+        ns = per_op(b)
+        added = None if bare is None or e["job"] == "baseline" else ns - bare
+        ref = resilio_by_job.get(e["job"])
+        ratio = ""
+        if added is not None and e.get("library") != "resilio" and ref is not None:
+            ratio = f"{added / ref:.1f}x" if ref > 0 else "—"
+        target = e.get("target_added_ns")
+        v = verdict(added, target)
+        name = b["param"] if b.get("param") else b["name"]
+        lines.append(
+            f"| {e['job']} | {name} | {e.get('library')}: `{e.get('how')}` | {fmt_ns(ns)} | "
+            f"{fmt_ns(added)} | {ratio} | {'≤ ' + str(target) if target else ''} | {v} |"
+        )
+        if target:
+            targets.append((f"overhead: {e['job']}", f"+{fmt_ns(added)} ns (≤ {target})", v))
+    lines.append("")
+    return lines, targets
+
+
+def instructions_section() -> list[str]:
+    """Callgrind instruction counts, when benchmarks/instructions.py has been run."""
+    path = RESULTS / "instructions.json"
+    if not path.exists():
+        return []
+    data = json.loads(path.read_text())
+    cases = data["cases"]
+    ref = {
+        r["job"]: r["added"]
+        for r in cases.values()
+        if r["library"] == "resilio" and r.get("added") is not None
+    }
+    stamp = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(path.stat().st_mtime))
+    lines = [
+        "## Instructions per call (callgrind)",
+        "",
+        "Noise-free complement to the timed table: instructions executed per call, "
+        "counted by callgrind inside the measured rounds only (same cases, same "
+        f"batches). Produced {stamp} by `{data['command']}` (Python {data['python']}); "
+        "rerun it after changing the code, it is not part of `report.py`'s run. "
+        "Instructions are not time (allocation, cache misses and syscalls weigh more), "
+        "but they do not move with the machine's load.",
+        "",
+        "| job | case | instructions/call | added over bare | x resilio |",
+        "| --- | --- | ---: | ---: | ---: |",
+    ]
+    key = {j: i for i, j in enumerate(JOBS)}
+    order = sorted(
+        cases.items(),
+        key=lambda kv: (key.get(kv[1]["job"], 99), kv[1]["library"] != "resilio", kv[0]),
+    )
+    for cid, r in order:
+        ipc, added = r.get("instructions_per_call"), r.get("added")
+        ratio = ""
+        base = ref.get(r["job"])
+        if added is not None and r["library"] != "resilio" and base:
+            ratio = f"{added / base:.1f}x"
+        shown = fmt_ns(ipc) if ipc is not None else f"— ({r.get('note', '')})"
+        lines.append(f"| {r['job']} | {cid} | {shown} | {fmt_ns(added)} | {ratio} |")
+    lines.append("")
+    return lines
+
+
+def skipped_section() -> list[str]:
+    path = RESULTS / "skipped.txt"
+    if not path.exists() or not path.read_text().strip():
+        return []
+    return [
+        "### Skipped",
+        "",
+        *[f"- {line}" for line in path.read_text().strip().splitlines()],
+        "",
+    ]
+
+
+def render(commands: list[str]) -> str:
+    core, cmp = load("core"), load("compare")
+    data = [d for d in (core, cmp) if d is not None]
+    if not data:
+        raise SystemExit("no results: run without --render-only first")
+    timer = "; ".join(
+        f"{name}: " + ", ".join(sorted({b["options"].get("timer", "?") for b in d["benchmarks"]}))
+        for name, d in (("core", core), ("compare", cmp))
+        if d is not None
+    )
+    out = [
+        "# Benchmarks",
+        "",
+        "Every figure here was produced by `python benchmarks/report.py` (this page is "
+        "generated; edit `benchmarks/report.py`, not the page). Figures are medians; on a "
+        "loaded machine they are inflated, so compare rows of one run with each other, "
+        "and the calibration rows (an empty loop, a C method call, a bare await) tell "
+        "how loaded it was.",
+        "",
+    ]
+    out += machine_section(data, commands, timer)
+    targets: list[tuple[str, str, str]] = []
+    body: list[str] = []
+    if core is not None:
+        lines, t = core_section(core)
+        body += lines
+        targets += t
+    if cmp is not None:
+        lines, t = compare_section(cmp)
+        body += lines
+        targets += t
+    out += ["## Targets", "", "| target | figure | |", "| --- | --- | --- |"]
+    out += [f"| {n} | {fig} | {v} |" for n, fig, v in targets]
+    out.append("")
+    out += body
+    out += skipped_section()
+    out += instructions_section()
+    return "\n".join(out).rstrip() + "\n"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--render-only", action="store_true", help="render the last results")
+    ap.add_argument("--quick", action="store_true", help="min-rounds 3, max-time 0.1 s")
+    ap.add_argument("--min-rounds", type=int, default=5)
+    ap.add_argument("--max-time", type=float, default=0.5, help="seconds per benchmark")
+    ap.add_argument(
+        "--timer",
+        default="time.perf_counter",
+        help="pytest-benchmark timer; time.process_time leaves out time the process "
+        "was not running (use it on a shared, loaded machine)",
+    )
+    ap.add_argument(
+        "--compare-timer",
+        default=None,
+        help="timer for the overhead suite only (default: --timer). Its rounds last "
+        "milliseconds, so on a loaded machine they are often preempted: "
+        "time.process_time keeps that out, at ~2 syscalls per round",
+    )
+    ap.add_argument("-k", default="", help="pytest -k expression (a subset)")
+    args = ap.parse_args()
+    if args.compare_timer is None:
+        args.compare_timer = args.timer
+    if args.quick:
+        args.min_rounds, args.max_time = 3, 0.1
+    if args.render_only:
+        cpath = RESULTS / "commands.json"
+        commands = json.loads(cpath.read_text()) if cpath.exists() else []
+    else:
+        commands = run_suites(args)
+    DOC.parent.mkdir(parents=True, exist_ok=True)
+    DOC.write_text(render(commands))
+    print(f"\nwrote {DOC.relative_to(ROOT)}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Integrations: ASGI middleware, an httpx transport, Prometheus metrics."""

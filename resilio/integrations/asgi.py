@@ -1,0 +1,351 @@
+"""Pure ASGI middleware: per-client rate limiting, load shedding, request deadlines.
+
+No framework dependency: each middleware wraps any ASGI app (Starlette,
+FastAPI, Litestar, plain ASGI). Only `http` scopes are acted on; `lifespan`
+and `websocket` scopes pass straight through. A rejection is answered without
+calling the app. Nothing per request is stored on the middleware object.
+
+Malformed input never crashes a request:
+
+- no client address (a Unix socket, a proxy that drops it): the request is
+  limited under the shared key ``"-"``;
+- a key longer than 64 bytes (a long API key) is hashed to 32 bytes first;
+- a key header sent more than once with different values: ``400``;
+- a `Request-Timeout` header that is not a positive finite number of seconds
+  (or sent twice with different values): ignored, the route's timeout applies.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import time
+from collections.abc import Awaitable, Callable, Iterable, Mapping, MutableMapping
+from typing import Any
+
+import anyio
+
+from resilio import _core
+from resilio import context as _ctx
+from resilio.clock import SYSTEM_CLOCK, Clock
+from resilio.errors import BulkheadFullError
+from resilio.strategies._base import WAIT
+from resilio.strategies.bulkhead import Bulkhead
+
+__all__ = [
+    "DEADLINE_HEADER",
+    "DeadlineMiddleware",
+    "LoadSheddingMiddleware",
+    "RateLimitMiddleware",
+    "client_key",
+    "header_key",
+    "route_key",
+]
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+KeyFunc = Callable[[Scope], "str | bytes | None"]
+
+#: Incoming and outgoing header carrying the caller's remaining time, in seconds.
+DEADLINE_HEADER = "request-timeout"
+#: Key used when a request has no client address.
+UNKNOWN_CLIENT = "-"
+_MAX_KEY = 64
+
+
+class _BadRequest(Exception):
+    """The request cannot be keyed (e.g. conflicting duplicate key headers)."""
+
+
+def client_key(scope: Scope) -> str | bytes | None:
+    """Key by the client's address (host only)."""
+    client = scope.get("client")
+    if not client:
+        return None
+    return client[0]  # type: ignore[no-any-return]
+
+
+def header_key(name: str) -> KeyFunc:
+    """Key by a request header (e.g. an API key); requests without it use `"-"`."""
+    wanted = name.lower().encode("latin-1")
+
+    def key(scope: Scope) -> bytes | None:
+        found: bytes | None = None
+        for k, v in scope.get("headers") or ():
+            if k.lower() == wanted:
+                if found is not None and found != v:
+                    raise _BadRequest(f"conflicting {name} headers")
+                found = v
+        return found
+
+    return key
+
+
+def route_key(scope: Scope) -> str | None:
+    """Key by the request path: one limit per route."""
+    return scope.get("path")  # type: ignore[no-any-return]
+
+
+async def _plain_response(
+    send: Send, status: int, body: bytes, headers: list[tuple[bytes, bytes]]
+) -> None:
+    headers = [
+        (b"content-type", b"text/plain; charset=utf-8"),
+        (b"content-length", str(len(body)).encode()),
+        *headers,
+    ]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+def _exempt_set(exempt: Iterable[str]) -> frozenset[str]:
+    paths = frozenset(exempt)
+    for p in paths:
+        if not isinstance(p, str) or not p.startswith("/"):
+            raise ValueError(f"exempt paths must start with '/', got {p!r}")
+    return paths
+
+
+class RateLimitMiddleware:
+    """Limit each client to `rate` requests per second, bursts up to `burst`.
+
+    `key` picks the client: "client" (address, default), "route", "header:NAME"
+    (e.g. "header:x-api-key"), or a callable of the ASGI scope. Every response
+    carries `RateLimit-Policy` and `RateLimit` headers (IETF httpapi
+    rate-limit-headers draft); a refused request gets `429` with `Retry-After`
+    in whole seconds, rounded up.
+    """
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        /,
+        *,
+        rate: float,
+        burst: int | None = None,
+        key: str | KeyFunc = "client",
+        max_keys: int = 100_000,
+        exempt: Iterable[str] = (),
+        policy: str = "default",
+        clock: Clock | None = None,
+    ) -> None:
+        self.app = app
+        if burst is None:
+            burst = max(1, math.ceil(rate))
+        self._buckets = _core.KeyedBuckets(rate, burst, max_keys)
+        self._burst = burst
+        self._interval_ns: int = self._buckets.interval_ns
+        self._key = _key_func(key)
+        self._exempt = _exempt_set(exempt)
+        self._now_ns = (clock or SYSTEM_CLOCK).now_ns
+        if not policy.replace("-", "").replace("_", "").isalnum():
+            raise ValueError(f"policy must be a plain token, got {policy!r}")
+        self._policy_name = policy
+        window = math.ceil(burst * self._interval_ns / 1e9)
+        self._policy_header = (
+            b"ratelimit-policy",
+            f'"{policy}";q={burst};w={window}'.encode(),
+        )
+
+    @property
+    def buckets(self) -> Any:
+        """The core keyed-bucket table (counters: admitted, rejected, evicted...)."""
+        return self._buckets
+
+    def _ratelimit_header(self, key: str | bytes, now_ns: int) -> tuple[bytes, bytes]:
+        remaining = self._buckets.available(key, now_ns)
+        missing = self._burst - remaining
+        reset = math.ceil(missing * self._interval_ns / 1e9) if missing > 0 else 0
+        return (b"ratelimit", f'"{self._policy_name}";r={remaining};t={reset}'.encode())
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] in self._exempt:
+            await self.app(scope, receive, send)
+            return
+        try:
+            key = self._key(scope)
+        except _BadRequest as exc:
+            await _plain_response(send, 400, str(exc).encode(), [])
+            return
+        if key is None:
+            key = UNKNOWN_CLIENT
+        elif len(key) > _MAX_KEY:
+            key = hashlib.blake2b(
+                key.encode() if isinstance(key, str) else key, digest_size=32
+            ).digest()
+        now_ns = self._now_ns()
+        wait_ns = self._buckets.try_acquire(key, now_ns)
+        if wait_ns:
+            retry_after = str(max(1, math.ceil(wait_ns / 1e9))).encode()
+            await _plain_response(
+                send,
+                429,
+                b"Too Many Requests",
+                [
+                    (b"retry-after", retry_after),
+                    self._policy_header,
+                    self._ratelimit_header(key, now_ns),
+                ],
+            )
+            return
+        policy = self._policy_header
+        header = self._ratelimit_header(key, now_ns)
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = [*message.get("headers", ()), policy, header]
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
+
+
+def _key_func(key: str | KeyFunc) -> KeyFunc:
+    if callable(key):
+        return key
+    if key == "client":
+        return client_key
+    if key == "route":
+        return route_key
+    if isinstance(key, str) and key.startswith("header:") and len(key) > len("header:"):
+        return header_key(key[len("header:") :])
+    raise ValueError(f"key must be 'client', 'route', 'header:NAME' or a callable, got {key!r}")
+
+
+class LoadSheddingMiddleware:
+    """Serve at most `max_concurrency` requests at once; queue a bounded few more.
+
+    Requests beyond the queue, or queued longer than `queue_timeout`, get `503`
+    with `Retry-After`. Exempt paths (health checks) always pass.
+    """
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        /,
+        *,
+        max_concurrency: int,
+        max_queue: int = 0,
+        queue_timeout: float | None = None,
+        retry_after: int = 1,
+        exempt: Iterable[str] = (),
+    ) -> None:
+        self.app = app
+        self.bulkhead = Bulkhead(
+            max_concurrency, max_queue=max_queue, queue_timeout=queue_timeout, name="load_shedding"
+        )
+        if isinstance(retry_after, bool) or not isinstance(retry_after, int) or retry_after < 0:
+            raise ValueError(f"retry_after must be an int >= 0 (seconds), got {retry_after!r}")
+        self._retry_after = str(retry_after).encode()
+        self._exempt = _exempt_set(exempt)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] in self._exempt:
+            await self.app(scope, receive, send)
+            return
+        bh = self.bulkhead
+        try:
+            token = bh._enter()
+            if token is WAIT:
+                token = await bh._enter_wait()
+        except BulkheadFullError:
+            await _plain_response(
+                send, 503, b"Service Unavailable", [(b"retry-after", self._retry_after)]
+            )
+            return
+        try:
+            await self.app(scope, receive, send)
+        except BaseException as exc:
+            bh._err(token, exc)
+            raise
+        bh._ok(token, None)
+
+
+def parse_deadline_header(headers: Iterable[tuple[bytes, bytes]]) -> float | None:
+    """The `Request-Timeout` value in seconds, or None if absent or malformed."""
+    wanted = DEADLINE_HEADER.encode()
+    found: float | None = None
+    for k, v in headers:
+        if k.lower() != wanted:
+            continue
+        try:
+            seconds = float(v.decode("latin-1").strip())
+        except ValueError:
+            return None
+        if not math.isfinite(seconds) or seconds <= 0:
+            return None
+        if found is not None and found != seconds:
+            return None
+        found = seconds
+    return found
+
+
+class DeadlineMiddleware:
+    """Give each request a deadline; answer `504` if the app has not responded by then.
+
+    The deadline is the route's timeout (`routes` maps a path prefix to
+    seconds, longest prefix wins; else `timeout`), shortened by the caller's
+    `Request-Timeout` header (seconds left) when that is smaller. The app reads
+    it with `resilio.deadline()`, and `ResilientTransport` forwards it on
+    outbound calls. If the response has already started when time runs out,
+    the app is cancelled and the connection is left to the server to close.
+    """
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        /,
+        *,
+        timeout: float = 30.0,
+        routes: Mapping[str, float] | None = None,
+        exempt: Iterable[str] = (),
+    ) -> None:
+        self.app = app
+        for name, value in [
+            ("timeout", timeout),
+            *((f"routes[{p!r}]", t) for p, t in (routes or {}).items()),
+        ]:
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, (int, float))
+                or not (math.isfinite(value) and value > 0)
+            ):
+                raise ValueError(f"{name} must be a finite number of seconds > 0, got {value!r}")
+        self._timeout = float(timeout)
+        # Longest prefix first, so the most specific route wins.
+        self._routes = sorted((routes or {}).items(), key=lambda kv: -len(kv[0]))
+        self._exempt = _exempt_set(exempt)
+
+    def timeout_for(self, path: str) -> float:
+        """The configured timeout for a path."""
+        for prefix, seconds in self._routes:
+            if path.startswith(prefix):
+                return seconds
+        return self._timeout
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] in self._exempt:
+            await self.app(scope, receive, send)
+            return
+        seconds = self.timeout_for(scope["path"])
+        asked = parse_deadline_header(scope.get("headers") or ())
+        if asked is not None and asked < seconds:
+            seconds = asked
+        started = False
+
+        async def send_tracking(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        _, token = _ctx.push_deadline(time.monotonic() + seconds)
+        try:
+            with anyio.move_on_after(seconds) as scope_:
+                await self.app(scope, receive, send_tracking)
+        finally:
+            _ctx.pop_deadline(token)
+        if scope_.cancelled_caught and not started:
+            await _plain_response(send, 504, b"Gateway Timeout", [])

@@ -1,0 +1,546 @@
+"""httpx integration: a transport that runs every request through resilience strategies.
+
+`ResilientTransport` wraps an inner `httpx.AsyncBaseTransport` (by default
+`httpx.AsyncHTTPTransport()`); `client(...)` builds an `httpx.AsyncClient` on
+one. Per origin (scheme, host, port) it keeps two pipelines that share their
+strategies: for replayable idempotent requests
+
+    rate_limiter -> total_timeout -> retry -> hedging -> circuit breaker -> attempt_timeout
+
+and the same without retry and hedging for everything else (POST, PATCH, or a
+streaming request body, which cannot be sent twice). The circuit breaker is
+per origin and sits inside the retry, so it counts attempts, not calls.
+
+A response whose status is in `failure_statuses` is raised inside the
+pipeline as `FailedResponse` (so the retry and the breaker see a failure, and
+`Retry-After` becomes the error's `retry_after` hint) and unwrapped at the
+end: when the retry gives up, the caller receives the last response, not an
+error. Every other response of the call is closed, at the latest before the
+next attempt is sent.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import email.utils
+import math
+import time
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any, Final
+
+import anyio
+import httpx
+
+from resilio.clock import Clock
+from resilio.context import deadline as _deadline
+from resilio.errors import TimeoutRejectedError
+from resilio.integrations.asgi import DEADLINE_HEADER
+from resilio.pipeline import Pipeline
+from resilio.standard import (
+    ATTEMPT_TIMEOUT,
+    BREAKER_BREAK,
+    BREAKER_FAILURE_RATIO,
+    BREAKER_MIN_THROUGHPUT,
+    BREAKER_SAMPLING,
+    RETRY_ATTEMPTS,
+    RETRY_DELAY,
+    RETRY_MAX_DELAY,
+    TOTAL_TIMEOUT,
+)
+from resilio.strategies._base import Strategy
+from resilio.strategies.circuit_breaker import CircuitBreaker
+from resilio.strategies.hedging import Hedging
+from resilio.strategies.retry import Backoff, Retry, RetryBudget
+from resilio.strategies.timeout import Timeout
+
+__all__ = [
+    "DEFAULT_FAILURE_STATUSES",
+    "DEFAULT_MAX_ORIGINS",
+    "DEFAULT_RETRY_METHODS",
+    "TRANSIENT_ERRORS",
+    "FailedResponse",
+    "ResilientTransport",
+    "client",
+    "parse_retry_after",
+]
+
+#: Methods retried (and hedged) by default: the idempotent ones (RFC 9110 9.2.2).
+DEFAULT_RETRY_METHODS: Final = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
+#: Statuses that count as failures: timeout, throttled, server errors a retry may cure.
+DEFAULT_FAILURE_STATUSES: Final = frozenset({408, 429, 500, 502, 503, 504})
+#: Origins that keep their own circuit breaker; the least recently used are dropped.
+DEFAULT_MAX_ORIGINS: Final = 1000
+DEFAULT_TOTAL_TIMEOUT: Final = TOTAL_TIMEOUT
+DEFAULT_ATTEMPT_TIMEOUT: Final = ATTEMPT_TIMEOUT
+
+# Sent with the canonical spelling; DEADLINE_HEADER is the lower-case name servers match.
+_WIRE_HEADER: Final = "-".join(part.capitalize() for part in DEADLINE_HEADER.split("-"))
+
+
+def parse_retry_after(value: str) -> float | None:
+    """Seconds to wait from a `Retry-After` value (delay-seconds or HTTP-date), or None.
+
+    A date in the past gives 0.0; anything unparsable gives None.
+    """
+    value = value.strip()
+    if not value:
+        return None
+    if value[0].isdigit():
+        try:
+            seconds = float(value)
+        except ValueError:
+            seconds = math.nan
+        if math.isfinite(seconds):
+            return seconds
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when.tzinfo is None:
+        # RFC 9110 dates are always GMT; "-0000" parses as naive.
+        when = when.replace(tzinfo=datetime.UTC)
+    return max(0.0, when.timestamp() - time.time())
+
+
+class FailedResponse(Exception):
+    """A response whose status is a failure, raised inside the pipeline only.
+
+    Strategies see it as a failed attempt; its `retry_after` (seconds, from the
+    `Retry-After` header) is the hint the retry honours. The transport unwraps
+    it, so callers receive `response`, never this error.
+    """
+
+    def __init__(self, response: httpx.Response) -> None:
+        super().__init__(f"HTTP {response.status_code}")
+        self.response = response
+        header = response.headers.get("retry-after")
+        self.retry_after: float | None = None if header is None else parse_retry_after(header)
+
+
+#: What the default retry and breaker handle: failure statuses, network and protocol
+#: errors, httpx timeouts and attempt timeouts. Not UnsupportedProtocol,
+#: LocalProtocolError or InvalidURL: the same request would fail the same way.
+TRANSIENT_ERRORS: Final[tuple[type[Exception], ...]] = (
+    FailedResponse,
+    httpx.TimeoutException,
+    httpx.NetworkError,
+    httpx.RemoteProtocolError,
+    httpx.ProxyError,
+    TimeoutRejectedError,
+)
+
+
+async def _discard(responses: list[httpx.Response], keep: httpx.Response | None) -> None:
+    """Close every response but `keep`, even while the call is being cancelled."""
+    with anyio.CancelScope(shield=True):
+        for r in responses:
+            if r is not keep:
+                # A connection that broke while closing must not replace the outcome.
+                with contextlib.suppress(Exception):
+                    await r.aclose()
+
+
+async def _release_before_backoff(attempt: int, outcome: Any, delay: float) -> None:
+    # The default retry frees the failed response's connection before sleeping,
+    # not after: a backoff can last seconds and the pool is bounded.
+    if isinstance(outcome, FailedResponse):
+        await _discard([outcome.response], None)
+
+
+class _Call:
+    """One request through the pipeline: the responses its attempts produced."""
+
+    __slots__ = ("request", "seen", "track")
+
+    def __init__(self, request: httpx.Request, track: bool) -> None:
+        self.request = request
+        # Failed responses (and, when hedging, every response), closed before the
+        # next attempt or at the end unless returned.
+        self.seen: list[httpx.Response] | None = None
+        self.track = track
+
+
+Execute = Callable[[Callable[[_Call], Awaitable[httpx.Response]], _Call], Awaitable[Any]]
+
+
+class _Route:
+    """The pipelines of one origin (or of the user's pipeline)."""
+
+    __slots__ = ("breaker", "hedged", "once", "repeat")
+
+    def __init__(
+        self, repeat: Pipeline, once: Pipeline, breaker: CircuitBreaker | None, hedged: bool
+    ) -> None:
+        self.repeat: Execute = repeat.execute
+        self.once: Execute = once.execute
+        self.breaker = breaker
+        self.hedged = hedged
+
+
+_DEFAULT: Any = object()
+
+
+def _timeout(name: str, value: object) -> Timeout | None:
+    if value is None or isinstance(value, Timeout):
+        return value
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be seconds, a Timeout or None, got {value!r}")
+    if not math.isfinite(value) or value <= 0:
+        raise ValueError(f"{name} must be a finite number of seconds > 0, got {value!r}")
+    return Timeout(value, name=name)
+
+
+def _methods(value: object) -> frozenset[str]:
+    if isinstance(value, str) or not isinstance(value, Iterable):
+        raise TypeError(f"retry_methods must be a collection of method names, got {value!r}")
+    methods = []
+    for m in value:
+        if not isinstance(m, str) or not m.isalpha():
+            raise ValueError(f"retry_methods must hold HTTP method names, got {m!r}")
+        methods.append(m.upper())
+    return frozenset(methods)
+
+
+def _statuses(value: object) -> frozenset[int]:
+    if not isinstance(value, Iterable):
+        raise TypeError(f"failure_statuses must be a collection of status codes, got {value!r}")
+    statuses = []
+    for s in value:
+        if isinstance(s, bool) or not isinstance(s, int) or not 100 <= s <= 599:
+            raise ValueError(f"failure_statuses must hold status codes in [100, 599], got {s!r}")
+        statuses.append(s)
+    return frozenset(statuses)
+
+
+def _strategy(name: str, value: Any, kind: type[Strategy]) -> Any:
+    if value is not None and not isinstance(value, kind):
+        raise TypeError(f"{name} must be a {kind.__name__} or None, got {value!r}")
+    return value
+
+
+def _is_factory(value: object) -> bool:
+    # A CircuitBreaker instance is the usual mistake: each origin needs its own.
+    return callable(value) and not isinstance(value, Strategy)
+
+
+def _origin(key: tuple[bytes, bytes, int | None]) -> str:
+    scheme, host, port = key[0].decode("ascii"), key[1].decode("ascii"), key[2]
+    if port is None:
+        port = {"http": 80, "https": 443, "ws": 80, "wss": 443}.get(scheme)
+    if ":" in host:
+        host = f"[{host}]"
+    return f"{scheme}://{host}" if port is None else f"{scheme}://{host}:{port}"
+
+
+class ResilientTransport(httpx.AsyncBaseTransport):
+    """Send each request through retry, a per-origin circuit breaker and timeouts.
+
+    Keyword options build the pipelines (pass None to drop a layer):
+    `total_timeout` (30 s) and `attempt_timeout` (10 s) as seconds or a
+    `Timeout`; `retry` (4 attempts, exponential backoff from 2 s with jitter,
+    30 s cap, a retry budget); `hedging` (off); `breaker`, a zero-argument
+    factory called once per origin (the standard breaker: 10 % failures over
+    30 s, at least 100 attempts, 5 s break); `rate_limiter` (off; one for the
+    whole transport). `retry_methods` and `failure_statuses` say which requests
+    may be sent again and which statuses are failures.
+
+    A `pipeline` given instead is used as-is for every request (no per-origin
+    breaker); non-retryable requests run it without its Retry and Hedging.
+    """
+
+    __slots__ = (
+        "_attempt_fn",
+        "_attempt_timeout",
+        "_clock",
+        "_failure_statuses",
+        "_hedged",
+        "_inner",
+        "_make_breaker",
+        "_max_origins",
+        "_name",
+        "_once_outer",
+        "_outer",
+        "_retry_methods",
+        "_routes",
+        "_send",
+        "_single",
+    )
+
+    def __init__(
+        self,
+        pipeline: Pipeline | None = None,
+        transport: httpx.AsyncBaseTransport | None = None,
+        *,
+        total_timeout: float | Timeout | None = _DEFAULT,
+        retry: Retry | None = _DEFAULT,
+        hedging: Hedging | None = None,
+        breaker: Callable[[], CircuitBreaker] | None = _DEFAULT,
+        attempt_timeout: float | Timeout | None = _DEFAULT,
+        rate_limiter: Strategy | None = None,
+        retry_methods: Iterable[str] = DEFAULT_RETRY_METHODS,
+        failure_statuses: Iterable[int] = DEFAULT_FAILURE_STATUSES,
+        max_origins: int = DEFAULT_MAX_ORIGINS,
+        name: str | None = None,
+        clock: Clock | None = None,
+    ) -> None:
+        if transport is not None and not isinstance(transport, httpx.AsyncBaseTransport):
+            raise TypeError(f"transport must be an httpx.AsyncBaseTransport, got {transport!r}")
+        if isinstance(max_origins, bool) or not isinstance(max_origins, int):
+            raise TypeError(f"max_origins must be an int, got {max_origins!r}")
+        if max_origins < 1:
+            raise ValueError(f"max_origins must be >= 1, got {max_origins!r}")
+        self._retry_methods = _methods(retry_methods)
+        self._failure_statuses = _statuses(failure_statuses)
+        self._max_origins = max_origins
+        self._name = name
+        self._clock = clock
+        self._routes: OrderedDict[tuple[bytes, bytes, int | None], _Route] = OrderedDict()
+        self._attempt_fn = self._attempt
+        self._single: _Route | None = None
+        self._make_breaker: Callable[[], CircuitBreaker] | None = None
+        self._outer: list[Strategy] = []
+        self._once_outer: list[Strategy] = []
+        self._attempt_timeout: Timeout | None = None
+        self._hedged = False
+
+        if pipeline is not None:
+            if not isinstance(pipeline, Pipeline):
+                raise TypeError(f"pipeline must be a resilio Pipeline or None, got {pipeline!r}")
+            given = {
+                "total_timeout": total_timeout is not _DEFAULT,
+                "retry": retry is not _DEFAULT,
+                "hedging": hedging is not None,
+                "breaker": breaker is not _DEFAULT,
+                "attempt_timeout": attempt_timeout is not _DEFAULT,
+                "rate_limiter": rate_limiter is not None,
+                "clock": clock is not None,
+                "name": name is not None,
+            }
+            clash = [k for k, v in given.items() if v]
+            if clash:
+                raise TypeError(
+                    f"pass either pipeline or the options that build one, not both: {clash}"
+                )
+            strategies = pipeline.strategies
+            kept = [s for s in strategies if not isinstance(s, (Retry, Hedging))]
+            once = (
+                pipeline
+                if len(kept) == len(strategies)
+                else Pipeline(*kept, name=pipeline.name, clock=pipeline.clock)
+            )
+            hedged = any(isinstance(s, Hedging) for s in strategies)
+            self._single = _Route(pipeline, once, None, hedged)
+        else:
+            self._configure(total_timeout, retry, hedging, breaker, attempt_timeout, rate_limiter)
+        # Last, once the options are known to be good: the default builds an SSL context.
+        if transport is None:
+            transport = httpx.AsyncHTTPTransport()
+        self._inner = transport
+        self._send = transport.handle_async_request
+
+    def _configure(
+        self,
+        total_timeout: float | Timeout | None,
+        retry: Retry | None,
+        hedging: Hedging | None,
+        breaker: Callable[[], CircuitBreaker] | None,
+        attempt_timeout: float | Timeout | None,
+        rate_limiter: Strategy | None,
+    ) -> None:
+
+        rate_limiter = _strategy("rate_limiter", rate_limiter, Strategy)
+        total = _timeout(
+            "total_timeout", DEFAULT_TOTAL_TIMEOUT if total_timeout is _DEFAULT else total_timeout
+        )
+        if retry is _DEFAULT:
+            retry = Retry(
+                RETRY_ATTEMPTS,
+                backoff=Backoff.exponential(RETRY_DELAY, max_delay=RETRY_MAX_DELAY, jitter=True),
+                handle=TRANSIENT_ERRORS,
+                on_retry=_release_before_backoff,
+                budget=RetryBudget(),
+            )
+        retry = _strategy("retry", retry, Retry)
+        hedging = _strategy("hedging", hedging, Hedging)
+        if breaker is _DEFAULT:
+            breaker = self._standard_breaker
+        elif breaker is not None and not _is_factory(breaker):
+            raise TypeError(
+                "breaker must be a zero-argument factory returning a CircuitBreaker "
+                f"(e.g. lambda: CircuitBreaker(...)) or None, got {breaker!r}"
+            )
+        self._make_breaker = breaker
+        self._attempt_timeout = _timeout(
+            "attempt_timeout",
+            DEFAULT_ATTEMPT_TIMEOUT if attempt_timeout is _DEFAULT else attempt_timeout,
+        )
+        once_outer = [s for s in (rate_limiter, total) if s is not None]
+        self._once_outer = once_outer
+        self._outer = once_outer + [s for s in (retry, hedging) if s is not None]
+        self._hedged = hedging is not None
+        if breaker is None:
+            # Nothing is per origin: one route serves every request.
+            self._single = self._build_route(None)
+
+    def _standard_breaker(self) -> CircuitBreaker:
+        return CircuitBreaker(
+            failure_ratio=BREAKER_FAILURE_RATIO,
+            minimum_throughput=BREAKER_MIN_THROUGHPUT,
+            sampling_duration=BREAKER_SAMPLING,
+            break_duration=BREAKER_BREAK,
+            handle=TRANSIENT_ERRORS,
+            clock=self._clock,
+        )
+
+    def _build_route(self, key: tuple[bytes, bytes, int | None] | None) -> _Route:
+        breaker: CircuitBreaker | None = None
+        inner: list[Strategy] = []
+        if key is not None and self._make_breaker is not None:
+            breaker = self._make_breaker()
+            if not isinstance(breaker, CircuitBreaker):
+                raise TypeError(
+                    f"the breaker factory must return a CircuitBreaker, got {breaker!r}"
+                )
+            if breaker.name is None:
+                breaker.name = f"circuit_breaker[{_origin(key)}]"
+            inner.append(breaker)
+        if self._attempt_timeout is not None:
+            inner.append(self._attempt_timeout)
+        name, clock = self._name, self._clock
+        repeat = Pipeline(*self._outer, *inner, name=name, clock=clock)
+        once = Pipeline(*self._once_outer, *inner, name=name, clock=clock)
+        return _Route(repeat, once, breaker, self._hedged)
+
+    def _route(self, url: httpx.URL) -> _Route:
+        key = (url.raw_scheme, url.raw_host, url.port)
+        routes = self._routes
+        route = routes.get(key)
+        if route is not None:
+            routes.move_to_end(key)
+            return route
+        route = self._build_route(key)
+        routes[key] = route
+        if len(routes) > self._max_origins:
+            # Bounded memory: the least recently used origin forgets its breaker.
+            routes.popitem(last=False)
+        return route
+
+    def circuit_breaker(self, url: httpx.URL | str) -> CircuitBreaker | None:
+        """The circuit breaker of `url`'s origin, or None if it has none (yet)."""
+        u = httpx.URL(url)
+        route = self._routes.get((u.raw_scheme, u.raw_host, u.port))
+        return None if route is None else route.breaker
+
+    @property
+    def origins(self) -> int:
+        """How many origins currently have their own pipelines."""
+        return len(self._routes)
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        route = self._single
+        if route is None:
+            route = self._route(request.url)
+        if request.method in self._retry_methods and isinstance(request.stream, httpx.ByteStream):
+            execute = route.repeat
+            call = _Call(request, route.hedged)
+        else:
+            execute = route.once
+            call = _Call(request, False)
+        try:
+            response = await execute(self._attempt_fn, call)
+        except FailedResponse as failed:
+            response = failed.response
+        except BaseException:
+            if call.seen is not None:
+                await _discard(call.seen, None)
+            raise
+        if call.seen is not None:
+            await _discard(call.seen, response)
+        if not isinstance(response, httpx.Response):
+            raise TypeError(f"the pipeline returned {response!r}, not an httpx.Response")
+        return response
+
+    async def _attempt(self, call: _Call) -> httpx.Response:
+        seen = call.seen
+        if seen is not None:
+            # Earlier attempts' responses are discarded: a new attempt means none won.
+            call.seen = None
+            await _discard(seen, None)
+        request = call.request
+        left = _deadline()
+        if left is not None:
+            request.headers[_WIRE_HEADER] = f"{left:.3f}"
+        response = await self._send(request)
+        if response.status_code in self._failure_statuses:
+            if call.seen is None:
+                call.seen = [response]
+            else:
+                call.seen.append(response)
+            raise FailedResponse(response)
+        if call.track:
+            # A hedged attempt that loses the race still returns its response here.
+            if call.seen is None:
+                call.seen = [response]
+            else:
+                call.seen.append(response)
+        return response
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+
+
+def client(
+    pipeline: Pipeline | None = None,
+    transport: httpx.AsyncBaseTransport | None = None,
+    *,
+    total_timeout: float | Timeout | None = _DEFAULT,
+    retry: Retry | None = _DEFAULT,
+    hedging: Hedging | None = None,
+    breaker: Callable[[], CircuitBreaker] | None = _DEFAULT,
+    attempt_timeout: float | Timeout | None = _DEFAULT,
+    rate_limiter: Strategy | None = None,
+    retry_methods: Iterable[str] = DEFAULT_RETRY_METHODS,
+    failure_statuses: Iterable[int] = DEFAULT_FAILURE_STATUSES,
+    max_origins: int = DEFAULT_MAX_ORIGINS,
+    name: str | None = None,
+    clock: Clock | None = None,
+    **kwargs: Any,
+) -> httpx.AsyncClient:
+    """An `httpx.AsyncClient` whose requests go through a `ResilientTransport`.
+
+    The transport takes the resilience options; every other keyword goes to
+    `httpx.AsyncClient`. Without `transport`, the inner `AsyncHTTPTransport` is
+    built from the connection keywords (verify, cert, trust_env, http1, http2,
+    limits, proxy), as AsyncClient would have.
+    """
+    if transport is None:
+        conn: dict[str, Any] = {
+            k: kwargs[k]
+            for k in ("verify", "cert", "trust_env", "http1", "http2", "limits")
+            if k in kwargs
+        }
+        if "proxy" in kwargs:
+            # A client-level proxy would mount its own transport and bypass ours.
+            conn["proxy"] = kwargs.pop("proxy")
+        transport = httpx.AsyncHTTPTransport(**conn)
+    options: dict[str, Any] = {
+        "hedging": hedging,
+        "rate_limiter": rate_limiter,
+        "retry_methods": retry_methods,
+        "failure_statuses": failure_statuses,
+        "max_origins": max_origins,
+        "name": name,
+        "clock": clock,
+    }
+    for key, value in (
+        ("total_timeout", total_timeout),
+        ("retry", retry),
+        ("breaker", breaker),
+        ("attempt_timeout", attempt_timeout),
+    ):
+        if value is not _DEFAULT:
+            options[key] = value
+    resilient = ResilientTransport(pipeline, transport, **options)
+    return httpx.AsyncClient(transport=resilient, **kwargs)

@@ -1,0 +1,226 @@
+"""ASGI middleware under a real uvicorn server on 127.0.0.1, driven by httpx."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from types import ModuleType
+from typing import Any
+
+import httpx
+import pytest
+from fastapi import FastAPI
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse
+from starlette.routing import Route, WebSocketRoute
+from starlette.websockets import WebSocket
+
+import resilio
+from resilio.integrations.asgi import (
+    DeadlineMiddleware,
+    LoadSheddingMiddleware,
+    RateLimitMiddleware,
+    parse_deadline_header,
+)
+from resilio.testing import FakeClock
+
+Serve = Callable[[Any], str]
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    """The HTTP-level tests drive the client with asyncio.gather."""
+    return "asyncio"
+
+
+async def hello(request: Request) -> PlainTextResponse:
+    return PlainTextResponse("hello")
+
+
+async def health(request: Request) -> PlainTextResponse:
+    return PlainTextResponse("ok")
+
+
+async def slow(request: Request) -> PlainTextResponse:
+    await asyncio.sleep(float(request.query_params.get("s", "1")))
+    return PlainTextResponse("slow")
+
+
+async def deadline_echo(request: Request) -> JSONResponse:
+    return JSONResponse({"deadline": resilio.deadline()})
+
+
+async def ws(websocket: WebSocket) -> None:
+    await websocket.accept()
+    await websocket.send_text("hi")
+    await websocket.close()
+
+
+def starlette_app() -> Starlette:
+    return Starlette(
+        routes=[
+            Route("/", hello),
+            Route("/health", health),
+            Route("/slow", slow),
+            Route("/deadline", deadline_echo),
+            WebSocketRoute("/ws", ws),
+        ]
+    )
+
+
+def test_rate_limit_per_client_under_uvicorn(core: ModuleType, serve: Serve) -> None:
+    clock = FakeClock(start=100.0)
+    app = RateLimitMiddleware(starlette_app(), rate=1.0, burst=3, exempt=["/health"], clock=clock)
+    url = serve(app)
+    with httpx.Client(base_url=url) as client:
+        statuses = [client.get("/") for _ in range(4)]
+        assert [r.status_code for r in statuses] == [200, 200, 200, 429]
+        first, refused = statuses[0], statuses[3]
+        assert first.headers["ratelimit-policy"] == '"default";q=3;w=3'
+        assert first.headers["ratelimit"] == '"default";r=2;t=1'
+        assert refused.headers["retry-after"] == "1"
+        assert refused.headers["ratelimit"] == '"default";r=0;t=3'
+        # Health checks are exempt.
+        assert all(client.get("/health").status_code == 200 for _ in range(5))
+        clock.advance(1.0)
+        assert client.get("/").status_code == 200
+
+
+def test_rate_limit_by_header_with_fastapi(core: ModuleType, serve: Serve) -> None:
+    api = FastAPI()
+
+    @api.get("/items")
+    async def items() -> dict[str, int]:
+        return {"n": 1}
+
+    app = RateLimitMiddleware(api, rate=1.0, burst=1, key="header:x-api-key", clock=FakeClock())
+    url = serve(app)
+    with httpx.Client(base_url=url) as client:
+        assert client.get("/items", headers={"x-api-key": "a"}).status_code == 200
+        assert client.get("/items", headers={"x-api-key": "a"}).status_code == 429
+        assert client.get("/items", headers={"x-api-key": "b"}).status_code == 200
+        long_key = "k" * 500
+        assert client.get("/items", headers={"x-api-key": long_key}).status_code == 200
+        assert client.get("/items", headers={"x-api-key": long_key}).status_code == 429
+        dup = [("x-api-key", "c"), ("x-api-key", "d")]
+        assert client.get("/items", headers=dup).status_code == 400
+
+
+@pytest.mark.anyio
+async def test_many_concurrent_clients_hit_one_limit(core: ModuleType, serve: Serve) -> None:
+    app = RateLimitMiddleware(starlette_app(), rate=1.0, burst=50, key="route", clock=FakeClock())
+    url = serve(app)
+    limits = httpx.Limits(max_connections=64)
+    async with httpx.AsyncClient(base_url=url, limits=limits) as client:
+        responses = await asyncio.gather(*(client.get("/") for _ in range(200)))
+    codes = [r.status_code for r in responses]
+    assert codes.count(200) == 50
+    assert codes.count(429) == 150
+
+
+def test_load_shedding_under_uvicorn(core: ModuleType, serve: Serve) -> None:
+    app = LoadSheddingMiddleware(starlette_app(), max_concurrency=2, exempt=["/health"])
+    url = serve(app)
+
+    async def run() -> list[int]:
+        async with httpx.AsyncClient(base_url=url, timeout=10) as client:
+            slow_calls = [asyncio.ensure_future(client.get("/slow?s=0.5")) for _ in range(2)]
+            await asyncio.sleep(0.2)
+            shed = await client.get("/")
+            healthy = await client.get("/health")
+            done = await asyncio.gather(*slow_calls)
+            after = await client.get("/")
+            assert shed.headers["retry-after"] == "1"
+            return [shed.status_code, healthy.status_code, *(r.status_code for r in done), after.status_code]
+
+    assert asyncio.run(run()) == [503, 200, 200, 200, 200]
+    assert app.bulkhead.in_flight == 0
+
+
+def test_deadline_504_and_header(core: ModuleType, serve: Serve) -> None:
+    app = DeadlineMiddleware(starlette_app(), timeout=5.0, routes={"/slow": 0.1})
+    url = serve(app)
+    with httpx.Client(base_url=url) as client:
+        assert client.get("/slow?s=2").status_code == 504
+        assert client.get("/slow?s=0").status_code == 200
+        d = client.get("/deadline", headers={"request-timeout": "1.5"}).json()["deadline"]
+        assert 1.0 < d <= 1.5
+        d = client.get("/deadline").json()["deadline"]
+        assert 4.5 < d <= 5.0
+        # Malformed deadline headers are ignored.
+        for bad in ["soon", "-1", "nan", "inf", "0"]:
+            r = client.get("/deadline", headers={"request-timeout": bad})
+            assert r.status_code == 200 and r.json()["deadline"] > 4.5
+
+
+def test_websocket_and_lifespan_pass_through(core: ModuleType, serve: Serve) -> None:
+    events: list[str] = []
+
+    async def lifespan_app(scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan":
+            while True:
+                message = await receive()
+                events.append(message["type"])
+                if message["type"] == "lifespan.startup":
+                    await send({"type": "lifespan.startup.complete"})
+                elif message["type"] == "lifespan.shutdown":
+                    await send({"type": "lifespan.shutdown.complete"})
+                    return
+        else:
+            await starlette_app()(scope, receive, send)
+
+    app = RateLimitMiddleware(
+        LoadSheddingMiddleware(DeadlineMiddleware(lifespan_app), max_concurrency=1),
+        rate=1.0,
+        burst=1,
+        clock=FakeClock(),
+    )
+    url = serve(app)
+    assert events == ["lifespan.startup"]
+    import websockets.sync.client as wsc
+
+    for _ in range(3):  # more than the burst: websockets are not limited
+        with wsc.connect(url.replace("http", "ws") + "/ws") as conn:
+            assert conn.recv() == "hi"
+
+
+def test_parse_deadline_header() -> None:
+    h = b"request-timeout"
+    assert parse_deadline_header([(h, b"2.5")]) == 2.5
+    assert parse_deadline_header([(h, b"2.5"), (h, b"2.5")]) == 2.5
+    assert parse_deadline_header([(h, b"2.5"), (h, b"3")]) is None
+    assert parse_deadline_header([(h, b"\xff")]) is None
+    assert parse_deadline_header([]) is None
+
+
+@pytest.mark.anyio
+async def test_missing_client_address_uses_shared_key(core: ModuleType) -> None:
+    sent: list[dict[str, Any]] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    async def send(message: Any) -> None:
+        sent.append(message)
+
+    async def receive() -> Any:
+        return {"type": "http.request"}
+
+    mw = RateLimitMiddleware(app, rate=1.0, burst=1, clock=FakeClock())
+    scope = {"type": "http", "path": "/", "headers": [], "client": None}
+    await mw(scope, receive, send)
+    await mw(dict(scope), receive, send)
+    assert [m["status"] for m in sent if m["type"] == "http.response.start"] == [200, 429]
+
+
+def test_bad_options() -> None:
+    async def app(scope: Any, receive: Any, send: Any) -> None: ...
+
+    with pytest.raises(ValueError, match="key"):
+        RateLimitMiddleware(app, rate=1.0, key="cookie")
+    with pytest.raises(ValueError, match="exempt"):
+        RateLimitMiddleware(app, rate=1.0, exempt=["health"])
+    with pytest.raises(ValueError, match="timeout"):
+        DeadlineMiddleware(app, timeout=-1)
