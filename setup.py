@@ -80,8 +80,17 @@ def _extensions() -> list[Extension]:
         extra_link_args=link_args,
         undef_macros=undef_macros,
     )
+    shm = Extension(
+        "resilio._shm_c",
+        sources=["resilio/_shm_c.pyx"],
+        include_dirs=["csrc"],
+        depends=[*headers, "resilio/_core_c.pxd"],
+        extra_compile_args=compile_args,
+        extra_link_args=link_args,
+        undef_macros=undef_macros,
+    )
     return cythonize(
-        [ext, runner],
+        [ext, runner, shm],
         compiler_directives={
             "language_level": 3,
             "boundscheck": False,

@@ -41,8 +41,9 @@ RS_INLINE bool rs_gate_try_enter(rs_gate *g) {
  * does nothing: the count never goes below 0, which would let the next
  * try_enter calls past the limit. */
 RS_INLINE void rs_gate_exit(rs_gate *g) {
-    /* Relaxed: only the CAS's first guess; a stale value just fails the CAS,
-     * which reloads it with acquire. */
+    /* Relaxed: only the CAS's first guess (a failed CAS reloads with acquire);
+     * a matched exit cannot read a stale 0, its own enter precedes it in
+     * this word's modification order. */
     int64_t n = rs_load_relaxed_i64(&g->in_flight);
     while (n > 0) {
         /* Acq_rel: the release publishes the slot holder's writes to the next

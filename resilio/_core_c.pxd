@@ -259,40 +259,49 @@ cdef extern from "rs_keyed.h" nogil:
 
 # ---- the compiled classes (their Python API mirrors resilio._core_py) ----
 # `_mem` is the owned allocation the struct pointer points into (64-byte aligned inside
-# it); it is NULL when the struct lives in memory the object does not own.
+# it); it is NULL when the struct lives in memory the object does not own. `_owner` is
+# then whatever keeps that memory valid for as long as the object lives (resilio._shm_c
+# sets it to the holder of a buffer export of a shared mapping); None otherwise.
 
 cdef class TokenBucket:
     cdef rs_bucket *b
     cdef void *_mem
+    cdef object _owner
     cdef double _rate
 
 
 cdef class TimeWindow:
     cdef rs_twindow *w
     cdef void *_mem
+    cdef object _owner
 
 
 cdef class CountWindow:
     cdef rs_cwindow *w
     cdef void *_mem
+    cdef object _owner
 
 
 cdef class Circuit:
     cdef rs_circuit *c
     cdef void *_mem
+    cdef object _owner
 
 
 cdef class Gate:
     cdef rs_gate *g
     cdef void *_mem
+    cdef object _owner
 
 
 cdef class Counters:
     cdef rs_counters *c
     cdef void *_mem
+    cdef object _owner
 
 
 cdef class KeyedBuckets:
     cdef rs_keyed *t
     cdef void *_mem
+    cdef object _owner
     cdef double _rate

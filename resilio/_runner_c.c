@@ -9,6 +9,7 @@
             "csrc/rs_counters.h",
             "csrc/rs_gate.h",
             "csrc/rs_keyed.h",
+            "csrc/rs_shm.h",
             "csrc/rs_siphash.h",
             "csrc/rs_token_bucket.h",
             "csrc/rs_window.h",
@@ -1707,11 +1708,12 @@ struct __pyx_obj_7resilio_9_runner_c_FastGate;
 struct __pyx_obj_7resilio_9_runner_c__BreakerGate;
 struct __pyx_obj_7resilio_9_runner_c__LimiterGate;
 struct __pyx_obj_7resilio_9_runner_c__BulkheadGate;
+struct __pyx_obj_7resilio_9_runner_c__TimeoutGate;
 struct __pyx_obj_7resilio_9_runner_c_GateGroup;
 struct __pyx_obj_7resilio_9_runner_c_GateCall;
 struct __pyx_obj_7resilio_9_runner_c_Bound;
 
-/* "resilio/_runner_c.pyx":49
+/* "resilio/_runner_c.pyx":67
  * DEF MAX_GATES = 4
  * 
  * cdef enum:             # <<<<<<<<<<<<<<
@@ -1724,8 +1726,8 @@ enum  {
   __pyx_e_7resilio_9_runner_c_S_DONE = 2
 };
 
-/* "resilio/_core_c.pxd":264
- * # it); it is NULL when the struct lives in memory the object does not own.
+/* "resilio/_core_c.pxd":266
+ * # sets it to the holder of a buffer export of a shared mapping); None otherwise.
  * 
  * cdef class TokenBucket:             # <<<<<<<<<<<<<<
  *     cdef rs_bucket *b
@@ -1735,11 +1737,12 @@ struct __pyx_obj_7resilio_7_core_c_TokenBucket {
   PyObject_HEAD
   rs_bucket *b;
   void *_mem;
+  PyObject *_owner;
   double _rate;
 };
 
 
-/* "resilio/_core_c.pxd":270
+/* "resilio/_core_c.pxd":273
  * 
  * 
  * cdef class TimeWindow:             # <<<<<<<<<<<<<<
@@ -1750,10 +1753,11 @@ struct __pyx_obj_7resilio_7_core_c_TimeWindow {
   PyObject_HEAD
   rs_twindow *w;
   void *_mem;
+  PyObject *_owner;
 };
 
 
-/* "resilio/_core_c.pxd":275
+/* "resilio/_core_c.pxd":279
  * 
  * 
  * cdef class CountWindow:             # <<<<<<<<<<<<<<
@@ -1764,10 +1768,11 @@ struct __pyx_obj_7resilio_7_core_c_CountWindow {
   PyObject_HEAD
   rs_cwindow *w;
   void *_mem;
+  PyObject *_owner;
 };
 
 
-/* "resilio/_core_c.pxd":280
+/* "resilio/_core_c.pxd":285
  * 
  * 
  * cdef class Circuit:             # <<<<<<<<<<<<<<
@@ -1778,10 +1783,11 @@ struct __pyx_obj_7resilio_7_core_c_Circuit {
   PyObject_HEAD
   rs_circuit *c;
   void *_mem;
+  PyObject *_owner;
 };
 
 
-/* "resilio/_core_c.pxd":285
+/* "resilio/_core_c.pxd":291
  * 
  * 
  * cdef class Gate:             # <<<<<<<<<<<<<<
@@ -1792,10 +1798,11 @@ struct __pyx_obj_7resilio_7_core_c_Gate {
   PyObject_HEAD
   rs_gate *g;
   void *_mem;
+  PyObject *_owner;
 };
 
 
-/* "resilio/_core_c.pxd":290
+/* "resilio/_core_c.pxd":297
  * 
  * 
  * cdef class Counters:             # <<<<<<<<<<<<<<
@@ -1806,10 +1813,11 @@ struct __pyx_obj_7resilio_7_core_c_Counters {
   PyObject_HEAD
   rs_counters *c;
   void *_mem;
+  PyObject *_owner;
 };
 
 
-/* "resilio/_core_c.pxd":295
+/* "resilio/_core_c.pxd":303
  * 
  * 
  * cdef class KeyedBuckets:             # <<<<<<<<<<<<<<
@@ -1820,11 +1828,12 @@ struct __pyx_obj_7resilio_7_core_c_KeyedBuckets {
   PyObject_HEAD
   rs_keyed *t;
   void *_mem;
+  PyObject *_owner;
   double _rate;
 };
 
 
-/* "resilio/_runner_c.pyx":55
+/* "resilio/_runner_c.pyx":73
  * 
  * 
  * cdef class FastGate:             # <<<<<<<<<<<<<<
@@ -1842,7 +1851,7 @@ struct __pyx_obj_7resilio_9_runner_c_FastGate {
 };
 
 
-/* "resilio/_runner_c.pyx":87
+/* "resilio/_runner_c.pyx":105
  * 
  * 
  * cdef class _BreakerGate(FastGate):             # <<<<<<<<<<<<<<
@@ -1859,7 +1868,7 @@ struct __pyx_obj_7resilio_9_runner_c__BreakerGate {
 };
 
 
-/* "resilio/_runner_c.pyx":115
+/* "resilio/_runner_c.pyx":133
  * 
  * 
  * cdef class _LimiterGate(FastGate):             # <<<<<<<<<<<<<<
@@ -1876,7 +1885,7 @@ struct __pyx_obj_7resilio_9_runner_c__LimiterGate {
 };
 
 
-/* "resilio/_runner_c.pyx":150
+/* "resilio/_runner_c.pyx":168
  * 
  * 
  * cdef class _BulkheadGate(FastGate):             # <<<<<<<<<<<<<<
@@ -1892,7 +1901,21 @@ struct __pyx_obj_7resilio_9_runner_c__BulkheadGate {
 };
 
 
-/* "resilio/_runner_c.pyx":196
+/* "resilio/_runner_c.pyx":239
+ * 
+ * 
+ * cdef class _TimeoutGate(FastGate):             # <<<<<<<<<<<<<<
+ *     cdef double seconds
+ *     cdef object py_ok_slow
+*/
+struct __pyx_obj_7resilio_9_runner_c__TimeoutGate {
+  struct __pyx_obj_7resilio_9_runner_c_FastGate __pyx_base;
+  double seconds;
+  PyObject *py_ok_slow;
+};
+
+
+/* "resilio/_runner_c.pyx":311
  * 
  * 
  * cdef class GateGroup:             # <<<<<<<<<<<<<<
@@ -1912,7 +1935,7 @@ struct __pyx_obj_7resilio_9_runner_c_GateGroup {
 };
 
 
-/* "resilio/_runner_c.pyx":246
+/* "resilio/_runner_c.pyx":361
  * 
  * 
  * @cython.freelist(32)             # <<<<<<<<<<<<<<
@@ -1937,7 +1960,7 @@ struct __pyx_obj_7resilio_9_runner_c_GateCall {
 };
 
 
-/* "resilio/_runner_c.pyx":463
+/* "resilio/_runner_c.pyx":578
  * 
  * 
  * cdef class Bound:             # <<<<<<<<<<<<<<
@@ -1954,7 +1977,7 @@ struct __pyx_obj_7resilio_9_runner_c_Bound {
 
 
 
-/* "resilio/_runner_c.pyx":55
+/* "resilio/_runner_c.pyx":73
  * 
  * 
  * cdef class FastGate:             # <<<<<<<<<<<<<<
@@ -1972,7 +1995,7 @@ static struct __pyx_vtabstruct_7resilio_9_runner_c_FastGate *__pyx_vtabptr_7resi
 static CYTHON_INLINE int64_t __pyx_f_7resilio_9_runner_c_8FastGate_now(struct __pyx_obj_7resilio_9_runner_c_FastGate *);
 
 
-/* "resilio/_runner_c.pyx":87
+/* "resilio/_runner_c.pyx":105
  * 
  * 
  * cdef class _BreakerGate(FastGate):             # <<<<<<<<<<<<<<
@@ -1986,7 +2009,7 @@ struct __pyx_vtabstruct_7resilio_9_runner_c__BreakerGate {
 static struct __pyx_vtabstruct_7resilio_9_runner_c__BreakerGate *__pyx_vtabptr_7resilio_9_runner_c__BreakerGate;
 
 
-/* "resilio/_runner_c.pyx":115
+/* "resilio/_runner_c.pyx":133
  * 
  * 
  * cdef class _LimiterGate(FastGate):             # <<<<<<<<<<<<<<
@@ -2000,7 +2023,7 @@ struct __pyx_vtabstruct_7resilio_9_runner_c__LimiterGate {
 static struct __pyx_vtabstruct_7resilio_9_runner_c__LimiterGate *__pyx_vtabptr_7resilio_9_runner_c__LimiterGate;
 
 
-/* "resilio/_runner_c.pyx":150
+/* "resilio/_runner_c.pyx":168
  * 
  * 
  * cdef class _BulkheadGate(FastGate):             # <<<<<<<<<<<<<<
@@ -2014,7 +2037,21 @@ struct __pyx_vtabstruct_7resilio_9_runner_c__BulkheadGate {
 static struct __pyx_vtabstruct_7resilio_9_runner_c__BulkheadGate *__pyx_vtabptr_7resilio_9_runner_c__BulkheadGate;
 
 
-/* "resilio/_runner_c.pyx":196
+/* "resilio/_runner_c.pyx":239
+ * 
+ * 
+ * cdef class _TimeoutGate(FastGate):             # <<<<<<<<<<<<<<
+ *     cdef double seconds
+ *     cdef object py_ok_slow
+*/
+
+struct __pyx_vtabstruct_7resilio_9_runner_c__TimeoutGate {
+  struct __pyx_vtabstruct_7resilio_9_runner_c_FastGate __pyx_base;
+};
+static struct __pyx_vtabstruct_7resilio_9_runner_c__TimeoutGate *__pyx_vtabptr_7resilio_9_runner_c__TimeoutGate;
+
+
+/* "resilio/_runner_c.pyx":311
  * 
  * 
  * cdef class GateGroup:             # <<<<<<<<<<<<<<
@@ -2035,7 +2072,7 @@ static CYTHON_INLINE PyObject *__pyx_f_7resilio_9_runner_c_9GateGroup__ok(struct
 static CYTHON_INLINE PyObject *__pyx_f_7resilio_9_runner_c_9GateGroup__err(struct __pyx_obj_7resilio_9_runner_c_GateGroup *, Py_ssize_t, PyObject *, PyObject *);
 
 
-/* "resilio/_runner_c.pyx":246
+/* "resilio/_runner_c.pyx":361
  * 
  * 
  * @cython.freelist(32)             # <<<<<<<<<<<<<<
@@ -2572,6 +2609,9 @@ static CYTHON_INLINE int __Pyx_PyObject_SetAttrStr(PyObject* obj, PyObject* attr
 #endif
 
 /* PyObjectCompare.proto */
+static CYTHON_INLINE int __Pyx_PyObject_CompareBoolEq_object_int(PyObject *op1, PyObject *op2, int pyop);
+
+/* PyObjectCompare.proto */
 static CYTHON_INLINE int __Pyx_PyObject_CompareBoolEq_object_str(PyObject *op1, PyObject *op2, int pyop);
 
 /* ArgTypeTestError.export */
@@ -3003,6 +3043,16 @@ static PyObject *__Pyx_CyFunction_New(PyMethodDef *ml,
                                       PyObject* code);
 static PyTypeObject *__Pyx_Get_CyFunction_Type(void);
 
+/* PyObjectVectorcallKwds.proto */
+#if CYTHON_VECTORCALL
+#define __Pyx_Object_VectorcallKwds PyObject_Vectorcall
+CYTHON_UNUSED static int __Pyx_CheckVectorcallKwarg(PyObject *kwnames, Py_ssize_t i);
+#else
+#define __Pyx_Object_VectorcallKwds __Pyx_PyObject_FastCallDict
+CYTHON_UNUSED static PyObject *__Pyx_MakeKwargDict(PyObject **keys, PyObject **values, Py_ssize_t n);
+CYTHON_UNUSED static int __Pyx_CheckVectorcallKwarg(PyObject **kwnames, Py_ssize_t i);
+#endif
+
 /* CLineInTraceback.proto (used by AddTraceback) */
 #if CYTHON_CLINE_IN_TRACEBACK && CYTHON_CLINE_IN_TRACEBACK_RUNTIME
 static int __Pyx_CLineForTraceback(PyThreadState *tstate, int c_line);
@@ -3053,16 +3103,6 @@ static int __Pyx_UpdateUnpickledDict(PyObject *obj, PyObject *state, Py_ssize_t 
 /* CheckUnpickleChecksum.proto */
 static CYTHON_INLINE int __Pyx_CheckUnpickleChecksum(long checksum, long checksum1, long checksum2, long checksum3, const char *members);
 
-/* PyObjectVectorcallKwds.proto (used by PyObjectVectorcallMethodKwds) */
-#if CYTHON_VECTORCALL
-#define __Pyx_Object_VectorcallKwds PyObject_Vectorcall
-CYTHON_UNUSED static int __Pyx_CheckVectorcallKwarg(PyObject *kwnames, Py_ssize_t i);
-#else
-#define __Pyx_Object_VectorcallKwds __Pyx_PyObject_FastCallDict
-CYTHON_UNUSED static PyObject *__Pyx_MakeKwargDict(PyObject **keys, PyObject **values, Py_ssize_t n);
-CYTHON_UNUSED static int __Pyx_CheckVectorcallKwarg(PyObject **kwnames, Py_ssize_t i);
-#endif
-
 /* PyObjectVectorcallMethodKwds.proto (used by CIntToPy) */
 #if CYTHON_VECTORCALL
 #define __Pyx_Object_VectorcallMethodKwds PyObject_VectorcallMethod
@@ -3084,6 +3124,12 @@ static CYTHON_INLINE int __Pyx_PyLong_As_int(PyObject *);
 
 /* CIntFromPy.proto */
 static CYTHON_INLINE long __Pyx_PyLong_As_long(PyObject *);
+
+/* CIntToPy.proto */
+static CYTHON_INLINE PyObject* __Pyx_PyLong_From_unsigned_long(unsigned long value);
+
+/* CIntToPy.proto */
+static CYTHON_INLINE PyObject* __Pyx_PyLong_From_PY_LONG_LONG(PY_LONG_LONG value);
 
 /* CIntToPy.proto */
 static CYTHON_INLINE PyObject* __Pyx_PyLong_From_long(long value);
@@ -3190,6 +3236,8 @@ static int __pyx_f_7resilio_9_runner_c_12_LimiterGate_err(CYTHON_UNUSED struct _
 static PyObject *__pyx_f_7resilio_9_runner_c_13_BulkheadGate_enter(struct __pyx_obj_7resilio_9_runner_c__BulkheadGate *__pyx_v_self); /* proto*/
 static int __pyx_f_7resilio_9_runner_c_13_BulkheadGate_ok(struct __pyx_obj_7resilio_9_runner_c__BulkheadGate *__pyx_v_self, CYTHON_UNUSED PyObject *__pyx_v_tok, CYTHON_UNUSED PyObject *__pyx_v_result); /* proto*/
 static int __pyx_f_7resilio_9_runner_c_13_BulkheadGate_err(struct __pyx_obj_7resilio_9_runner_c__BulkheadGate *__pyx_v_self, CYTHON_UNUSED PyObject *__pyx_v_tok, CYTHON_UNUSED PyObject *__pyx_v_exc); /* proto*/
+static PyObject *__pyx_f_7resilio_9_runner_c_12_TimeoutGate_enter(struct __pyx_obj_7resilio_9_runner_c__TimeoutGate *__pyx_v_self); /* proto*/
+static int __pyx_f_7resilio_9_runner_c_12_TimeoutGate_ok(struct __pyx_obj_7resilio_9_runner_c__TimeoutGate *__pyx_v_self, PyObject *__pyx_v_tok, PyObject *__pyx_v_result); /* proto*/
 static CYTHON_INLINE struct __pyx_obj_7resilio_9_runner_c_FastGate *__pyx_f_7resilio_9_runner_c_9GateGroup__gate(struct __pyx_obj_7resilio_9_runner_c_GateGroup *__pyx_v_self, Py_ssize_t __pyx_v_i); /* proto*/
 static CYTHON_INLINE PyObject *__pyx_f_7resilio_9_runner_c_9GateGroup__enter(struct __pyx_obj_7resilio_9_runner_c_GateGroup *__pyx_v_self, Py_ssize_t __pyx_v_i); /* proto*/
 static CYTHON_INLINE PyObject *__pyx_f_7resilio_9_runner_c_9GateGroup__ok(struct __pyx_obj_7resilio_9_runner_c_GateGroup *__pyx_v_self, Py_ssize_t __pyx_v_i, PyObject *__pyx_v_tok, PyObject *__pyx_v_result); /* proto*/
@@ -3227,6 +3275,14 @@ static int __pyx_f_7resilio_9_runner_c_8GateCall__throw(struct __pyx_obj_7resili
 /* Module declarations from "resilio._runner_c" */
 static PyObject *__pyx_v_7resilio_9_runner_c_WAIT = 0;
 static PyObject *__pyx_v_7resilio_9_runner_c__GeneratorExit = 0;
+static PyObject *__pyx_v_7resilio_9_runner_c__DEADLINE = 0;
+static PyObject *__pyx_v_7resilio_9_runner_c__current_tasks = 0;
+static PyObject *__pyx_v_7resilio_9_runner_c__get_running_loop = 0;
+static PyObject *__pyx_v_7resilio_9_runner_c__wheel_for = 0;
+static PyObject *__pyx_v_7resilio_9_runner_c__cached_loop = 0;
+static unsigned long __pyx_v_7resilio_9_runner_c__cached_tid;
+static PyObject *__pyx_v_7resilio_9_runner_c__cached_wheel = 0;
+static CYTHON_INLINE PyObject *__pyx_f_7resilio_9_runner_c__running_loop(void); /*proto*/
 static struct __pyx_obj_7resilio_9_runner_c_FastGate *__pyx_f_7resilio_9_runner_c__fast_gate(PyObject *); /*proto*/
 static PyObject *__pyx_f_7resilio_9_runner_c__await_iter(PyObject *); /*proto*/
 static int __pyx_f_7resilio_9_runner_c__gatecall_am_send(PyObject *, PyObject *, PyObject **); /*proto*/
@@ -3234,6 +3290,7 @@ static PyObject *__pyx_f_7resilio_9_runner_c___pyx_unpickle_FastGate__set_state(
 static PyObject *__pyx_f_7resilio_9_runner_c___pyx_unpickle__BreakerGate__set_state(struct __pyx_obj_7resilio_9_runner_c__BreakerGate *, PyObject *); /*proto*/
 static PyObject *__pyx_f_7resilio_9_runner_c___pyx_unpickle__LimiterGate__set_state(struct __pyx_obj_7resilio_9_runner_c__LimiterGate *, PyObject *); /*proto*/
 static PyObject *__pyx_f_7resilio_9_runner_c___pyx_unpickle__BulkheadGate__set_state(struct __pyx_obj_7resilio_9_runner_c__BulkheadGate *, PyObject *); /*proto*/
+static PyObject *__pyx_f_7resilio_9_runner_c___pyx_unpickle__TimeoutGate__set_state(struct __pyx_obj_7resilio_9_runner_c__TimeoutGate *, PyObject *); /*proto*/
 static PyObject *__pyx_f_7resilio_9_runner_c___pyx_unpickle_GateGroup__set_state(struct __pyx_obj_7resilio_9_runner_c_GateGroup *, PyObject *); /*proto*/
 static PyObject *__pyx_f_7resilio_9_runner_c___pyx_unpickle_GateCall__set_state(struct __pyx_obj_7resilio_9_runner_c_GateCall *, PyObject *); /*proto*/
 static PyObject *__pyx_f_7resilio_9_runner_c___pyx_unpickle_Bound__set_state(struct __pyx_obj_7resilio_9_runner_c_Bound *, PyObject *); /*proto*/
@@ -3253,6 +3310,7 @@ static const char __pyx_k_Compiled_execution_step_for_a_gr[] = "Compiled executi
 static const char __pyx_k_bucket_clock_ns_max_wait_ns_n_pe[] = "bucket, clock_ns, max_wait_ns, n, pending, py_enter, py_err, py_ok, rejection, strategy";
 static const char __pyx_k_circuit_clock_ns_plain_enter_pro[] = "circuit, clock_ns, plain_enter, probe_admitted, py_enter, py_err, py_ok, rejection, strategy, transitioned";
 static const char __pyx_k_clock_ns_enter_slow_gate_py_ente[] = "clock_ns, enter_slow, gate, py_enter, py_err, py_ok, release, strategy, waiters";
+static const char __pyx_k_clock_ns_py_enter_py_err_py_ok_p[] = "clock_ns, py_enter, py_err, py_ok, py_ok_slow, seconds, strategy";
 static const char __pyx_k_clock_ns_py_enter_py_err_py_ok_s[] = "clock_ns, py_enter, py_err, py_ok, strategy";
 /* #### Code section: decls ### */
 static int __pyx_pf_7resilio_9_runner_c_8FastGate___init__(struct __pyx_obj_7resilio_9_runner_c_FastGate *__pyx_v_self, PyObject *__pyx_v_strategy); /* proto */
@@ -3267,6 +3325,10 @@ static PyObject *__pyx_pf_7resilio_9_runner_c_12_LimiterGate_4__setstate_cython_
 static int __pyx_pf_7resilio_9_runner_c_13_BulkheadGate___init__(struct __pyx_obj_7resilio_9_runner_c__BulkheadGate *__pyx_v_self, PyObject *__pyx_v_strategy); /* proto */
 static PyObject *__pyx_pf_7resilio_9_runner_c_13_BulkheadGate_2__reduce_cython__(struct __pyx_obj_7resilio_9_runner_c__BulkheadGate *__pyx_v_self); /* proto */
 static PyObject *__pyx_pf_7resilio_9_runner_c_13_BulkheadGate_4__setstate_cython__(struct __pyx_obj_7resilio_9_runner_c__BulkheadGate *__pyx_v_self, PyObject *__pyx_v___pyx_state); /* proto */
+static PyObject *__pyx_pf_7resilio_9_runner_c__forget_loop(CYTHON_UNUSED PyObject *__pyx_self); /* proto */
+static int __pyx_pf_7resilio_9_runner_c_12_TimeoutGate___init__(struct __pyx_obj_7resilio_9_runner_c__TimeoutGate *__pyx_v_self, PyObject *__pyx_v_strategy); /* proto */
+static PyObject *__pyx_pf_7resilio_9_runner_c_12_TimeoutGate_2__reduce_cython__(struct __pyx_obj_7resilio_9_runner_c__TimeoutGate *__pyx_v_self); /* proto */
+static PyObject *__pyx_pf_7resilio_9_runner_c_12_TimeoutGate_4__setstate_cython__(struct __pyx_obj_7resilio_9_runner_c__TimeoutGate *__pyx_v_self, PyObject *__pyx_v___pyx_state); /* proto */
 static int __pyx_pf_7resilio_9_runner_c_9GateGroup___init__(struct __pyx_obj_7resilio_9_runner_c_GateGroup *__pyx_v_self, PyObject *__pyx_v_gates, PyObject *__pyx_v_inner); /* proto */
 static PyObject *__pyx_pf_7resilio_9_runner_c_9GateGroup_2__call__(struct __pyx_obj_7resilio_9_runner_c_GateGroup *__pyx_v_self, PyObject *__pyx_v_fn, PyObject *__pyx_v_args, PyObject *__pyx_v_kwargs); /* proto */
 static PyObject *__pyx_pf_7resilio_9_runner_c_9GateGroup_5gates___get__(struct __pyx_obj_7resilio_9_runner_c_GateGroup *__pyx_v_self); /* proto */
@@ -3287,13 +3349,14 @@ static PyObject *__pyx_pf_7resilio_9_runner_c_5Bound_4__get__(struct __pyx_obj_7
 static PyObject *__pyx_pf_7resilio_9_runner_c_5Bound_6__repr__(struct __pyx_obj_7resilio_9_runner_c_Bound *__pyx_v_self); /* proto */
 static PyObject *__pyx_pf_7resilio_9_runner_c_5Bound_8__reduce_cython__(struct __pyx_obj_7resilio_9_runner_c_Bound *__pyx_v_self); /* proto */
 static PyObject *__pyx_pf_7resilio_9_runner_c_5Bound_10__setstate_cython__(struct __pyx_obj_7resilio_9_runner_c_Bound *__pyx_v_self, PyObject *__pyx_v___pyx_state); /* proto */
-static PyObject *__pyx_pf_7resilio_9_runner_c___pyx_unpickle_FastGate(CYTHON_UNUSED PyObject *__pyx_self, PyObject *__pyx_v___pyx_type, long __pyx_v___pyx_checksum, PyObject *__pyx_v___pyx_state); /* proto */
-static PyObject *__pyx_pf_7resilio_9_runner_c_2__pyx_unpickle__BreakerGate(CYTHON_UNUSED PyObject *__pyx_self, PyObject *__pyx_v___pyx_type, long __pyx_v___pyx_checksum, PyObject *__pyx_v___pyx_state); /* proto */
-static PyObject *__pyx_pf_7resilio_9_runner_c_4__pyx_unpickle__LimiterGate(CYTHON_UNUSED PyObject *__pyx_self, PyObject *__pyx_v___pyx_type, long __pyx_v___pyx_checksum, PyObject *__pyx_v___pyx_state); /* proto */
-static PyObject *__pyx_pf_7resilio_9_runner_c_6__pyx_unpickle__BulkheadGate(CYTHON_UNUSED PyObject *__pyx_self, PyObject *__pyx_v___pyx_type, long __pyx_v___pyx_checksum, PyObject *__pyx_v___pyx_state); /* proto */
-static PyObject *__pyx_pf_7resilio_9_runner_c_8__pyx_unpickle_GateGroup(CYTHON_UNUSED PyObject *__pyx_self, PyObject *__pyx_v___pyx_type, long __pyx_v___pyx_checksum, PyObject *__pyx_v___pyx_state); /* proto */
-static PyObject *__pyx_pf_7resilio_9_runner_c_10__pyx_unpickle_GateCall(CYTHON_UNUSED PyObject *__pyx_self, PyObject *__pyx_v___pyx_type, long __pyx_v___pyx_checksum, PyObject *__pyx_v___pyx_state); /* proto */
-static PyObject *__pyx_pf_7resilio_9_runner_c_12__pyx_unpickle_Bound(CYTHON_UNUSED PyObject *__pyx_self, PyObject *__pyx_v___pyx_type, long __pyx_v___pyx_checksum, PyObject *__pyx_v___pyx_state); /* proto */
+static PyObject *__pyx_pf_7resilio_9_runner_c_2__pyx_unpickle_FastGate(CYTHON_UNUSED PyObject *__pyx_self, PyObject *__pyx_v___pyx_type, long __pyx_v___pyx_checksum, PyObject *__pyx_v___pyx_state); /* proto */
+static PyObject *__pyx_pf_7resilio_9_runner_c_4__pyx_unpickle__BreakerGate(CYTHON_UNUSED PyObject *__pyx_self, PyObject *__pyx_v___pyx_type, long __pyx_v___pyx_checksum, PyObject *__pyx_v___pyx_state); /* proto */
+static PyObject *__pyx_pf_7resilio_9_runner_c_6__pyx_unpickle__LimiterGate(CYTHON_UNUSED PyObject *__pyx_self, PyObject *__pyx_v___pyx_type, long __pyx_v___pyx_checksum, PyObject *__pyx_v___pyx_state); /* proto */
+static PyObject *__pyx_pf_7resilio_9_runner_c_8__pyx_unpickle__BulkheadGate(CYTHON_UNUSED PyObject *__pyx_self, PyObject *__pyx_v___pyx_type, long __pyx_v___pyx_checksum, PyObject *__pyx_v___pyx_state); /* proto */
+static PyObject *__pyx_pf_7resilio_9_runner_c_10__pyx_unpickle__TimeoutGate(CYTHON_UNUSED PyObject *__pyx_self, PyObject *__pyx_v___pyx_type, long __pyx_v___pyx_checksum, PyObject *__pyx_v___pyx_state); /* proto */
+static PyObject *__pyx_pf_7resilio_9_runner_c_12__pyx_unpickle_GateGroup(CYTHON_UNUSED PyObject *__pyx_self, PyObject *__pyx_v___pyx_type, long __pyx_v___pyx_checksum, PyObject *__pyx_v___pyx_state); /* proto */
+static PyObject *__pyx_pf_7resilio_9_runner_c_14__pyx_unpickle_GateCall(CYTHON_UNUSED PyObject *__pyx_self, PyObject *__pyx_v___pyx_type, long __pyx_v___pyx_checksum, PyObject *__pyx_v___pyx_state); /* proto */
+static PyObject *__pyx_pf_7resilio_9_runner_c_16__pyx_unpickle_Bound(CYTHON_UNUSED PyObject *__pyx_self, PyObject *__pyx_v___pyx_type, long __pyx_v___pyx_checksum, PyObject *__pyx_v___pyx_state); /* proto */
 static PyObject *__pyx_tp_new__initialisation_7resilio_9_runner_c_FastGate(PyObject *o, 
 #if CYTHON_VECTORCALL_TPNEW
     PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames
@@ -3409,6 +3472,35 @@ static int __pyx_tp_init_7resilio_9_runner_c__BulkheadGate(PyObject *o, PyObject
 #endif
 #if !CYTHON_VECTORCALL_TPNEW
 #define __pyx_tp_init_7resilio_9_runner_c__BulkheadGate __pyx_pw_7resilio_9_runner_c_13_BulkheadGate_1__init__
+#endif
+static PyObject *__pyx_tp_new__initialisation_7resilio_9_runner_c__TimeoutGate(PyObject *o, 
+#if CYTHON_VECTORCALL_TPNEW
+    PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames
+#else
+    PyObject *a, PyObject *k
+#endif
+); /*proto*/
+static PyObject *__pyx_tp_new_vectorcall_7resilio_9_runner_c__TimeoutGate(PyTypeObject *t, 
+#if CYTHON_VECTORCALL_TPNEW
+    PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames
+#else
+    PyObject *a, PyObject *k
+#endif
+); /*proto*/
+#if CYTHON_VECTORCALL_TPNEW
+static PyObject *__pyx_tp_new_7resilio_9_runner_c__TimeoutGate(PyTypeObject *t, PyObject *a, PyObject *k); /*proto*/
+#endif
+#if !CYTHON_VECTORCALL_TPNEW
+#define __pyx_tp_new_7resilio_9_runner_c__TimeoutGate __pyx_tp_new_vectorcall_7resilio_9_runner_c__TimeoutGate
+#endif
+#if CYTHON_VECTORCALL_TPNEW
+static PyObject *__pyx_tp_vectorcall_7resilio_9_runner_c__TimeoutGate(PyObject *t, PyObject *const *args, size_t nargsf, PyObject *kwnames); /*proto*/
+#endif
+#if CYTHON_VECTORCALL_TPNEW
+static int __pyx_tp_init_7resilio_9_runner_c__TimeoutGate(PyObject *o, PyObject *args, PyObject *kwds); /*proto*/
+#endif
+#if !CYTHON_VECTORCALL_TPNEW
+#define __pyx_tp_init_7resilio_9_runner_c__TimeoutGate __pyx_pw_7resilio_9_runner_c_12_TimeoutGate_1__init__
 #endif
 static PyObject *__pyx_tp_new__initialisation_7resilio_9_runner_c_GateGroup(PyObject *o, 
 #if CYTHON_VECTORCALL_TPNEW
@@ -3526,6 +3618,7 @@ namespace {
     PyObject *__pyx_type_7resilio_9_runner_c__BreakerGate;
     PyObject *__pyx_type_7resilio_9_runner_c__LimiterGate;
     PyObject *__pyx_type_7resilio_9_runner_c__BulkheadGate;
+    PyObject *__pyx_type_7resilio_9_runner_c__TimeoutGate;
     PyObject *__pyx_type_7resilio_9_runner_c_GateGroup;
     PyObject *__pyx_type_7resilio_9_runner_c_GateCall;
     PyObject *__pyx_type_7resilio_9_runner_c_Bound;
@@ -3533,16 +3626,17 @@ namespace {
     PyTypeObject *__pyx_ptype_7resilio_9_runner_c__BreakerGate;
     PyTypeObject *__pyx_ptype_7resilio_9_runner_c__LimiterGate;
     PyTypeObject *__pyx_ptype_7resilio_9_runner_c__BulkheadGate;
+    PyTypeObject *__pyx_ptype_7resilio_9_runner_c__TimeoutGate;
     PyTypeObject *__pyx_ptype_7resilio_9_runner_c_GateGroup;
     PyTypeObject *__pyx_ptype_7resilio_9_runner_c_GateCall;
     PyTypeObject *__pyx_ptype_7resilio_9_runner_c_Bound;
     __Pyx_CachedCFunction __pyx_umethod_PyDict_Type_items;
     __Pyx_CachedCFunction __pyx_umethod_PyDict_Type_pop;
     __Pyx_CachedCFunction __pyx_umethod_PyDict_Type_values;
-    PyObject *__pyx_tuple[1];
-    PyObject *__pyx_codeobj_tab[24];
-    PyObject *__pyx_string_tab[162];
-    PyObject *__pyx_number_tab[7];
+    PyObject *__pyx_tuple[2];
+    PyObject *__pyx_codeobj_tab[28];
+    PyObject *__pyx_string_tab[188];
+    PyObject *__pyx_number_tab[8];
 /* #### Code section: module_state_contents ### */
 /* PyFrozenDict.module_state_decls */
 #if CYTHON_COMPILING_IN_LIMITED_API
@@ -3639,132 +3733,159 @@ static __pyx_mstatetype * const __pyx_mstate_global = &__pyx_mstate_global_stati
 #define __pyx_n_u_BulkheadGate __pyx_string_tab[40]
 #define __pyx_n_u_BulkheadGate___reduce_cython __pyx_string_tab[41]
 #define __pyx_n_u_BulkheadGate___setstate_cython __pyx_string_tab[42]
-#define __pyx_n_u_LimiterGate __pyx_string_tab[43]
-#define __pyx_n_u_LimiterGate___reduce_cython __pyx_string_tab[44]
-#define __pyx_n_u_LimiterGate___setstate_cython __pyx_string_tab[45]
-#define __pyx_n_u_MethodType __pyx_string_tab[46]
-#define __pyx_n_u_SYSTEM_CLOCK __pyx_string_tab[47]
-#define __pyx_n_u_WAIT_OBJ __pyx_string_tab[48]
-#define __pyx_n_u_Pyx_PyDict_NextRef __pyx_string_tab[49]
-#define __pyx_n_u_annotate __pyx_string_tab[50]
-#define __pyx_n_u_await __pyx_string_tab[51]
-#define __pyx_n_u_dict __pyx_string_tab[52]
-#define __pyx_n_u_func __pyx_string_tab[53]
-#define __pyx_n_u_getstate __pyx_string_tab[54]
-#define __pyx_n_u_init __pyx_string_tab[55]
-#define __pyx_n_u_main __pyx_string_tab[56]
-#define __pyx_n_u_module __pyx_string_tab[57]
-#define __pyx_n_u_name __pyx_string_tab[58]
-#define __pyx_n_u_new __pyx_string_tab[59]
-#define __pyx_n_u_pyx_checksum __pyx_string_tab[60]
-#define __pyx_n_u_pyx_result __pyx_string_tab[61]
-#define __pyx_n_u_pyx_state __pyx_string_tab[62]
-#define __pyx_n_u_pyx_type __pyx_string_tab[63]
-#define __pyx_n_u_pyx_unpickle_Bound __pyx_string_tab[64]
-#define __pyx_n_u_pyx_unpickle_FastGate __pyx_string_tab[65]
-#define __pyx_n_u_pyx_unpickle_GateCall __pyx_string_tab[66]
-#define __pyx_n_u_pyx_unpickle_GateGroup __pyx_string_tab[67]
-#define __pyx_n_u_pyx_unpickle__BreakerGate __pyx_string_tab[68]
-#define __pyx_n_u_pyx_unpickle__BulkheadGate __pyx_string_tab[69]
-#define __pyx_n_u_pyx_unpickle__LimiterGate __pyx_string_tab[70]
-#define __pyx_n_u_pyx_vtable __pyx_string_tab[71]
-#define __pyx_n_u_qualname __pyx_string_tab[72]
-#define __pyx_n_u_reduce __pyx_string_tab[73]
-#define __pyx_n_u_reduce_cython __pyx_string_tab[74]
-#define __pyx_n_u_reduce_ex __pyx_string_tab[75]
-#define __pyx_n_u_set_name __pyx_string_tab[76]
-#define __pyx_n_u_setstate __pyx_string_tab[77]
-#define __pyx_n_u_setstate_cython __pyx_string_tab[78]
-#define __pyx_n_u_test __pyx_string_tab[79]
-#define __pyx_n_u_bucket __pyx_string_tab[80]
-#define __pyx_n_u_circuit __pyx_string_tab[81]
-#define __pyx_n_u_clock __pyx_string_tab[82]
-#define __pyx_n_u_core_c __pyx_string_tab[83]
-#define __pyx_n_u_dict_2 __pyx_string_tab[84]
-#define __pyx_n_u_enter __pyx_string_tab[85]
-#define __pyx_n_u_enter_slow __pyx_string_tab[86]
-#define __pyx_n_u_enter_wait __pyx_string_tab[87]
-#define __pyx_n_u_err __pyx_string_tab[88]
-#define __pyx_n_u_fast_kind __pyx_string_tab[89]
-#define __pyx_n_u_gate __pyx_string_tab[90]
-#define __pyx_n_u_is_coroutine __pyx_string_tab[91]
-#define __pyx_n_u_max_wait_ns __pyx_string_tab[92]
-#define __pyx_n_u_ok __pyx_string_tab[93]
-#define __pyx_n_u_pending __pyx_string_tab[94]
-#define __pyx_n_u_plain_enter __pyx_string_tab[95]
-#define __pyx_n_u_probe_admitted __pyx_string_tab[96]
-#define __pyx_n_u_rejection __pyx_string_tab[97]
-#define __pyx_n_u_release __pyx_string_tab[98]
-#define __pyx_n_u_tokens __pyx_string_tab[99]
-#define __pyx_n_u_transitioned __pyx_string_tab[100]
-#define __pyx_n_u_waiters __pyx_string_tab[101]
-#define __pyx_n_u_abc __pyx_string_tab[102]
-#define __pyx_n_u_args __pyx_string_tab[103]
-#define __pyx_n_u_asyncio_coroutines __pyx_string_tab[104]
-#define __pyx_n_u_bucket_2 __pyx_string_tab[105]
-#define __pyx_n_u_circuit_2 __pyx_string_tab[106]
-#define __pyx_n_u_cline_in_traceback __pyx_string_tab[107]
-#define __pyx_n_u_close __pyx_string_tab[108]
-#define __pyx_n_u_collections __pyx_string_tab[109]
-#define __pyx_n_u_collections_abc __pyx_string_tab[110]
-#define __pyx_n_u_fn __pyx_string_tab[111]
-#define __pyx_n_u_gate_2 __pyx_string_tab[112]
-#define __pyx_n_u_gates __pyx_string_tab[113]
-#define __pyx_n_u_inner __pyx_string_tab[114]
-#define __pyx_n_u_it __pyx_string_tab[115]
-#define __pyx_n_u_items __pyx_string_tab[116]
-#define __pyx_n_u_kwargs __pyx_string_tab[117]
-#define __pyx_n_u_now_ns __pyx_string_tab[118]
-#define __pyx_n_u_pop __pyx_string_tab[119]
-#define __pyx_n_u_r __pyx_string_tab[120]
-#define __pyx_n_u_register __pyx_string_tab[121]
-#define __pyx_n_u_resilio __pyx_string_tab[122]
-#define __pyx_n_u_resilio__runner_c __pyx_string_tab[123]
-#define __pyx_n_u_resilio_clock __pyx_string_tab[124]
-#define __pyx_n_u_resilio_strategies__base __pyx_string_tab[125]
-#define __pyx_n_u_run __pyx_string_tab[126]
-#define __pyx_n_u_self __pyx_string_tab[127]
-#define __pyx_n_u_send __pyx_string_tab[128]
-#define __pyx_n_u_setdefault __pyx_string_tab[129]
-#define __pyx_n_u_state __pyx_string_tab[130]
-#define __pyx_n_u_strategy __pyx_string_tab[131]
-#define __pyx_n_u_tb __pyx_string_tab[132]
-#define __pyx_n_u_throw __pyx_string_tab[133]
-#define __pyx_n_u_typ __pyx_string_tab[134]
-#define __pyx_n_u_types __pyx_string_tab[135]
-#define __pyx_n_u_update __pyx_string_tab[136]
-#define __pyx_n_u_use_setstate __pyx_string_tab[137]
-#define __pyx_n_u_val __pyx_string_tab[138]
-#define __pyx_n_u_value __pyx_string_tab[139]
-#define __pyx_n_u_values __pyx_string_tab[140]
-#define __pyx_n_u_wait_ns __pyx_string_tab[141]
-#define __pyx_kp_b_iso88591_1F_2 __pyx_string_tab[142]
-#define __pyx_kp_b_iso88591_avQ __pyx_string_tab[143]
-#define __pyx_kp_b_iso88591_q_a __pyx_string_tab[144]
-#define __pyx_kp_b_iso88591_6 __pyx_string_tab[145]
-#define __pyx_kp_b_iso88591_1F __pyx_string_tab[146]
-#define __pyx_kp_b_iso88591_q_0_kQR_5_7_q_a_1 __pyx_string_tab[147]
-#define __pyx_kp_b_iso88591_q_0_kQR_881A_7_nA_1 __pyx_string_tab[148]
-#define __pyx_kp_b_iso88591_q_0_kQR_9HAQ_7_1L_a_1 __pyx_string_tab[149]
-#define __pyx_kp_b_iso88591_q_0_kQR_xq_7_a_nA_1 __pyx_string_tab[150]
-#define __pyx_kp_b_iso88591_q_0_kQR_7_q0_a_1 __pyx_string_tab[151]
-#define __pyx_kp_b_iso88591_U_e4uD_T_XTQR_q_l_vWE_Q_q_t4we3 __pyx_string_tab[152]
-#define __pyx_kp_b_iso88591_U_hd_q_l_vWE_Q_q_t4we3d_S_EQXXY __pyx_string_tab[153]
-#define __pyx_kp_b_iso88591_WD_e4xt5_IUYY__cckkoottxx_B_B_G __pyx_string_tab[154]
-#define __pyx_kp_b_iso88591_Yd_T_t4t_UYYddhhqquu_B_B_N_N_R __pyx_string_tab[155]
-#define __pyx_kp_b_iso88591_Zt_d_DUUYYddhhqquu_B_B_N_N_R_R __pyx_string_tab[156]
-#define __pyx_kp_b_iso88591_Kt9D_A_q_l_vWE_Q_q_t_WE_D_cQUU __pyx_string_tab[157]
-#define __pyx_kp_b_iso88591_M_WD_4yX_ddhhrrv_w_B_B_F_F_G_q __pyx_string_tab[158]
-#define __pyx_kp_b_iso88591_A_4vQa_t7_fA_1_4wd_m1A __pyx_string_tab[159]
-#define __pyx_kp_b_iso88591_A_4wc_4t3e4t9Cq_D_d_q_s_q_IQ_6_q __pyx_string_tab[160]
-#define __pyx_kp_b_iso88591_Ya_4wauE_t7_fA_1_4wd_m1A __pyx_string_tab[161]
+#define __pyx_n_u_DEADLINE __pyx_string_tab[43]
+#define __pyx_n_u_LimiterGate __pyx_string_tab[44]
+#define __pyx_n_u_LimiterGate___reduce_cython __pyx_string_tab[45]
+#define __pyx_n_u_LimiterGate___setstate_cython __pyx_string_tab[46]
+#define __pyx_n_u_MethodType __pyx_string_tab[47]
+#define __pyx_n_u_SYSTEM_CLOCK __pyx_string_tab[48]
+#define __pyx_n_u_TimeoutGate __pyx_string_tab[49]
+#define __pyx_n_u_TimeoutGate___reduce_cython __pyx_string_tab[50]
+#define __pyx_n_u_TimeoutGate___setstate_cython __pyx_string_tab[51]
+#define __pyx_n_u_WAIT_OBJ __pyx_string_tab[52]
+#define __pyx_n_u_Pyx_PyDict_NextRef __pyx_string_tab[53]
+#define __pyx_n_u_annotate __pyx_string_tab[54]
+#define __pyx_n_u_await __pyx_string_tab[55]
+#define __pyx_n_u_dict __pyx_string_tab[56]
+#define __pyx_n_u_func __pyx_string_tab[57]
+#define __pyx_n_u_getstate __pyx_string_tab[58]
+#define __pyx_n_u_init __pyx_string_tab[59]
+#define __pyx_n_u_main __pyx_string_tab[60]
+#define __pyx_n_u_module __pyx_string_tab[61]
+#define __pyx_n_u_name __pyx_string_tab[62]
+#define __pyx_n_u_new __pyx_string_tab[63]
+#define __pyx_n_u_pyx_checksum __pyx_string_tab[64]
+#define __pyx_n_u_pyx_result __pyx_string_tab[65]
+#define __pyx_n_u_pyx_state __pyx_string_tab[66]
+#define __pyx_n_u_pyx_type __pyx_string_tab[67]
+#define __pyx_n_u_pyx_unpickle_Bound __pyx_string_tab[68]
+#define __pyx_n_u_pyx_unpickle_FastGate __pyx_string_tab[69]
+#define __pyx_n_u_pyx_unpickle_GateCall __pyx_string_tab[70]
+#define __pyx_n_u_pyx_unpickle_GateGroup __pyx_string_tab[71]
+#define __pyx_n_u_pyx_unpickle__BreakerGate __pyx_string_tab[72]
+#define __pyx_n_u_pyx_unpickle__BulkheadGate __pyx_string_tab[73]
+#define __pyx_n_u_pyx_unpickle__LimiterGate __pyx_string_tab[74]
+#define __pyx_n_u_pyx_unpickle__TimeoutGate __pyx_string_tab[75]
+#define __pyx_n_u_pyx_vtable __pyx_string_tab[76]
+#define __pyx_n_u_qualname __pyx_string_tab[77]
+#define __pyx_n_u_reduce __pyx_string_tab[78]
+#define __pyx_n_u_reduce_cython __pyx_string_tab[79]
+#define __pyx_n_u_reduce_ex __pyx_string_tab[80]
+#define __pyx_n_u_set_name __pyx_string_tab[81]
+#define __pyx_n_u_setstate __pyx_string_tab[82]
+#define __pyx_n_u_setstate_cython __pyx_string_tab[83]
+#define __pyx_n_u_test __pyx_string_tab[84]
+#define __pyx_n_u_bucket __pyx_string_tab[85]
+#define __pyx_n_u_circuit __pyx_string_tab[86]
+#define __pyx_n_u_clock __pyx_string_tab[87]
+#define __pyx_n_u_core_c __pyx_string_tab[88]
+#define __pyx_n_u_ctx_mod __pyx_string_tab[89]
+#define __pyx_n_u_current_tasks __pyx_string_tab[90]
+#define __pyx_n_u_dict_2 __pyx_string_tab[91]
+#define __pyx_n_u_enter __pyx_string_tab[92]
+#define __pyx_n_u_enter_slow __pyx_string_tab[93]
+#define __pyx_n_u_enter_wait __pyx_string_tab[94]
+#define __pyx_n_u_err __pyx_string_tab[95]
+#define __pyx_n_u_fast_kind __pyx_string_tab[96]
+#define __pyx_n_u_forget_loop __pyx_string_tab[97]
+#define __pyx_n_u_gate __pyx_string_tab[98]
+#define __pyx_n_u_get_running_loop __pyx_string_tab[99]
+#define __pyx_n_u_is_coroutine __pyx_string_tab[100]
+#define __pyx_n_u_max_wait_ns __pyx_string_tab[101]
+#define __pyx_n_u_ok __pyx_string_tab[102]
+#define __pyx_n_u_pending __pyx_string_tab[103]
+#define __pyx_n_u_plain_enter __pyx_string_tab[104]
+#define __pyx_n_u_probe_admitted __pyx_string_tab[105]
+#define __pyx_n_u_rejection __pyx_string_tab[106]
+#define __pyx_n_u_release __pyx_string_tab[107]
+#define __pyx_n_u_thread_id __pyx_string_tab[108]
+#define __pyx_n_u_timeout_mod __pyx_string_tab[109]
+#define __pyx_n_u_tokens __pyx_string_tab[110]
+#define __pyx_n_u_transitioned __pyx_string_tab[111]
+#define __pyx_n_u_waiters __pyx_string_tab[112]
+#define __pyx_n_u_wheel __pyx_string_tab[113]
+#define __pyx_n_u_abc __pyx_string_tab[114]
+#define __pyx_n_u_after_in_child __pyx_string_tab[115]
+#define __pyx_n_u_args __pyx_string_tab[116]
+#define __pyx_n_u_asyncio __pyx_string_tab[117]
+#define __pyx_n_u_asyncio_coroutines __pyx_string_tab[118]
+#define __pyx_n_u_asyncio_tasks __pyx_string_tab[119]
+#define __pyx_n_u_bucket_2 __pyx_string_tab[120]
+#define __pyx_n_u_circuit_2 __pyx_string_tab[121]
+#define __pyx_n_u_cline_in_traceback __pyx_string_tab[122]
+#define __pyx_n_u_close __pyx_string_tab[123]
+#define __pyx_n_u_collections __pyx_string_tab[124]
+#define __pyx_n_u_collections_abc __pyx_string_tab[125]
+#define __pyx_n_u_context __pyx_string_tab[126]
+#define __pyx_n_u_fn __pyx_string_tab[127]
+#define __pyx_n_u_gate_2 __pyx_string_tab[128]
+#define __pyx_n_u_gates __pyx_string_tab[129]
+#define __pyx_n_u_inner __pyx_string_tab[130]
+#define __pyx_n_u_it __pyx_string_tab[131]
+#define __pyx_n_u_items __pyx_string_tab[132]
+#define __pyx_n_u_kwargs __pyx_string_tab[133]
+#define __pyx_n_u_new_slot __pyx_string_tab[134]
+#define __pyx_n_u_now_ns __pyx_string_tab[135]
+#define __pyx_n_u_os __pyx_string_tab[136]
+#define __pyx_n_u_pop __pyx_string_tab[137]
+#define __pyx_n_u_r __pyx_string_tab[138]
+#define __pyx_n_u_register __pyx_string_tab[139]
+#define __pyx_n_u_register_at_fork __pyx_string_tab[140]
+#define __pyx_n_u_resilio __pyx_string_tab[141]
+#define __pyx_n_u_resilio__runner_c __pyx_string_tab[142]
+#define __pyx_n_u_resilio_clock __pyx_string_tab[143]
+#define __pyx_n_u_resilio_strategies __pyx_string_tab[144]
+#define __pyx_n_u_resilio_strategies__base __pyx_string_tab[145]
+#define __pyx_n_u_run __pyx_string_tab[146]
+#define __pyx_n_u_seconds __pyx_string_tab[147]
+#define __pyx_n_u_self __pyx_string_tab[148]
+#define __pyx_n_u_send __pyx_string_tab[149]
+#define __pyx_n_u_setdefault __pyx_string_tab[150]
+#define __pyx_n_u_slots __pyx_string_tab[151]
+#define __pyx_n_u_state __pyx_string_tab[152]
+#define __pyx_n_u_strategy __pyx_string_tab[153]
+#define __pyx_n_u_tasks __pyx_string_tab[154]
+#define __pyx_n_u_tb __pyx_string_tab[155]
+#define __pyx_n_u_throw __pyx_string_tab[156]
+#define __pyx_n_u_timeout __pyx_string_tab[157]
+#define __pyx_n_u_typ __pyx_string_tab[158]
+#define __pyx_n_u_types __pyx_string_tab[159]
+#define __pyx_n_u_update __pyx_string_tab[160]
+#define __pyx_n_u_use_setstate __pyx_string_tab[161]
+#define __pyx_n_u_val __pyx_string_tab[162]
+#define __pyx_n_u_value __pyx_string_tab[163]
+#define __pyx_n_u_values __pyx_string_tab[164]
+#define __pyx_n_u_wait_ns __pyx_string_tab[165]
+#define __pyx_kp_b_iso88591_1_A __pyx_string_tab[166]
+#define __pyx_kp_b_iso88591_1F_2 __pyx_string_tab[167]
+#define __pyx_kp_b_iso88591_avQ __pyx_string_tab[168]
+#define __pyx_kp_b_iso88591_q_a __pyx_string_tab[169]
+#define __pyx_kp_b_iso88591_6 __pyx_string_tab[170]
+#define __pyx_kp_b_iso88591_1F __pyx_string_tab[171]
+#define __pyx_kp_b_iso88591_q_0_kQR_5_7_q_a_1 __pyx_string_tab[172]
+#define __pyx_kp_b_iso88591_q_0_kQR_881A_7_nA_1 __pyx_string_tab[173]
+#define __pyx_kp_b_iso88591_q_0_kQR_9HAQ_7_1L_a_1 __pyx_string_tab[174]
+#define __pyx_kp_b_iso88591_q_0_kQR_xq_7_a_nA_1 __pyx_string_tab[175]
+#define __pyx_kp_b_iso88591_q_0_kQR_7_q0_a_1 __pyx_string_tab[176]
+#define __pyx_kp_b_iso88591_U_e4uD_T_XTQR_q_l_vWE_Q_q_t4we3 __pyx_string_tab[177]
+#define __pyx_kp_b_iso88591_U_hd_q_l_vWE_Q_q_t4we3d_S_EQXXY __pyx_string_tab[178]
+#define __pyx_kp_b_iso88591_WD_e4xt5_IUYY__cckkoottxx_B_B_G __pyx_string_tab[179]
+#define __pyx_kp_b_iso88591_Yd_T_t4t_UYYddhhqquu_B_B_N_N_R __pyx_string_tab[180]
+#define __pyx_kp_b_iso88591_Zt_d_DUUYYddhhqquu_B_B_N_N_R_R __pyx_string_tab[181]
+#define __pyx_kp_b_iso88591_Kt9D_A_q_l_vWE_Q_q_t_WE_D_cQUU __pyx_string_tab[182]
+#define __pyx_kp_b_iso88591_Kt9D_MY_ggkkl_q_l_vWE_Q_q_t_WE __pyx_string_tab[183]
+#define __pyx_kp_b_iso88591_M_WD_4yX_ddhhrrv_w_B_B_F_F_G_q __pyx_string_tab[184]
+#define __pyx_kp_b_iso88591_A_4vQa_t7_fA_1_4wd_m1A __pyx_string_tab[185]
+#define __pyx_kp_b_iso88591_A_4wc_4t3e4t9Cq_D_d_q_s_q_IQ_6_q __pyx_string_tab[186]
+#define __pyx_kp_b_iso88591_Ya_4wauE_t7_fA_1_4wd_m1A __pyx_string_tab[187]
 #define __pyx_int_21452515 __pyx_number_tab[0]
 #define __pyx_int_43367248 __pyx_number_tab[1]
 #define __pyx_int_51394370 __pyx_number_tab[2]
-#define __pyx_int_96571494 __pyx_number_tab[3]
-#define __pyx_int_104532357 __pyx_number_tab[4]
-#define __pyx_int_127650659 __pyx_number_tab[5]
-#define __pyx_int_243475709 __pyx_number_tab[6]
+#define __pyx_int_75969704 __pyx_number_tab[3]
+#define __pyx_int_96571494 __pyx_number_tab[4]
+#define __pyx_int_104532357 __pyx_number_tab[5]
+#define __pyx_int_127650659 __pyx_number_tab[6]
+#define __pyx_int_243475709 __pyx_number_tab[7]
 /* #### Code section: module_state_clear ### */
 #if CYTHON_USE_MODULE_STATE
 static CYTHON_SMALL_CODE int __pyx_m_clear(PyObject *m) {
@@ -3795,6 +3916,8 @@ static CYTHON_SMALL_CODE int __pyx_m_clear(PyObject *m) {
   Py_CLEAR(clear_module_state->__pyx_type_7resilio_9_runner_c__LimiterGate);
   Py_CLEAR(clear_module_state->__pyx_ptype_7resilio_9_runner_c__BulkheadGate);
   Py_CLEAR(clear_module_state->__pyx_type_7resilio_9_runner_c__BulkheadGate);
+  Py_CLEAR(clear_module_state->__pyx_ptype_7resilio_9_runner_c__TimeoutGate);
+  Py_CLEAR(clear_module_state->__pyx_type_7resilio_9_runner_c__TimeoutGate);
   Py_CLEAR(clear_module_state->__pyx_ptype_7resilio_9_runner_c_GateGroup);
   Py_CLEAR(clear_module_state->__pyx_type_7resilio_9_runner_c_GateGroup);
   Py_CLEAR(clear_module_state->__pyx_ptype_7resilio_9_runner_c_GateCall);
@@ -3804,10 +3927,10 @@ static CYTHON_SMALL_CODE int __pyx_m_clear(PyObject *m) {
   Py_CLEAR(clear_module_state->__pyx_umethod_PyDict_Type_items.method);
   Py_CLEAR(clear_module_state->__pyx_umethod_PyDict_Type_pop.method);
   Py_CLEAR(clear_module_state->__pyx_umethod_PyDict_Type_values.method);
-  for (int i=0; i<1; ++i) { Py_CLEAR(clear_module_state->__pyx_tuple[i]); }
-  for (int i=0; i<24; ++i) { Py_CLEAR(clear_module_state->__pyx_codeobj_tab[i]); }
-  for (int i=0; i<162; ++i) { Py_CLEAR(clear_module_state->__pyx_string_tab[i]); }
-  for (int i=0; i<7; ++i) { Py_CLEAR(clear_module_state->__pyx_number_tab[i]); }
+  for (int i=0; i<2; ++i) { Py_CLEAR(clear_module_state->__pyx_tuple[i]); }
+  for (int i=0; i<28; ++i) { Py_CLEAR(clear_module_state->__pyx_codeobj_tab[i]); }
+  for (int i=0; i<188; ++i) { Py_CLEAR(clear_module_state->__pyx_string_tab[i]); }
+  for (int i=0; i<8; ++i) { Py_CLEAR(clear_module_state->__pyx_number_tab[i]); }
 /* #### Code section: module_state_clear_contents ### */
 /* CommonTypesMetaclass.module_state_clear */
 Py_CLEAR(clear_module_state->__pyx_CommonTypesMetaclassType);
@@ -3846,6 +3969,8 @@ static CYTHON_SMALL_CODE int __pyx_m_traverse(PyObject *m, visitproc visit, void
   Py_VISIT(traverse_module_state->__pyx_type_7resilio_9_runner_c__LimiterGate);
   Py_VISIT(traverse_module_state->__pyx_ptype_7resilio_9_runner_c__BulkheadGate);
   Py_VISIT(traverse_module_state->__pyx_type_7resilio_9_runner_c__BulkheadGate);
+  Py_VISIT(traverse_module_state->__pyx_ptype_7resilio_9_runner_c__TimeoutGate);
+  Py_VISIT(traverse_module_state->__pyx_type_7resilio_9_runner_c__TimeoutGate);
   Py_VISIT(traverse_module_state->__pyx_ptype_7resilio_9_runner_c_GateGroup);
   Py_VISIT(traverse_module_state->__pyx_type_7resilio_9_runner_c_GateGroup);
   Py_VISIT(traverse_module_state->__pyx_ptype_7resilio_9_runner_c_GateCall);
@@ -3855,10 +3980,10 @@ static CYTHON_SMALL_CODE int __pyx_m_traverse(PyObject *m, visitproc visit, void
   Py_VISIT(traverse_module_state->__pyx_umethod_PyDict_Type_items.method);
   Py_VISIT(traverse_module_state->__pyx_umethod_PyDict_Type_pop.method);
   Py_VISIT(traverse_module_state->__pyx_umethod_PyDict_Type_values.method);
-  for (int i=0; i<1; ++i) { __Pyx_VISIT_CONST(traverse_module_state->__pyx_tuple[i]); }
-  for (int i=0; i<24; ++i) { __Pyx_VISIT_CONST(traverse_module_state->__pyx_codeobj_tab[i]); }
-  for (int i=0; i<162; ++i) { __Pyx_VISIT_CONST(traverse_module_state->__pyx_string_tab[i]); }
-  for (int i=0; i<7; ++i) { __Pyx_VISIT_CONST(traverse_module_state->__pyx_number_tab[i]); }
+  for (int i=0; i<2; ++i) { __Pyx_VISIT_CONST(traverse_module_state->__pyx_tuple[i]); }
+  for (int i=0; i<28; ++i) { __Pyx_VISIT_CONST(traverse_module_state->__pyx_codeobj_tab[i]); }
+  for (int i=0; i<188; ++i) { __Pyx_VISIT_CONST(traverse_module_state->__pyx_string_tab[i]); }
+  for (int i=0; i<8; ++i) { __Pyx_VISIT_CONST(traverse_module_state->__pyx_number_tab[i]); }
 /* #### Code section: module_state_traverse_contents ### */
 /* CommonTypesMetaclass.module_state_traverse */
 Py_VISIT(traverse_module_state->__pyx_CommonTypesMetaclassType);
@@ -3872,7 +3997,7 @@ return 0;
 #endif
 /* #### Code section: module_code ### */
 
-/* "resilio/_runner_c.pyx":62
+/* "resilio/_runner_c.pyx":80
  *     cdef object clock_ns        # None: the system monotonic clock, read in C
  * 
  *     def __init__(self, strategy):             # <<<<<<<<<<<<<<
@@ -3918,32 +4043,32 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   {
     PyObject ** const __pyx_pyargnames[] = {&__pyx_mstate_global->__pyx_n_u_strategy,0};
     const Py_ssize_t __pyx_kwds_len = (__pyx_kwds) ? __Pyx_NumKwargs_FASTCALL_TPNEW(__pyx_kwds) : 0;
-    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(0, 62, __pyx_L3_error)
+    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(0, 80, __pyx_L3_error)
     if (__pyx_kwds_len > 0) {
       switch (__pyx_nargs) {
         case  1:
         values[0] = __Pyx_ArgRef_FASTCALL_TPNEW(__pyx_args, 0);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 62, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 80, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  0: break;
         default: goto __pyx_L5_argtuple_error;
       }
       const Py_ssize_t kwd_pos_args = __pyx_nargs;
-      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "__init__", 0) < (0)) __PYX_ERR(0, 62, __pyx_L3_error)
+      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "__init__", 0) < (0)) __PYX_ERR(0, 80, __pyx_L3_error)
       for (Py_ssize_t i = __pyx_nargs; i < 1; i++) {
-        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("__init__", 1, 1, 1, i); __PYX_ERR(0, 62, __pyx_L3_error) }
+        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("__init__", 1, 1, 1, i); __PYX_ERR(0, 80, __pyx_L3_error) }
       }
     } else if (unlikely(__pyx_nargs != 1)) {
       goto __pyx_L5_argtuple_error;
     } else {
       values[0] = __Pyx_ArgRef_FASTCALL_TPNEW(__pyx_args, 0);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 62, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 80, __pyx_L3_error)
     }
     __pyx_v_strategy = values[0];
   }
   goto __pyx_L6_skip;
   __pyx_L5_argtuple_error:;
-  __Pyx_RaiseArgtupleInvalid("__init__", 1, 1, 1, __pyx_nargs); __PYX_ERR(0, 62, __pyx_L3_error)
+  __Pyx_RaiseArgtupleInvalid("__init__", 1, 1, 1, __pyx_nargs); __PYX_ERR(0, 80, __pyx_L3_error)
   __pyx_L6_skip:;
   goto __pyx_L4_argument_unpacking_done;
   __pyx_L3_error:;
@@ -3976,7 +4101,7 @@ static int __pyx_pf_7resilio_9_runner_c_8FastGate___init__(struct __pyx_obj_7res
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("__init__", 0);
 
-  /* "resilio/_runner_c.pyx":63
+  /* "resilio/_runner_c.pyx":81
  * 
  *     def __init__(self, strategy):
  *         self.strategy = strategy             # <<<<<<<<<<<<<<
@@ -3988,68 +4113,68 @@ static int __pyx_pf_7resilio_9_runner_c_8FastGate___init__(struct __pyx_obj_7res
   __Pyx_GOTREF(__pyx_v_self->strategy);
   __Pyx_DECREF_SET(__pyx_v_self->strategy, __pyx_v_strategy);
 
-  /* "resilio/_runner_c.pyx":64
+  /* "resilio/_runner_c.pyx":82
  *     def __init__(self, strategy):
  *         self.strategy = strategy
  *         self.py_enter = strategy._enter             # <<<<<<<<<<<<<<
  *         self.py_ok = strategy._ok
  *         self.py_err = strategy._err
 */
-  __pyx_t_1 = __Pyx_PyObject_GetAttrStr(__pyx_v_strategy, __pyx_mstate_global->__pyx_n_u_enter); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 64, __pyx_L1_error)
+  __pyx_t_1 = __Pyx_PyObject_GetAttrStr(__pyx_v_strategy, __pyx_mstate_global->__pyx_n_u_enter); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 82, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
   __Pyx_GIVEREF(__pyx_t_1);
   __Pyx_GOTREF(__pyx_v_self->py_enter);
   __Pyx_DECREF_SET(__pyx_v_self->py_enter, __pyx_t_1);
   __pyx_t_1 = 0;
 
-  /* "resilio/_runner_c.pyx":65
+  /* "resilio/_runner_c.pyx":83
  *         self.strategy = strategy
  *         self.py_enter = strategy._enter
  *         self.py_ok = strategy._ok             # <<<<<<<<<<<<<<
  *         self.py_err = strategy._err
  *         clock = strategy._clock
 */
-  __pyx_t_1 = __Pyx_PyObject_GetAttrStr(__pyx_v_strategy, __pyx_mstate_global->__pyx_n_u_ok); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 65, __pyx_L1_error)
+  __pyx_t_1 = __Pyx_PyObject_GetAttrStr(__pyx_v_strategy, __pyx_mstate_global->__pyx_n_u_ok); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 83, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
   __Pyx_GIVEREF(__pyx_t_1);
   __Pyx_GOTREF(__pyx_v_self->py_ok);
   __Pyx_DECREF_SET(__pyx_v_self->py_ok, __pyx_t_1);
   __pyx_t_1 = 0;
 
-  /* "resilio/_runner_c.pyx":66
+  /* "resilio/_runner_c.pyx":84
  *         self.py_enter = strategy._enter
  *         self.py_ok = strategy._ok
  *         self.py_err = strategy._err             # <<<<<<<<<<<<<<
  *         clock = strategy._clock
  *         self.clock_ns = None if clock is _SYSTEM_CLOCK else clock.now_ns
 */
-  __pyx_t_1 = __Pyx_PyObject_GetAttrStr(__pyx_v_strategy, __pyx_mstate_global->__pyx_n_u_err); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 66, __pyx_L1_error)
+  __pyx_t_1 = __Pyx_PyObject_GetAttrStr(__pyx_v_strategy, __pyx_mstate_global->__pyx_n_u_err); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 84, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
   __Pyx_GIVEREF(__pyx_t_1);
   __Pyx_GOTREF(__pyx_v_self->py_err);
   __Pyx_DECREF_SET(__pyx_v_self->py_err, __pyx_t_1);
   __pyx_t_1 = 0;
 
-  /* "resilio/_runner_c.pyx":67
+  /* "resilio/_runner_c.pyx":85
  *         self.py_ok = strategy._ok
  *         self.py_err = strategy._err
  *         clock = strategy._clock             # <<<<<<<<<<<<<<
  *         self.clock_ns = None if clock is _SYSTEM_CLOCK else clock.now_ns
  * 
 */
-  __pyx_t_1 = __Pyx_PyObject_GetAttrStr(__pyx_v_strategy, __pyx_mstate_global->__pyx_n_u_clock); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 67, __pyx_L1_error)
+  __pyx_t_1 = __Pyx_PyObject_GetAttrStr(__pyx_v_strategy, __pyx_mstate_global->__pyx_n_u_clock); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 85, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
   __pyx_v_clock = __pyx_t_1;
   __pyx_t_1 = 0;
 
-  /* "resilio/_runner_c.pyx":68
+  /* "resilio/_runner_c.pyx":86
  *         self.py_err = strategy._err
  *         clock = strategy._clock
  *         self.clock_ns = None if clock is _SYSTEM_CLOCK else clock.now_ns             # <<<<<<<<<<<<<<
  * 
  *     cdef inline int64_t now(self) except? -1:
 */
-  __Pyx_GetModuleGlobalName(__pyx_t_2, __pyx_mstate_global->__pyx_n_u_SYSTEM_CLOCK); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 68, __pyx_L1_error)
+  __Pyx_GetModuleGlobalName(__pyx_t_2, __pyx_mstate_global->__pyx_n_u_SYSTEM_CLOCK); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 86, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_2);
   __pyx_t_3 = (__pyx_v_clock == __pyx_t_2);
   __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
@@ -4057,7 +4182,7 @@ static int __pyx_pf_7resilio_9_runner_c_8FastGate___init__(struct __pyx_obj_7res
     __Pyx_INCREF(Py_None);
     __pyx_t_1 = Py_None;
   } else {
-    __pyx_t_2 = __Pyx_PyObject_GetAttrStr(__pyx_v_clock, __pyx_mstate_global->__pyx_n_u_now_ns); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 68, __pyx_L1_error)
+    __pyx_t_2 = __Pyx_PyObject_GetAttrStr(__pyx_v_clock, __pyx_mstate_global->__pyx_n_u_now_ns); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 86, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_2);
     __pyx_t_1 = __pyx_t_2;
     __pyx_t_2 = 0;
@@ -4068,7 +4193,7 @@ static int __pyx_pf_7resilio_9_runner_c_8FastGate___init__(struct __pyx_obj_7res
   __Pyx_DECREF_SET(__pyx_v_self->clock_ns, __pyx_t_1);
   __pyx_t_1 = 0;
 
-  /* "resilio/_runner_c.pyx":62
+  /* "resilio/_runner_c.pyx":80
  *     cdef object clock_ns        # None: the system monotonic clock, read in C
  * 
  *     def __init__(self, strategy):             # <<<<<<<<<<<<<<
@@ -4091,7 +4216,7 @@ static int __pyx_pf_7resilio_9_runner_c_8FastGate___init__(struct __pyx_obj_7res
   return __pyx_r;
 }
 
-/* "resilio/_runner_c.pyx":70
+/* "resilio/_runner_c.pyx":88
  *         self.clock_ns = None if clock is _SYSTEM_CLOCK else clock.now_ns
  * 
  *     cdef inline int64_t now(self) except? -1:             # <<<<<<<<<<<<<<
@@ -4113,7 +4238,7 @@ static CYTHON_INLINE int64_t __pyx_f_7resilio_9_runner_c_8FastGate_now(struct __
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("now", 0);
 
-  /* "resilio/_runner_c.pyx":71
+  /* "resilio/_runner_c.pyx":89
  * 
  *     cdef inline int64_t now(self) except? -1:
  *         if self.clock_ns is None:             # <<<<<<<<<<<<<<
@@ -4124,7 +4249,7 @@ static CYTHON_INLINE int64_t __pyx_f_7resilio_9_runner_c_8FastGate_now(struct __
   if (__pyx_t_1) {
 
 
-    /* "resilio/_runner_c.pyx":72
+    /* "resilio/_runner_c.pyx":90
  *     cdef inline int64_t now(self) except? -1:
  *         if self.clock_ns is None:
  *             return rs_monotonic_ns()             # <<<<<<<<<<<<<<
@@ -4137,7 +4262,7 @@ static CYTHON_INLINE int64_t __pyx_f_7resilio_9_runner_c_8FastGate_now(struct __
     }
     goto __pyx_L0;
 
-    /* "resilio/_runner_c.pyx":71
+    /* "resilio/_runner_c.pyx":89
  * 
  *     cdef inline int64_t now(self) except? -1:
  *         if self.clock_ns is None:             # <<<<<<<<<<<<<<
@@ -4146,7 +4271,7 @@ static CYTHON_INLINE int64_t __pyx_f_7resilio_9_runner_c_8FastGate_now(struct __
 */
   }
 
-  /* "resilio/_runner_c.pyx":73
+  /* "resilio/_runner_c.pyx":91
  *         if self.clock_ns is None:
  *             return rs_monotonic_ns()
  *         return self.clock_ns()             # <<<<<<<<<<<<<<
@@ -4173,17 +4298,17 @@ static CYTHON_INLINE int64_t __pyx_f_7resilio_9_runner_c_8FastGate_now(struct __
     __pyx_t_2 = __Pyx_PyObject_FastCall((PyObject*)__pyx_t_4, __pyx_callargs+__pyx_t_5, (1-__pyx_t_5) | (__pyx_t_5*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
     __Pyx_XDECREF(__pyx_t_3); __pyx_t_3 = 0;
     __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
-    if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 73, __pyx_L1_error)
+    if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 91, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_2);
   }
-  __pyx_t_6 = __Pyx_PyLong_As_int64_t(__pyx_t_2); if (unlikely((__pyx_t_6 == ((int64_t)-1)) && PyErr_Occurred())) __PYX_ERR(0, 73, __pyx_L1_error)
+  __pyx_t_6 = __Pyx_PyLong_As_int64_t(__pyx_t_2); if (unlikely((__pyx_t_6 == ((int64_t)-1)) && PyErr_Occurred())) __PYX_ERR(0, 91, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
   {
     __pyx_r = __pyx_t_6;
   }
   goto __pyx_L0;
 
-  /* "resilio/_runner_c.pyx":70
+  /* "resilio/_runner_c.pyx":88
  *         self.clock_ns = None if clock is _SYSTEM_CLOCK else clock.now_ns
  * 
  *     cdef inline int64_t now(self) except? -1:             # <<<<<<<<<<<<<<
@@ -4204,7 +4329,7 @@ static CYTHON_INLINE int64_t __pyx_f_7resilio_9_runner_c_8FastGate_now(struct __
   return __pyx_r;
 }
 
-/* "resilio/_runner_c.pyx":75
+/* "resilio/_runner_c.pyx":93
  *         return self.clock_ns()
  * 
  *     cdef object enter(self):             # <<<<<<<<<<<<<<
@@ -4224,7 +4349,7 @@ static PyObject *__pyx_f_7resilio_9_runner_c_8FastGate_enter(struct __pyx_obj_7r
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("enter", 0);
 
-  /* "resilio/_runner_c.pyx":76
+  /* "resilio/_runner_c.pyx":94
  * 
  *     cdef object enter(self):
  *         return self.py_enter()             # <<<<<<<<<<<<<<
@@ -4251,7 +4376,7 @@ static PyObject *__pyx_f_7resilio_9_runner_c_8FastGate_enter(struct __pyx_obj_7r
     __pyx_t_1 = __Pyx_PyObject_FastCall((PyObject*)__pyx_t_3, __pyx_callargs+__pyx_t_4, (1-__pyx_t_4) | (__pyx_t_4*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
     __Pyx_XDECREF(__pyx_t_2); __pyx_t_2 = 0;
     __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
-    if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 76, __pyx_L1_error)
+    if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 94, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_1);
   }
   {
@@ -4265,7 +4390,7 @@ static PyObject *__pyx_f_7resilio_9_runner_c_8FastGate_enter(struct __pyx_obj_7r
   __pyx_t_1 = 0;
   goto __pyx_L0;
 
-  /* "resilio/_runner_c.pyx":75
+  /* "resilio/_runner_c.pyx":93
  *         return self.clock_ns()
  * 
  *     cdef object enter(self):             # <<<<<<<<<<<<<<
@@ -4286,7 +4411,7 @@ static PyObject *__pyx_f_7resilio_9_runner_c_8FastGate_enter(struct __pyx_obj_7r
   return __pyx_r;
 }
 
-/* "resilio/_runner_c.pyx":78
+/* "resilio/_runner_c.pyx":96
  *         return self.py_enter()
  * 
  *     cdef int ok(self, object tok, object result) except -1:             # <<<<<<<<<<<<<<
@@ -4306,7 +4431,7 @@ static int __pyx_f_7resilio_9_runner_c_8FastGate_ok(struct __pyx_obj_7resilio_9_
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("ok", 0);
 
-  /* "resilio/_runner_c.pyx":79
+  /* "resilio/_runner_c.pyx":97
  * 
  *     cdef int ok(self, object tok, object result) except -1:
  *         self.py_ok(tok, result)             # <<<<<<<<<<<<<<
@@ -4333,12 +4458,12 @@ static int __pyx_f_7resilio_9_runner_c_8FastGate_ok(struct __pyx_obj_7resilio_9_
     __pyx_t_1 = __Pyx_PyObject_FastCall((PyObject*)__pyx_t_3, __pyx_callargs+__pyx_t_4, (3-__pyx_t_4) | (__pyx_t_4*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
     __Pyx_XDECREF(__pyx_t_2); __pyx_t_2 = 0;
     __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
-    if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 79, __pyx_L1_error)
+    if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 97, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_1);
   }
   __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
 
-  /* "resilio/_runner_c.pyx":80
+  /* "resilio/_runner_c.pyx":98
  *     cdef int ok(self, object tok, object result) except -1:
  *         self.py_ok(tok, result)
  *         return 0             # <<<<<<<<<<<<<<
@@ -4351,7 +4476,7 @@ static int __pyx_f_7resilio_9_runner_c_8FastGate_ok(struct __pyx_obj_7resilio_9_
   }
   goto __pyx_L0;
 
-  /* "resilio/_runner_c.pyx":78
+  /* "resilio/_runner_c.pyx":96
  *         return self.py_enter()
  * 
  *     cdef int ok(self, object tok, object result) except -1:             # <<<<<<<<<<<<<<
@@ -4372,7 +4497,7 @@ static int __pyx_f_7resilio_9_runner_c_8FastGate_ok(struct __pyx_obj_7resilio_9_
   return __pyx_r;
 }
 
-/* "resilio/_runner_c.pyx":82
+/* "resilio/_runner_c.pyx":100
  *         return 0
  * 
  *     cdef int err(self, object tok, object exc) except -1:             # <<<<<<<<<<<<<<
@@ -4392,7 +4517,7 @@ static int __pyx_f_7resilio_9_runner_c_8FastGate_err(struct __pyx_obj_7resilio_9
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("err", 0);
 
-  /* "resilio/_runner_c.pyx":83
+  /* "resilio/_runner_c.pyx":101
  * 
  *     cdef int err(self, object tok, object exc) except -1:
  *         self.py_err(tok, exc)             # <<<<<<<<<<<<<<
@@ -4419,12 +4544,12 @@ static int __pyx_f_7resilio_9_runner_c_8FastGate_err(struct __pyx_obj_7resilio_9
     __pyx_t_1 = __Pyx_PyObject_FastCall((PyObject*)__pyx_t_3, __pyx_callargs+__pyx_t_4, (3-__pyx_t_4) | (__pyx_t_4*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
     __Pyx_XDECREF(__pyx_t_2); __pyx_t_2 = 0;
     __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
-    if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 83, __pyx_L1_error)
+    if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 101, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_1);
   }
   __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
 
-  /* "resilio/_runner_c.pyx":84
+  /* "resilio/_runner_c.pyx":102
  *     cdef int err(self, object tok, object exc) except -1:
  *         self.py_err(tok, exc)
  *         return 0             # <<<<<<<<<<<<<<
@@ -4437,7 +4562,7 @@ static int __pyx_f_7resilio_9_runner_c_8FastGate_err(struct __pyx_obj_7resilio_9
   }
   goto __pyx_L0;
 
-  /* "resilio/_runner_c.pyx":82
+  /* "resilio/_runner_c.pyx":100
  *         return 0
  * 
  *     cdef int err(self, object tok, object exc) except -1:             # <<<<<<<<<<<<<<
@@ -4974,7 +5099,7 @@ static PyObject *__pyx_pf_7resilio_9_runner_c_8FastGate_4__setstate_cython__(str
   return __pyx_r;
 }
 
-/* "resilio/_runner_c.pyx":92
+/* "resilio/_runner_c.pyx":110
  *     cdef object rejection, probe_admitted, transitioned
  * 
  *     def __init__(self, strategy):             # <<<<<<<<<<<<<<
@@ -5020,32 +5145,32 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   {
     PyObject ** const __pyx_pyargnames[] = {&__pyx_mstate_global->__pyx_n_u_strategy,0};
     const Py_ssize_t __pyx_kwds_len = (__pyx_kwds) ? __Pyx_NumKwargs_FASTCALL_TPNEW(__pyx_kwds) : 0;
-    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(0, 92, __pyx_L3_error)
+    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(0, 110, __pyx_L3_error)
     if (__pyx_kwds_len > 0) {
       switch (__pyx_nargs) {
         case  1:
         values[0] = __Pyx_ArgRef_FASTCALL_TPNEW(__pyx_args, 0);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 92, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 110, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  0: break;
         default: goto __pyx_L5_argtuple_error;
       }
       const Py_ssize_t kwd_pos_args = __pyx_nargs;
-      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "__init__", 0) < (0)) __PYX_ERR(0, 92, __pyx_L3_error)
+      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "__init__", 0) < (0)) __PYX_ERR(0, 110, __pyx_L3_error)
       for (Py_ssize_t i = __pyx_nargs; i < 1; i++) {
-        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("__init__", 1, 1, 1, i); __PYX_ERR(0, 92, __pyx_L3_error) }
+        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("__init__", 1, 1, 1, i); __PYX_ERR(0, 110, __pyx_L3_error) }
       }
     } else if (unlikely(__pyx_nargs != 1)) {
       goto __pyx_L5_argtuple_error;
     } else {
       values[0] = __Pyx_ArgRef_FASTCALL_TPNEW(__pyx_args, 0);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 92, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 110, __pyx_L3_error)
     }
     __pyx_v_strategy = values[0];
   }
   goto __pyx_L6_skip;
   __pyx_L5_argtuple_error:;
-  __Pyx_RaiseArgtupleInvalid("__init__", 1, 1, 1, __pyx_nargs); __PYX_ERR(0, 92, __pyx_L3_error)
+  __Pyx_RaiseArgtupleInvalid("__init__", 1, 1, 1, __pyx_nargs); __PYX_ERR(0, 110, __pyx_L3_error)
   __pyx_L6_skip:;
   goto __pyx_L4_argument_unpacking_done;
   __pyx_L3_error:;
@@ -5078,7 +5203,7 @@ static int __pyx_pf_7resilio_9_runner_c_12_BreakerGate___init__(struct __pyx_obj
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("__init__", 0);
 
-  /* "resilio/_runner_c.pyx":93
+  /* "resilio/_runner_c.pyx":111
  * 
  *     def __init__(self, strategy):
  *         FastGate.__init__(self, strategy)             # <<<<<<<<<<<<<<
@@ -5092,82 +5217,82 @@ static int __pyx_pf_7resilio_9_runner_c_12_BreakerGate___init__(struct __pyx_obj
     PyObject *__pyx_callargs[3] = {__pyx_t_2, ((PyObject *)__pyx_v_self), __pyx_v_strategy};
     __pyx_t_1 = __Pyx_PyObject_FastCallMethod((PyObject*)__pyx_mstate_global->__pyx_n_u_init, __pyx_callargs+__pyx_t_3, (3-__pyx_t_3) | (1*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
     __Pyx_XDECREF(__pyx_t_2); __pyx_t_2 = 0;
-    if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 93, __pyx_L1_error)
+    if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 111, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_1);
   }
   __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
 
-  /* "resilio/_runner_c.pyx":94
+  /* "resilio/_runner_c.pyx":112
  *     def __init__(self, strategy):
  *         FastGate.__init__(self, strategy)
  *         self.circuit = strategy._circuit             # <<<<<<<<<<<<<<
  *         self.plain_enter = strategy._plain_enter
  *         self.rejection = strategy._rejection
 */
-  __pyx_t_1 = __Pyx_PyObject_GetAttrStr(__pyx_v_strategy, __pyx_mstate_global->__pyx_n_u_circuit); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 94, __pyx_L1_error)
+  __pyx_t_1 = __Pyx_PyObject_GetAttrStr(__pyx_v_strategy, __pyx_mstate_global->__pyx_n_u_circuit); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 112, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
-  if (!(likely(((__pyx_t_1) == Py_None) || likely(__Pyx_TypeTest(__pyx_t_1, __pyx_mstate_global->__pyx_ptype_7resilio_7_core_c_Circuit))))) __PYX_ERR(0, 94, __pyx_L1_error)
+  if (!(likely(((__pyx_t_1) == Py_None) || likely(__Pyx_TypeTest(__pyx_t_1, __pyx_mstate_global->__pyx_ptype_7resilio_7_core_c_Circuit))))) __PYX_ERR(0, 112, __pyx_L1_error)
   __Pyx_GIVEREF(__pyx_t_1);
   __Pyx_GOTREF((PyObject *)__pyx_v_self->circuit);
   __Pyx_DECREF_SET(__pyx_v_self->circuit, ((struct __pyx_obj_7resilio_7_core_c_Circuit *)__pyx_t_1));
   __pyx_t_1 = 0;
 
-  /* "resilio/_runner_c.pyx":95
+  /* "resilio/_runner_c.pyx":113
  *         FastGate.__init__(self, strategy)
  *         self.circuit = strategy._circuit
  *         self.plain_enter = strategy._plain_enter             # <<<<<<<<<<<<<<
  *         self.rejection = strategy._rejection
  *         self.probe_admitted = strategy._probe_admitted
 */
-  __pyx_t_1 = __Pyx_PyObject_GetAttrStr(__pyx_v_strategy, __pyx_mstate_global->__pyx_n_u_plain_enter); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 95, __pyx_L1_error)
+  __pyx_t_1 = __Pyx_PyObject_GetAttrStr(__pyx_v_strategy, __pyx_mstate_global->__pyx_n_u_plain_enter); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 113, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
-  __pyx_t_4 = __Pyx_PyObject_IsTrue(__pyx_t_1); if (unlikely((__pyx_t_4 == (int)-1) && PyErr_Occurred())) __PYX_ERR(0, 95, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_PyObject_IsTrue(__pyx_t_1); if (unlikely((__pyx_t_4 == (int)-1) && PyErr_Occurred())) __PYX_ERR(0, 113, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
   __pyx_v_self->plain_enter = __pyx_t_4;
 
-  /* "resilio/_runner_c.pyx":96
+  /* "resilio/_runner_c.pyx":114
  *         self.circuit = strategy._circuit
  *         self.plain_enter = strategy._plain_enter
  *         self.rejection = strategy._rejection             # <<<<<<<<<<<<<<
  *         self.probe_admitted = strategy._probe_admitted
  *         self.transitioned = strategy._transitioned
 */
-  __pyx_t_1 = __Pyx_PyObject_GetAttrStr(__pyx_v_strategy, __pyx_mstate_global->__pyx_n_u_rejection); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 96, __pyx_L1_error)
+  __pyx_t_1 = __Pyx_PyObject_GetAttrStr(__pyx_v_strategy, __pyx_mstate_global->__pyx_n_u_rejection); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 114, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
   __Pyx_GIVEREF(__pyx_t_1);
   __Pyx_GOTREF(__pyx_v_self->rejection);
   __Pyx_DECREF_SET(__pyx_v_self->rejection, __pyx_t_1);
   __pyx_t_1 = 0;
 
-  /* "resilio/_runner_c.pyx":97
+  /* "resilio/_runner_c.pyx":115
  *         self.plain_enter = strategy._plain_enter
  *         self.rejection = strategy._rejection
  *         self.probe_admitted = strategy._probe_admitted             # <<<<<<<<<<<<<<
  *         self.transitioned = strategy._transitioned
  * 
 */
-  __pyx_t_1 = __Pyx_PyObject_GetAttrStr(__pyx_v_strategy, __pyx_mstate_global->__pyx_n_u_probe_admitted); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 97, __pyx_L1_error)
+  __pyx_t_1 = __Pyx_PyObject_GetAttrStr(__pyx_v_strategy, __pyx_mstate_global->__pyx_n_u_probe_admitted); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 115, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
   __Pyx_GIVEREF(__pyx_t_1);
   __Pyx_GOTREF(__pyx_v_self->probe_admitted);
   __Pyx_DECREF_SET(__pyx_v_self->probe_admitted, __pyx_t_1);
   __pyx_t_1 = 0;
 
-  /* "resilio/_runner_c.pyx":98
+  /* "resilio/_runner_c.pyx":116
  *         self.rejection = strategy._rejection
  *         self.probe_admitted = strategy._probe_admitted
  *         self.transitioned = strategy._transitioned             # <<<<<<<<<<<<<<
  * 
  *     cdef object enter(self):
 */
-  __pyx_t_1 = __Pyx_PyObject_GetAttrStr(__pyx_v_strategy, __pyx_mstate_global->__pyx_n_u_transitioned); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 98, __pyx_L1_error)
+  __pyx_t_1 = __Pyx_PyObject_GetAttrStr(__pyx_v_strategy, __pyx_mstate_global->__pyx_n_u_transitioned); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 116, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
   __Pyx_GIVEREF(__pyx_t_1);
   __Pyx_GOTREF(__pyx_v_self->transitioned);
   __Pyx_DECREF_SET(__pyx_v_self->transitioned, __pyx_t_1);
   __pyx_t_1 = 0;
 
-  /* "resilio/_runner_c.pyx":92
+  /* "resilio/_runner_c.pyx":110
  *     cdef object rejection, probe_admitted, transitioned
  * 
  *     def __init__(self, strategy):             # <<<<<<<<<<<<<<
@@ -5189,7 +5314,7 @@ static int __pyx_pf_7resilio_9_runner_c_12_BreakerGate___init__(struct __pyx_obj
   return __pyx_r;
 }
 
-/* "resilio/_runner_c.pyx":100
+/* "resilio/_runner_c.pyx":118
  *         self.transitioned = strategy._transitioned
  * 
  *     cdef object enter(self):             # <<<<<<<<<<<<<<
@@ -5214,18 +5339,18 @@ static PyObject *__pyx_f_7resilio_9_runner_c_12_BreakerGate_enter(struct __pyx_o
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("enter", 0);
 
-  /* "resilio/_runner_c.pyx":101
+  /* "resilio/_runner_c.pyx":119
  * 
  *     cdef object enter(self):
  *         cdef int64_t t = rs_circuit_admit(self.circuit.c, self.now())             # <<<<<<<<<<<<<<
  *         if t < 0:
  *             raise self.rejection(t)
 */
-  __pyx_t_1 = __pyx_f_7resilio_9_runner_c_8FastGate_now(((struct __pyx_obj_7resilio_9_runner_c_FastGate *)__pyx_v_self)); if (unlikely(__pyx_t_1 == ((int64_t)-1L) && PyErr_Occurred())) __PYX_ERR(0, 101, __pyx_L1_error)
+  __pyx_t_1 = __pyx_f_7resilio_9_runner_c_8FastGate_now(((struct __pyx_obj_7resilio_9_runner_c_FastGate *)__pyx_v_self)); if (unlikely(__pyx_t_1 == ((int64_t)-1L) && PyErr_Occurred())) __PYX_ERR(0, 119, __pyx_L1_error)
   __pyx_v_t = rs_circuit_admit(__pyx_v_self->circuit->c, __pyx_t_1);
 
 
-  /* "resilio/_runner_c.pyx":102
+  /* "resilio/_runner_c.pyx":120
  *     cdef object enter(self):
  *         cdef int64_t t = rs_circuit_admit(self.circuit.c, self.now())
  *         if t < 0:             # <<<<<<<<<<<<<<
@@ -5237,7 +5362,7 @@ static PyObject *__pyx_f_7resilio_9_runner_c_12_BreakerGate_enter(struct __pyx_o
   if (unlikely(__pyx_t_2)) {
 
 
-    /* "resilio/_runner_c.pyx":103
+    /* "resilio/_runner_c.pyx":121
  *         cdef int64_t t = rs_circuit_admit(self.circuit.c, self.now())
  *         if t < 0:
  *             raise self.rejection(t)             # <<<<<<<<<<<<<<
@@ -5247,7 +5372,7 @@ static PyObject *__pyx_f_7resilio_9_runner_c_12_BreakerGate_enter(struct __pyx_o
     __pyx_t_4 = NULL;
     __Pyx_INCREF(__pyx_v_self->rejection);
     __pyx_t_5 = __pyx_v_self->rejection; 
-    __pyx_t_6 = __Pyx_PyLong_From_int64_t(__pyx_v_t); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 103, __pyx_L1_error)
+    __pyx_t_6 = __Pyx_PyLong_From_int64_t(__pyx_v_t); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 121, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_6);
     __pyx_t_7 = 1;
     #if CYTHON_UNPACK_METHODS
@@ -5267,14 +5392,14 @@ static PyObject *__pyx_f_7resilio_9_runner_c_12_BreakerGate_enter(struct __pyx_o
       __Pyx_XDECREF(__pyx_t_4); __pyx_t_4 = 0;
       __Pyx_DECREF(__pyx_t_6); __pyx_t_6 = 0;
       __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
-      if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 103, __pyx_L1_error)
+      if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 121, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_3);
     }
     __Pyx_Raise(__pyx_t_3, 0, 0, 0);
     __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
-    __PYX_ERR(0, 103, __pyx_L1_error)
+    __PYX_ERR(0, 121, __pyx_L1_error)
 
-    /* "resilio/_runner_c.pyx":102
+    /* "resilio/_runner_c.pyx":120
  *     cdef object enter(self):
  *         cdef int64_t t = rs_circuit_admit(self.circuit.c, self.now())
  *         if t < 0:             # <<<<<<<<<<<<<<
@@ -5283,7 +5408,7 @@ static PyObject *__pyx_f_7resilio_9_runner_c_12_BreakerGate_enter(struct __pyx_o
 */
   }
 
-  /* "resilio/_runner_c.pyx":104
+  /* "resilio/_runner_c.pyx":122
  *         if t < 0:
  *             raise self.rejection(t)
  *         if not self.plain_enter and (t & 3) == 2:             # <<<<<<<<<<<<<<
@@ -5309,7 +5434,7 @@ static PyObject *__pyx_f_7resilio_9_runner_c_12_BreakerGate_enter(struct __pyx_o
   if (__pyx_t_2) {
 
 
-    /* "resilio/_runner_c.pyx":105
+    /* "resilio/_runner_c.pyx":123
  *             raise self.rejection(t)
  *         if not self.plain_enter and (t & 3) == 2:
  *             self.probe_admitted(t)             # <<<<<<<<<<<<<<
@@ -5319,7 +5444,7 @@ static PyObject *__pyx_f_7resilio_9_runner_c_12_BreakerGate_enter(struct __pyx_o
     __pyx_t_5 = NULL;
     __Pyx_INCREF(__pyx_v_self->probe_admitted);
     __pyx_t_6 = __pyx_v_self->probe_admitted; 
-    __pyx_t_4 = __Pyx_PyLong_From_int64_t(__pyx_v_t); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 105, __pyx_L1_error)
+    __pyx_t_4 = __Pyx_PyLong_From_int64_t(__pyx_v_t); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 123, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_4);
     __pyx_t_7 = 1;
     #if CYTHON_UNPACK_METHODS
@@ -5339,12 +5464,12 @@ static PyObject *__pyx_f_7resilio_9_runner_c_12_BreakerGate_enter(struct __pyx_o
       __Pyx_XDECREF(__pyx_t_5); __pyx_t_5 = 0;
       __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
       __Pyx_DECREF(__pyx_t_6); __pyx_t_6 = 0;
-      if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 105, __pyx_L1_error)
+      if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 123, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_3);
     }
     __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
 
-    /* "resilio/_runner_c.pyx":104
+    /* "resilio/_runner_c.pyx":122
  *         if t < 0:
  *             raise self.rejection(t)
  *         if not self.plain_enter and (t & 3) == 2:             # <<<<<<<<<<<<<<
@@ -5353,14 +5478,14 @@ static PyObject *__pyx_f_7resilio_9_runner_c_12_BreakerGate_enter(struct __pyx_o
 */
   }
 
-  /* "resilio/_runner_c.pyx":106
+  /* "resilio/_runner_c.pyx":124
  *         if not self.plain_enter and (t & 3) == 2:
  *             self.probe_admitted(t)
  *         return t             # <<<<<<<<<<<<<<
  * 
  *     cdef int ok(self, object tok, object result) except -1:
 */
-  __pyx_t_3 = __Pyx_PyLong_From_int64_t(__pyx_v_t); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 106, __pyx_L1_error)
+  __pyx_t_3 = __Pyx_PyLong_From_int64_t(__pyx_v_t); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 124, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
   {
     PyObject *__pyx_temp;
@@ -5373,7 +5498,7 @@ static PyObject *__pyx_f_7resilio_9_runner_c_12_BreakerGate_enter(struct __pyx_o
   __pyx_t_3 = 0;
   goto __pyx_L0;
 
-  /* "resilio/_runner_c.pyx":100
+  /* "resilio/_runner_c.pyx":118
  *         self.transitioned = strategy._transitioned
  * 
  *     cdef object enter(self):             # <<<<<<<<<<<<<<
@@ -5396,7 +5521,7 @@ static PyObject *__pyx_f_7resilio_9_runner_c_12_BreakerGate_enter(struct __pyx_o
   return __pyx_r;
 }
 
-/* "resilio/_runner_c.pyx":108
+/* "resilio/_runner_c.pyx":126
  *         return t
  * 
  *     cdef int ok(self, object tok, object result) except -1:             # <<<<<<<<<<<<<<
@@ -5421,20 +5546,20 @@ static int __pyx_f_7resilio_9_runner_c_12_BreakerGate_ok(struct __pyx_obj_7resil
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("ok", 0);
 
-  /* "resilio/_runner_c.pyx":109
+  /* "resilio/_runner_c.pyx":127
  * 
  *     cdef int ok(self, object tok, object result) except -1:
  *         cdef int r = rs_circuit_record(self.circuit.c, <int64_t>tok, self.now(), 0)             # <<<<<<<<<<<<<<
  *         if r >= 0:
  *             self.transitioned(r)
 */
-  __pyx_t_1 = __Pyx_PyLong_As_int64_t(__pyx_v_tok); if (unlikely((__pyx_t_1 == ((int64_t)-1)) && PyErr_Occurred())) __PYX_ERR(0, 109, __pyx_L1_error)
-  __pyx_t_2 = __pyx_f_7resilio_9_runner_c_8FastGate_now(((struct __pyx_obj_7resilio_9_runner_c_FastGate *)__pyx_v_self)); if (unlikely(__pyx_t_2 == ((int64_t)-1L) && PyErr_Occurred())) __PYX_ERR(0, 109, __pyx_L1_error)
+  __pyx_t_1 = __Pyx_PyLong_As_int64_t(__pyx_v_tok); if (unlikely((__pyx_t_1 == ((int64_t)-1)) && PyErr_Occurred())) __PYX_ERR(0, 127, __pyx_L1_error)
+  __pyx_t_2 = __pyx_f_7resilio_9_runner_c_8FastGate_now(((struct __pyx_obj_7resilio_9_runner_c_FastGate *)__pyx_v_self)); if (unlikely(__pyx_t_2 == ((int64_t)-1L) && PyErr_Occurred())) __PYX_ERR(0, 127, __pyx_L1_error)
   __pyx_v_r = rs_circuit_record(__pyx_v_self->circuit->c, ((int64_t)__pyx_t_1), __pyx_t_2, 0);
 
 
 
-  /* "resilio/_runner_c.pyx":110
+  /* "resilio/_runner_c.pyx":128
  *     cdef int ok(self, object tok, object result) except -1:
  *         cdef int r = rs_circuit_record(self.circuit.c, <int64_t>tok, self.now(), 0)
  *         if r >= 0:             # <<<<<<<<<<<<<<
@@ -5446,7 +5571,7 @@ static int __pyx_f_7resilio_9_runner_c_12_BreakerGate_ok(struct __pyx_obj_7resil
   if (__pyx_t_3) {
 
 
-    /* "resilio/_runner_c.pyx":111
+    /* "resilio/_runner_c.pyx":129
  *         cdef int r = rs_circuit_record(self.circuit.c, <int64_t>tok, self.now(), 0)
  *         if r >= 0:
  *             self.transitioned(r)             # <<<<<<<<<<<<<<
@@ -5456,7 +5581,7 @@ static int __pyx_f_7resilio_9_runner_c_12_BreakerGate_ok(struct __pyx_obj_7resil
     __pyx_t_5 = NULL;
     __Pyx_INCREF(__pyx_v_self->transitioned);
     __pyx_t_6 = __pyx_v_self->transitioned; 
-    __pyx_t_7 = __Pyx_PyLong_From_int(__pyx_v_r); if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 111, __pyx_L1_error)
+    __pyx_t_7 = __Pyx_PyLong_From_int(__pyx_v_r); if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 129, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_7);
     __pyx_t_8 = 1;
     #if CYTHON_UNPACK_METHODS
@@ -5476,12 +5601,12 @@ static int __pyx_f_7resilio_9_runner_c_12_BreakerGate_ok(struct __pyx_obj_7resil
       __Pyx_XDECREF(__pyx_t_5); __pyx_t_5 = 0;
       __Pyx_DECREF(__pyx_t_7); __pyx_t_7 = 0;
       __Pyx_DECREF(__pyx_t_6); __pyx_t_6 = 0;
-      if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 111, __pyx_L1_error)
+      if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 129, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_4);
     }
     __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
 
-    /* "resilio/_runner_c.pyx":110
+    /* "resilio/_runner_c.pyx":128
  *     cdef int ok(self, object tok, object result) except -1:
  *         cdef int r = rs_circuit_record(self.circuit.c, <int64_t>tok, self.now(), 0)
  *         if r >= 0:             # <<<<<<<<<<<<<<
@@ -5490,7 +5615,7 @@ static int __pyx_f_7resilio_9_runner_c_12_BreakerGate_ok(struct __pyx_obj_7resil
 */
   }
 
-  /* "resilio/_runner_c.pyx":112
+  /* "resilio/_runner_c.pyx":130
  *         if r >= 0:
  *             self.transitioned(r)
  *         return 0             # <<<<<<<<<<<<<<
@@ -5503,7 +5628,7 @@ static int __pyx_f_7resilio_9_runner_c_12_BreakerGate_ok(struct __pyx_obj_7resil
   }
   goto __pyx_L0;
 
-  /* "resilio/_runner_c.pyx":108
+  /* "resilio/_runner_c.pyx":126
  *         return t
  * 
  *     cdef int ok(self, object tok, object result) except -1:             # <<<<<<<<<<<<<<
@@ -6095,7 +6220,7 @@ static PyObject *__pyx_pf_7resilio_9_runner_c_12_BreakerGate_4__setstate_cython_
   return __pyx_r;
 }
 
-/* "resilio/_runner_c.pyx":120
+/* "resilio/_runner_c.pyx":138
  *     cdef object rejection, pending
  * 
  *     def __init__(self, strategy):             # <<<<<<<<<<<<<<
@@ -6141,32 +6266,32 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   {
     PyObject ** const __pyx_pyargnames[] = {&__pyx_mstate_global->__pyx_n_u_strategy,0};
     const Py_ssize_t __pyx_kwds_len = (__pyx_kwds) ? __Pyx_NumKwargs_FASTCALL_TPNEW(__pyx_kwds) : 0;
-    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(0, 120, __pyx_L3_error)
+    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(0, 138, __pyx_L3_error)
     if (__pyx_kwds_len > 0) {
       switch (__pyx_nargs) {
         case  1:
         values[0] = __Pyx_ArgRef_FASTCALL_TPNEW(__pyx_args, 0);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 120, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 138, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  0: break;
         default: goto __pyx_L5_argtuple_error;
       }
       const Py_ssize_t kwd_pos_args = __pyx_nargs;
-      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "__init__", 0) < (0)) __PYX_ERR(0, 120, __pyx_L3_error)
+      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "__init__", 0) < (0)) __PYX_ERR(0, 138, __pyx_L3_error)
       for (Py_ssize_t i = __pyx_nargs; i < 1; i++) {
-        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("__init__", 1, 1, 1, i); __PYX_ERR(0, 120, __pyx_L3_error) }
+        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("__init__", 1, 1, 1, i); __PYX_ERR(0, 138, __pyx_L3_error) }
       }
     } else if (unlikely(__pyx_nargs != 1)) {
       goto __pyx_L5_argtuple_error;
     } else {
       values[0] = __Pyx_ArgRef_FASTCALL_TPNEW(__pyx_args, 0);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 120, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 138, __pyx_L3_error)
     }
     __pyx_v_strategy = values[0];
   }
   goto __pyx_L6_skip;
   __pyx_L5_argtuple_error:;
-  __Pyx_RaiseArgtupleInvalid("__init__", 1, 1, 1, __pyx_nargs); __PYX_ERR(0, 120, __pyx_L3_error)
+  __Pyx_RaiseArgtupleInvalid("__init__", 1, 1, 1, __pyx_nargs); __PYX_ERR(0, 138, __pyx_L3_error)
   __pyx_L6_skip:;
   goto __pyx_L4_argument_unpacking_done;
   __pyx_L3_error:;
@@ -6199,7 +6324,7 @@ static int __pyx_pf_7resilio_9_runner_c_12_LimiterGate___init__(struct __pyx_obj
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("__init__", 0);
 
-  /* "resilio/_runner_c.pyx":121
+  /* "resilio/_runner_c.pyx":139
  * 
  *     def __init__(self, strategy):
  *         FastGate.__init__(self, strategy)             # <<<<<<<<<<<<<<
@@ -6213,81 +6338,81 @@ static int __pyx_pf_7resilio_9_runner_c_12_LimiterGate___init__(struct __pyx_obj
     PyObject *__pyx_callargs[3] = {__pyx_t_2, ((PyObject *)__pyx_v_self), __pyx_v_strategy};
     __pyx_t_1 = __Pyx_PyObject_FastCallMethod((PyObject*)__pyx_mstate_global->__pyx_n_u_init, __pyx_callargs+__pyx_t_3, (3-__pyx_t_3) | (1*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
     __Pyx_XDECREF(__pyx_t_2); __pyx_t_2 = 0;
-    if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 121, __pyx_L1_error)
+    if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 139, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_1);
   }
   __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
 
-  /* "resilio/_runner_c.pyx":122
+  /* "resilio/_runner_c.pyx":140
  *     def __init__(self, strategy):
  *         FastGate.__init__(self, strategy)
  *         self.bucket = strategy._bucket             # <<<<<<<<<<<<<<
  *         self.n = strategy._tokens
  *         self.max_wait_ns = strategy._max_wait_ns
 */
-  __pyx_t_1 = __Pyx_PyObject_GetAttrStr(__pyx_v_strategy, __pyx_mstate_global->__pyx_n_u_bucket); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 122, __pyx_L1_error)
+  __pyx_t_1 = __Pyx_PyObject_GetAttrStr(__pyx_v_strategy, __pyx_mstate_global->__pyx_n_u_bucket); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 140, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
-  if (!(likely(((__pyx_t_1) == Py_None) || likely(__Pyx_TypeTest(__pyx_t_1, __pyx_mstate_global->__pyx_ptype_7resilio_7_core_c_TokenBucket))))) __PYX_ERR(0, 122, __pyx_L1_error)
+  if (!(likely(((__pyx_t_1) == Py_None) || likely(__Pyx_TypeTest(__pyx_t_1, __pyx_mstate_global->__pyx_ptype_7resilio_7_core_c_TokenBucket))))) __PYX_ERR(0, 140, __pyx_L1_error)
   __Pyx_GIVEREF(__pyx_t_1);
   __Pyx_GOTREF((PyObject *)__pyx_v_self->bucket);
   __Pyx_DECREF_SET(__pyx_v_self->bucket, ((struct __pyx_obj_7resilio_7_core_c_TokenBucket *)__pyx_t_1));
   __pyx_t_1 = 0;
 
-  /* "resilio/_runner_c.pyx":123
+  /* "resilio/_runner_c.pyx":141
  *         FastGate.__init__(self, strategy)
  *         self.bucket = strategy._bucket
  *         self.n = strategy._tokens             # <<<<<<<<<<<<<<
  *         self.max_wait_ns = strategy._max_wait_ns
  *         self.rejection = strategy._rejection
 */
-  __pyx_t_1 = __Pyx_PyObject_GetAttrStr(__pyx_v_strategy, __pyx_mstate_global->__pyx_n_u_tokens); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 123, __pyx_L1_error)
+  __pyx_t_1 = __Pyx_PyObject_GetAttrStr(__pyx_v_strategy, __pyx_mstate_global->__pyx_n_u_tokens); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 141, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
-  __pyx_t_4 = __Pyx_PyLong_As_int64_t(__pyx_t_1); if (unlikely((__pyx_t_4 == ((int64_t)-1)) && PyErr_Occurred())) __PYX_ERR(0, 123, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_PyLong_As_int64_t(__pyx_t_1); if (unlikely((__pyx_t_4 == ((int64_t)-1)) && PyErr_Occurred())) __PYX_ERR(0, 141, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
   __pyx_v_self->n = __pyx_t_4;
 
-  /* "resilio/_runner_c.pyx":124
+  /* "resilio/_runner_c.pyx":142
  *         self.bucket = strategy._bucket
  *         self.n = strategy._tokens
  *         self.max_wait_ns = strategy._max_wait_ns             # <<<<<<<<<<<<<<
  *         self.rejection = strategy._rejection
  *         self.pending = strategy._pending
 */
-  __pyx_t_1 = __Pyx_PyObject_GetAttrStr(__pyx_v_strategy, __pyx_mstate_global->__pyx_n_u_max_wait_ns); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 124, __pyx_L1_error)
+  __pyx_t_1 = __Pyx_PyObject_GetAttrStr(__pyx_v_strategy, __pyx_mstate_global->__pyx_n_u_max_wait_ns); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 142, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
-  __pyx_t_4 = __Pyx_PyLong_As_int64_t(__pyx_t_1); if (unlikely((__pyx_t_4 == ((int64_t)-1)) && PyErr_Occurred())) __PYX_ERR(0, 124, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_PyLong_As_int64_t(__pyx_t_1); if (unlikely((__pyx_t_4 == ((int64_t)-1)) && PyErr_Occurred())) __PYX_ERR(0, 142, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
   __pyx_v_self->max_wait_ns = __pyx_t_4;
 
-  /* "resilio/_runner_c.pyx":125
+  /* "resilio/_runner_c.pyx":143
  *         self.n = strategy._tokens
  *         self.max_wait_ns = strategy._max_wait_ns
  *         self.rejection = strategy._rejection             # <<<<<<<<<<<<<<
  *         self.pending = strategy._pending
  * 
 */
-  __pyx_t_1 = __Pyx_PyObject_GetAttrStr(__pyx_v_strategy, __pyx_mstate_global->__pyx_n_u_rejection); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 125, __pyx_L1_error)
+  __pyx_t_1 = __Pyx_PyObject_GetAttrStr(__pyx_v_strategy, __pyx_mstate_global->__pyx_n_u_rejection); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 143, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
   __Pyx_GIVEREF(__pyx_t_1);
   __Pyx_GOTREF(__pyx_v_self->rejection);
   __Pyx_DECREF_SET(__pyx_v_self->rejection, __pyx_t_1);
   __pyx_t_1 = 0;
 
-  /* "resilio/_runner_c.pyx":126
+  /* "resilio/_runner_c.pyx":144
  *         self.max_wait_ns = strategy._max_wait_ns
  *         self.rejection = strategy._rejection
  *         self.pending = strategy._pending             # <<<<<<<<<<<<<<
  * 
  *     cdef object enter(self):
 */
-  __pyx_t_1 = __Pyx_PyObject_GetAttrStr(__pyx_v_strategy, __pyx_mstate_global->__pyx_n_u_pending); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 126, __pyx_L1_error)
+  __pyx_t_1 = __Pyx_PyObject_GetAttrStr(__pyx_v_strategy, __pyx_mstate_global->__pyx_n_u_pending); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 144, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
   __Pyx_GIVEREF(__pyx_t_1);
   __Pyx_GOTREF(__pyx_v_self->pending);
   __Pyx_DECREF_SET(__pyx_v_self->pending, __pyx_t_1);
   __pyx_t_1 = 0;
 
-  /* "resilio/_runner_c.pyx":120
+  /* "resilio/_runner_c.pyx":138
  *     cdef object rejection, pending
  * 
  *     def __init__(self, strategy):             # <<<<<<<<<<<<<<
@@ -6309,7 +6434,7 @@ static int __pyx_pf_7resilio_9_runner_c_12_LimiterGate___init__(struct __pyx_obj
   return __pyx_r;
 }
 
-/* "resilio/_runner_c.pyx":128
+/* "resilio/_runner_c.pyx":146
  *         self.pending = strategy._pending
  * 
  *     cdef object enter(self):             # <<<<<<<<<<<<<<
@@ -6333,7 +6458,7 @@ static PyObject *__pyx_f_7resilio_9_runner_c_12_LimiterGate_enter(struct __pyx_o
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("enter", 0);
 
-  /* "resilio/_runner_c.pyx":130
+  /* "resilio/_runner_c.pyx":148
  *     cdef object enter(self):
  *         cdef int64_t r
  *         if self.max_wait_ns == 0:             # <<<<<<<<<<<<<<
@@ -6345,18 +6470,18 @@ static PyObject *__pyx_f_7resilio_9_runner_c_12_LimiterGate_enter(struct __pyx_o
   if (__pyx_t_1) {
 
 
-    /* "resilio/_runner_c.pyx":131
+    /* "resilio/_runner_c.pyx":149
  *         cdef int64_t r
  *         if self.max_wait_ns == 0:
  *             r = rs_bucket_try_acquire(self.bucket.b, self.now(), self.n)             # <<<<<<<<<<<<<<
  *             if r:
  *                 raise self.rejection(r)
 */
-    __pyx_t_2 = __pyx_f_7resilio_9_runner_c_8FastGate_now(((struct __pyx_obj_7resilio_9_runner_c_FastGate *)__pyx_v_self)); if (unlikely(__pyx_t_2 == ((int64_t)-1L) && PyErr_Occurred())) __PYX_ERR(0, 131, __pyx_L1_error)
+    __pyx_t_2 = __pyx_f_7resilio_9_runner_c_8FastGate_now(((struct __pyx_obj_7resilio_9_runner_c_FastGate *)__pyx_v_self)); if (unlikely(__pyx_t_2 == ((int64_t)-1L) && PyErr_Occurred())) __PYX_ERR(0, 149, __pyx_L1_error)
     __pyx_v_r = rs_bucket_try_acquire(__pyx_v_self->bucket->b, __pyx_t_2, __pyx_v_self->n);
 
 
-    /* "resilio/_runner_c.pyx":132
+    /* "resilio/_runner_c.pyx":150
  *         if self.max_wait_ns == 0:
  *             r = rs_bucket_try_acquire(self.bucket.b, self.now(), self.n)
  *             if r:             # <<<<<<<<<<<<<<
@@ -6368,7 +6493,7 @@ static PyObject *__pyx_f_7resilio_9_runner_c_12_LimiterGate_enter(struct __pyx_o
     if (unlikely(__pyx_t_1)) {
 
 
-      /* "resilio/_runner_c.pyx":133
+      /* "resilio/_runner_c.pyx":151
  *             r = rs_bucket_try_acquire(self.bucket.b, self.now(), self.n)
  *             if r:
  *                 raise self.rejection(r)             # <<<<<<<<<<<<<<
@@ -6378,7 +6503,7 @@ static PyObject *__pyx_f_7resilio_9_runner_c_12_LimiterGate_enter(struct __pyx_o
       __pyx_t_4 = NULL;
       __Pyx_INCREF(__pyx_v_self->rejection);
       __pyx_t_5 = __pyx_v_self->rejection; 
-      __pyx_t_6 = __Pyx_PyLong_From_int64_t(__pyx_v_r); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 133, __pyx_L1_error)
+      __pyx_t_6 = __Pyx_PyLong_From_int64_t(__pyx_v_r); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 151, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_6);
       __pyx_t_7 = 1;
       #if CYTHON_UNPACK_METHODS
@@ -6398,14 +6523,14 @@ static PyObject *__pyx_f_7resilio_9_runner_c_12_LimiterGate_enter(struct __pyx_o
         __Pyx_XDECREF(__pyx_t_4); __pyx_t_4 = 0;
         __Pyx_DECREF(__pyx_t_6); __pyx_t_6 = 0;
         __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
-        if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 133, __pyx_L1_error)
+        if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 151, __pyx_L1_error)
         __Pyx_GOTREF(__pyx_t_3);
       }
       __Pyx_Raise(__pyx_t_3, 0, 0, 0);
       __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
-      __PYX_ERR(0, 133, __pyx_L1_error)
+      __PYX_ERR(0, 151, __pyx_L1_error)
 
-      /* "resilio/_runner_c.pyx":132
+      /* "resilio/_runner_c.pyx":150
  *         if self.max_wait_ns == 0:
  *             r = rs_bucket_try_acquire(self.bucket.b, self.now(), self.n)
  *             if r:             # <<<<<<<<<<<<<<
@@ -6414,7 +6539,7 @@ static PyObject *__pyx_f_7resilio_9_runner_c_12_LimiterGate_enter(struct __pyx_o
 */
     }
 
-    /* "resilio/_runner_c.pyx":134
+    /* "resilio/_runner_c.pyx":152
  *             if r:
  *                 raise self.rejection(r)
  *             return None             # <<<<<<<<<<<<<<
@@ -6431,7 +6556,7 @@ static PyObject *__pyx_f_7resilio_9_runner_c_12_LimiterGate_enter(struct __pyx_o
     }
     goto __pyx_L0;
 
-    /* "resilio/_runner_c.pyx":130
+    /* "resilio/_runner_c.pyx":148
  *     cdef object enter(self):
  *         cdef int64_t r
  *         if self.max_wait_ns == 0:             # <<<<<<<<<<<<<<
@@ -6440,18 +6565,18 @@ static PyObject *__pyx_f_7resilio_9_runner_c_12_LimiterGate_enter(struct __pyx_o
 */
   }
 
-  /* "resilio/_runner_c.pyx":135
+  /* "resilio/_runner_c.pyx":153
  *                 raise self.rejection(r)
  *             return None
  *         r = rs_bucket_reserve(self.bucket.b, self.now(), self.n, self.max_wait_ns)             # <<<<<<<<<<<<<<
  *         if r == 0:
  *             return None
 */
-  __pyx_t_2 = __pyx_f_7resilio_9_runner_c_8FastGate_now(((struct __pyx_obj_7resilio_9_runner_c_FastGate *)__pyx_v_self)); if (unlikely(__pyx_t_2 == ((int64_t)-1L) && PyErr_Occurred())) __PYX_ERR(0, 135, __pyx_L1_error)
+  __pyx_t_2 = __pyx_f_7resilio_9_runner_c_8FastGate_now(((struct __pyx_obj_7resilio_9_runner_c_FastGate *)__pyx_v_self)); if (unlikely(__pyx_t_2 == ((int64_t)-1L) && PyErr_Occurred())) __PYX_ERR(0, 153, __pyx_L1_error)
   __pyx_v_r = rs_bucket_reserve(__pyx_v_self->bucket->b, __pyx_t_2, __pyx_v_self->n, __pyx_v_self->max_wait_ns);
 
 
-  /* "resilio/_runner_c.pyx":136
+  /* "resilio/_runner_c.pyx":154
  *             return None
  *         r = rs_bucket_reserve(self.bucket.b, self.now(), self.n, self.max_wait_ns)
  *         if r == 0:             # <<<<<<<<<<<<<<
@@ -6463,7 +6588,7 @@ static PyObject *__pyx_f_7resilio_9_runner_c_12_LimiterGate_enter(struct __pyx_o
   if (__pyx_t_1) {
 
 
-    /* "resilio/_runner_c.pyx":137
+    /* "resilio/_runner_c.pyx":155
  *         r = rs_bucket_reserve(self.bucket.b, self.now(), self.n, self.max_wait_ns)
  *         if r == 0:
  *             return None             # <<<<<<<<<<<<<<
@@ -6480,7 +6605,7 @@ static PyObject *__pyx_f_7resilio_9_runner_c_12_LimiterGate_enter(struct __pyx_o
     }
     goto __pyx_L0;
 
-    /* "resilio/_runner_c.pyx":136
+    /* "resilio/_runner_c.pyx":154
  *             return None
  *         r = rs_bucket_reserve(self.bucket.b, self.now(), self.n, self.max_wait_ns)
  *         if r == 0:             # <<<<<<<<<<<<<<
@@ -6489,7 +6614,7 @@ static PyObject *__pyx_f_7resilio_9_runner_c_12_LimiterGate_enter(struct __pyx_o
 */
   }
 
-  /* "resilio/_runner_c.pyx":138
+  /* "resilio/_runner_c.pyx":156
  *         if r == 0:
  *             return None
  *         if r < 0:             # <<<<<<<<<<<<<<
@@ -6501,7 +6626,7 @@ static PyObject *__pyx_f_7resilio_9_runner_c_12_LimiterGate_enter(struct __pyx_o
   if (unlikely(__pyx_t_1)) {
 
 
-    /* "resilio/_runner_c.pyx":139
+    /* "resilio/_runner_c.pyx":157
  *             return None
  *         if r < 0:
  *             raise self.rejection(-r)             # <<<<<<<<<<<<<<
@@ -6511,7 +6636,7 @@ static PyObject *__pyx_f_7resilio_9_runner_c_12_LimiterGate_enter(struct __pyx_o
     __pyx_t_5 = NULL;
     __Pyx_INCREF(__pyx_v_self->rejection);
     __pyx_t_6 = __pyx_v_self->rejection; 
-    __pyx_t_4 = __Pyx_PyLong_From_int64_t((-__pyx_v_r)); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 139, __pyx_L1_error)
+    __pyx_t_4 = __Pyx_PyLong_From_int64_t((-__pyx_v_r)); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 157, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_4);
     __pyx_t_7 = 1;
     #if CYTHON_UNPACK_METHODS
@@ -6531,14 +6656,14 @@ static PyObject *__pyx_f_7resilio_9_runner_c_12_LimiterGate_enter(struct __pyx_o
       __Pyx_XDECREF(__pyx_t_5); __pyx_t_5 = 0;
       __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
       __Pyx_DECREF(__pyx_t_6); __pyx_t_6 = 0;
-      if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 139, __pyx_L1_error)
+      if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 157, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_3);
     }
     __Pyx_Raise(__pyx_t_3, 0, 0, 0);
     __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
-    __PYX_ERR(0, 139, __pyx_L1_error)
+    __PYX_ERR(0, 157, __pyx_L1_error)
 
-    /* "resilio/_runner_c.pyx":138
+    /* "resilio/_runner_c.pyx":156
  *         if r == 0:
  *             return None
  *         if r < 0:             # <<<<<<<<<<<<<<
@@ -6547,19 +6672,19 @@ static PyObject *__pyx_f_7resilio_9_runner_c_12_LimiterGate_enter(struct __pyx_o
 */
   }
 
-  /* "resilio/_runner_c.pyx":140
+  /* "resilio/_runner_c.pyx":158
  *         if r < 0:
  *             raise self.rejection(-r)
  *         self.pending.wait_ns = r             # <<<<<<<<<<<<<<
  *         return WAIT
  * 
 */
-  __pyx_t_3 = __Pyx_PyLong_From_int64_t(__pyx_v_r); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 140, __pyx_L1_error)
+  __pyx_t_3 = __Pyx_PyLong_From_int64_t(__pyx_v_r); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 158, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
-  if (__Pyx_PyObject_SetAttrStr(__pyx_v_self->pending, __pyx_mstate_global->__pyx_n_u_wait_ns, __pyx_t_3) < (0)) __PYX_ERR(0, 140, __pyx_L1_error)
+  if (__Pyx_PyObject_SetAttrStr(__pyx_v_self->pending, __pyx_mstate_global->__pyx_n_u_wait_ns, __pyx_t_3) < (0)) __PYX_ERR(0, 158, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
 
-  /* "resilio/_runner_c.pyx":141
+  /* "resilio/_runner_c.pyx":159
  *             raise self.rejection(-r)
  *         self.pending.wait_ns = r
  *         return WAIT             # <<<<<<<<<<<<<<
@@ -6577,7 +6702,7 @@ static PyObject *__pyx_f_7resilio_9_runner_c_12_LimiterGate_enter(struct __pyx_o
   }
   goto __pyx_L0;
 
-  /* "resilio/_runner_c.pyx":128
+  /* "resilio/_runner_c.pyx":146
  *         self.pending = strategy._pending
  * 
  *     cdef object enter(self):             # <<<<<<<<<<<<<<
@@ -6600,7 +6725,7 @@ static PyObject *__pyx_f_7resilio_9_runner_c_12_LimiterGate_enter(struct __pyx_o
   return __pyx_r;
 }
 
-/* "resilio/_runner_c.pyx":143
+/* "resilio/_runner_c.pyx":161
  *         return WAIT
  * 
  *     cdef int ok(self, object tok, object result) except -1:             # <<<<<<<<<<<<<<
@@ -6611,7 +6736,7 @@ static PyObject *__pyx_f_7resilio_9_runner_c_12_LimiterGate_enter(struct __pyx_o
 static int __pyx_f_7resilio_9_runner_c_12_LimiterGate_ok(CYTHON_UNUSED struct __pyx_obj_7resilio_9_runner_c__LimiterGate *__pyx_v_self, CYTHON_UNUSED PyObject *__pyx_v_tok, CYTHON_UNUSED PyObject *__pyx_v_result) {
   int __pyx_r;
 
-  /* "resilio/_runner_c.pyx":144
+  /* "resilio/_runner_c.pyx":162
  * 
  *     cdef int ok(self, object tok, object result) except -1:
  *         return 0             # <<<<<<<<<<<<<<
@@ -6624,7 +6749,7 @@ static int __pyx_f_7resilio_9_runner_c_12_LimiterGate_ok(CYTHON_UNUSED struct __
   }
   goto __pyx_L0;
 
-  /* "resilio/_runner_c.pyx":143
+  /* "resilio/_runner_c.pyx":161
  *         return WAIT
  * 
  *     cdef int ok(self, object tok, object result) except -1:             # <<<<<<<<<<<<<<
@@ -6638,7 +6763,7 @@ static int __pyx_f_7resilio_9_runner_c_12_LimiterGate_ok(CYTHON_UNUSED struct __
   return __pyx_r;
 }
 
-/* "resilio/_runner_c.pyx":146
+/* "resilio/_runner_c.pyx":164
  *         return 0
  * 
  *     cdef int err(self, object tok, object exc) except -1:             # <<<<<<<<<<<<<<
@@ -6649,7 +6774,7 @@ static int __pyx_f_7resilio_9_runner_c_12_LimiterGate_ok(CYTHON_UNUSED struct __
 static int __pyx_f_7resilio_9_runner_c_12_LimiterGate_err(CYTHON_UNUSED struct __pyx_obj_7resilio_9_runner_c__LimiterGate *__pyx_v_self, CYTHON_UNUSED PyObject *__pyx_v_tok, CYTHON_UNUSED PyObject *__pyx_v_exc) {
   int __pyx_r;
 
-  /* "resilio/_runner_c.pyx":147
+  /* "resilio/_runner_c.pyx":165
  * 
  *     cdef int err(self, object tok, object exc) except -1:
  *         return 0             # <<<<<<<<<<<<<<
@@ -6662,7 +6787,7 @@ static int __pyx_f_7resilio_9_runner_c_12_LimiterGate_err(CYTHON_UNUSED struct _
   }
   goto __pyx_L0;
 
-  /* "resilio/_runner_c.pyx":146
+  /* "resilio/_runner_c.pyx":164
  *         return 0
  * 
  *     cdef int err(self, object tok, object exc) except -1:             # <<<<<<<<<<<<<<
@@ -7240,7 +7365,7 @@ static PyObject *__pyx_pf_7resilio_9_runner_c_12_LimiterGate_4__setstate_cython_
   return __pyx_r;
 }
 
-/* "resilio/_runner_c.pyx":154
+/* "resilio/_runner_c.pyx":172
  *     cdef object waiters, enter_slow, release
  * 
  *     def __init__(self, strategy):             # <<<<<<<<<<<<<<
@@ -7286,32 +7411,32 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   {
     PyObject ** const __pyx_pyargnames[] = {&__pyx_mstate_global->__pyx_n_u_strategy,0};
     const Py_ssize_t __pyx_kwds_len = (__pyx_kwds) ? __Pyx_NumKwargs_FASTCALL_TPNEW(__pyx_kwds) : 0;
-    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(0, 154, __pyx_L3_error)
+    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(0, 172, __pyx_L3_error)
     if (__pyx_kwds_len > 0) {
       switch (__pyx_nargs) {
         case  1:
         values[0] = __Pyx_ArgRef_FASTCALL_TPNEW(__pyx_args, 0);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 154, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 172, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  0: break;
         default: goto __pyx_L5_argtuple_error;
       }
       const Py_ssize_t kwd_pos_args = __pyx_nargs;
-      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "__init__", 0) < (0)) __PYX_ERR(0, 154, __pyx_L3_error)
+      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "__init__", 0) < (0)) __PYX_ERR(0, 172, __pyx_L3_error)
       for (Py_ssize_t i = __pyx_nargs; i < 1; i++) {
-        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("__init__", 1, 1, 1, i); __PYX_ERR(0, 154, __pyx_L3_error) }
+        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("__init__", 1, 1, 1, i); __PYX_ERR(0, 172, __pyx_L3_error) }
       }
     } else if (unlikely(__pyx_nargs != 1)) {
       goto __pyx_L5_argtuple_error;
     } else {
       values[0] = __Pyx_ArgRef_FASTCALL_TPNEW(__pyx_args, 0);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 154, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 172, __pyx_L3_error)
     }
     __pyx_v_strategy = values[0];
   }
   goto __pyx_L6_skip;
   __pyx_L5_argtuple_error:;
-  __Pyx_RaiseArgtupleInvalid("__init__", 1, 1, 1, __pyx_nargs); __PYX_ERR(0, 154, __pyx_L3_error)
+  __Pyx_RaiseArgtupleInvalid("__init__", 1, 1, 1, __pyx_nargs); __PYX_ERR(0, 172, __pyx_L3_error)
   __pyx_L6_skip:;
   goto __pyx_L4_argument_unpacking_done;
   __pyx_L3_error:;
@@ -7343,7 +7468,7 @@ static int __pyx_pf_7resilio_9_runner_c_13_BulkheadGate___init__(struct __pyx_ob
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("__init__", 0);
 
-  /* "resilio/_runner_c.pyx":155
+  /* "resilio/_runner_c.pyx":173
  * 
  *     def __init__(self, strategy):
  *         FastGate.__init__(self, strategy)             # <<<<<<<<<<<<<<
@@ -7357,69 +7482,69 @@ static int __pyx_pf_7resilio_9_runner_c_13_BulkheadGate___init__(struct __pyx_ob
     PyObject *__pyx_callargs[3] = {__pyx_t_2, ((PyObject *)__pyx_v_self), __pyx_v_strategy};
     __pyx_t_1 = __Pyx_PyObject_FastCallMethod((PyObject*)__pyx_mstate_global->__pyx_n_u_init, __pyx_callargs+__pyx_t_3, (3-__pyx_t_3) | (1*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
     __Pyx_XDECREF(__pyx_t_2); __pyx_t_2 = 0;
-    if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 155, __pyx_L1_error)
+    if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 173, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_1);
   }
   __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
 
-  /* "resilio/_runner_c.pyx":156
+  /* "resilio/_runner_c.pyx":174
  *     def __init__(self, strategy):
  *         FastGate.__init__(self, strategy)
  *         self.gate = strategy._gate             # <<<<<<<<<<<<<<
  *         self.waiters = strategy._waiters
  *         self.enter_slow = strategy._enter_slow
 */
-  __pyx_t_1 = __Pyx_PyObject_GetAttrStr(__pyx_v_strategy, __pyx_mstate_global->__pyx_n_u_gate); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 156, __pyx_L1_error)
+  __pyx_t_1 = __Pyx_PyObject_GetAttrStr(__pyx_v_strategy, __pyx_mstate_global->__pyx_n_u_gate); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 174, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
-  if (!(likely(((__pyx_t_1) == Py_None) || likely(__Pyx_TypeTest(__pyx_t_1, __pyx_mstate_global->__pyx_ptype_7resilio_7_core_c_Gate))))) __PYX_ERR(0, 156, __pyx_L1_error)
+  if (!(likely(((__pyx_t_1) == Py_None) || likely(__Pyx_TypeTest(__pyx_t_1, __pyx_mstate_global->__pyx_ptype_7resilio_7_core_c_Gate))))) __PYX_ERR(0, 174, __pyx_L1_error)
   __Pyx_GIVEREF(__pyx_t_1);
   __Pyx_GOTREF((PyObject *)__pyx_v_self->gate);
   __Pyx_DECREF_SET(__pyx_v_self->gate, ((struct __pyx_obj_7resilio_7_core_c_Gate *)__pyx_t_1));
   __pyx_t_1 = 0;
 
-  /* "resilio/_runner_c.pyx":157
+  /* "resilio/_runner_c.pyx":175
  *         FastGate.__init__(self, strategy)
  *         self.gate = strategy._gate
  *         self.waiters = strategy._waiters             # <<<<<<<<<<<<<<
  *         self.enter_slow = strategy._enter_slow
  *         self.release = strategy._release
 */
-  __pyx_t_1 = __Pyx_PyObject_GetAttrStr(__pyx_v_strategy, __pyx_mstate_global->__pyx_n_u_waiters); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 157, __pyx_L1_error)
+  __pyx_t_1 = __Pyx_PyObject_GetAttrStr(__pyx_v_strategy, __pyx_mstate_global->__pyx_n_u_waiters); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 175, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
   __Pyx_GIVEREF(__pyx_t_1);
   __Pyx_GOTREF(__pyx_v_self->waiters);
   __Pyx_DECREF_SET(__pyx_v_self->waiters, __pyx_t_1);
   __pyx_t_1 = 0;
 
-  /* "resilio/_runner_c.pyx":158
+  /* "resilio/_runner_c.pyx":176
  *         self.gate = strategy._gate
  *         self.waiters = strategy._waiters
  *         self.enter_slow = strategy._enter_slow             # <<<<<<<<<<<<<<
  *         self.release = strategy._release
  * 
 */
-  __pyx_t_1 = __Pyx_PyObject_GetAttrStr(__pyx_v_strategy, __pyx_mstate_global->__pyx_n_u_enter_slow); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 158, __pyx_L1_error)
+  __pyx_t_1 = __Pyx_PyObject_GetAttrStr(__pyx_v_strategy, __pyx_mstate_global->__pyx_n_u_enter_slow); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 176, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
   __Pyx_GIVEREF(__pyx_t_1);
   __Pyx_GOTREF(__pyx_v_self->enter_slow);
   __Pyx_DECREF_SET(__pyx_v_self->enter_slow, __pyx_t_1);
   __pyx_t_1 = 0;
 
-  /* "resilio/_runner_c.pyx":159
+  /* "resilio/_runner_c.pyx":177
  *         self.waiters = strategy._waiters
  *         self.enter_slow = strategy._enter_slow
  *         self.release = strategy._release             # <<<<<<<<<<<<<<
  * 
  *     cdef object enter(self):
 */
-  __pyx_t_1 = __Pyx_PyObject_GetAttrStr(__pyx_v_strategy, __pyx_mstate_global->__pyx_n_u_release); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 159, __pyx_L1_error)
+  __pyx_t_1 = __Pyx_PyObject_GetAttrStr(__pyx_v_strategy, __pyx_mstate_global->__pyx_n_u_release); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 177, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
   __Pyx_GIVEREF(__pyx_t_1);
   __Pyx_GOTREF(__pyx_v_self->release);
   __Pyx_DECREF_SET(__pyx_v_self->release, __pyx_t_1);
   __pyx_t_1 = 0;
 
-  /* "resilio/_runner_c.pyx":154
+  /* "resilio/_runner_c.pyx":172
  *     cdef object waiters, enter_slow, release
  * 
  *     def __init__(self, strategy):             # <<<<<<<<<<<<<<
@@ -7441,7 +7566,7 @@ static int __pyx_pf_7resilio_9_runner_c_13_BulkheadGate___init__(struct __pyx_ob
   return __pyx_r;
 }
 
-/* "resilio/_runner_c.pyx":161
+/* "resilio/_runner_c.pyx":179
  *         self.release = strategy._release
  * 
  *     cdef object enter(self):             # <<<<<<<<<<<<<<
@@ -7462,7 +7587,7 @@ static PyObject *__pyx_f_7resilio_9_runner_c_13_BulkheadGate_enter(struct __pyx_
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("enter", 0);
 
-  /* "resilio/_runner_c.pyx":162
+  /* "resilio/_runner_c.pyx":180
  * 
  *     cdef object enter(self):
  *         if rs_gate_try_enter(self.gate.g):             # <<<<<<<<<<<<<<
@@ -7474,7 +7599,7 @@ static PyObject *__pyx_f_7resilio_9_runner_c_13_BulkheadGate_enter(struct __pyx_
   if (__pyx_t_1) {
 
 
-    /* "resilio/_runner_c.pyx":163
+    /* "resilio/_runner_c.pyx":181
  *     cdef object enter(self):
  *         if rs_gate_try_enter(self.gate.g):
  *             return None             # <<<<<<<<<<<<<<
@@ -7491,7 +7616,7 @@ static PyObject *__pyx_f_7resilio_9_runner_c_13_BulkheadGate_enter(struct __pyx_
     }
     goto __pyx_L0;
 
-    /* "resilio/_runner_c.pyx":162
+    /* "resilio/_runner_c.pyx":180
  * 
  *     cdef object enter(self):
  *         if rs_gate_try_enter(self.gate.g):             # <<<<<<<<<<<<<<
@@ -7500,7 +7625,7 @@ static PyObject *__pyx_f_7resilio_9_runner_c_13_BulkheadGate_enter(struct __pyx_
 */
   }
 
-  /* "resilio/_runner_c.pyx":164
+  /* "resilio/_runner_c.pyx":182
  *         if rs_gate_try_enter(self.gate.g):
  *             return None
  *         return self.enter_slow()             # <<<<<<<<<<<<<<
@@ -7527,7 +7652,7 @@ static PyObject *__pyx_f_7resilio_9_runner_c_13_BulkheadGate_enter(struct __pyx_
     __pyx_t_2 = __Pyx_PyObject_FastCall((PyObject*)__pyx_t_4, __pyx_callargs+__pyx_t_5, (1-__pyx_t_5) | (__pyx_t_5*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
     __Pyx_XDECREF(__pyx_t_3); __pyx_t_3 = 0;
     __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
-    if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 164, __pyx_L1_error)
+    if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 182, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_2);
   }
   {
@@ -7541,7 +7666,7 @@ static PyObject *__pyx_f_7resilio_9_runner_c_13_BulkheadGate_enter(struct __pyx_
   __pyx_t_2 = 0;
   goto __pyx_L0;
 
-  /* "resilio/_runner_c.pyx":161
+  /* "resilio/_runner_c.pyx":179
  *         self.release = strategy._release
  * 
  *     cdef object enter(self):             # <<<<<<<<<<<<<<
@@ -7562,7 +7687,7 @@ static PyObject *__pyx_f_7resilio_9_runner_c_13_BulkheadGate_enter(struct __pyx_
   return __pyx_r;
 }
 
-/* "resilio/_runner_c.pyx":166
+/* "resilio/_runner_c.pyx":184
  *         return self.enter_slow()
  * 
  *     cdef int ok(self, object tok, object result) except -1:             # <<<<<<<<<<<<<<
@@ -7583,18 +7708,18 @@ static int __pyx_f_7resilio_9_runner_c_13_BulkheadGate_ok(struct __pyx_obj_7resi
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("ok", 0);
 
-  /* "resilio/_runner_c.pyx":167
+  /* "resilio/_runner_c.pyx":185
  * 
  *     cdef int ok(self, object tok, object result) except -1:
  *         if self.waiters:             # <<<<<<<<<<<<<<
  *             self.release()
  *         else:
 */
-  __pyx_t_1 = __Pyx_PyObject_IsTrue(__pyx_v_self->waiters); if (unlikely((__pyx_t_1 < 0))) __PYX_ERR(0, 167, __pyx_L1_error)
+  __pyx_t_1 = __Pyx_PyObject_IsTrue(__pyx_v_self->waiters); if (unlikely((__pyx_t_1 < 0))) __PYX_ERR(0, 185, __pyx_L1_error)
   if (__pyx_t_1) {
 
 
-    /* "resilio/_runner_c.pyx":168
+    /* "resilio/_runner_c.pyx":186
  *     cdef int ok(self, object tok, object result) except -1:
  *         if self.waiters:
  *             self.release()             # <<<<<<<<<<<<<<
@@ -7621,12 +7746,12 @@ static int __pyx_f_7resilio_9_runner_c_13_BulkheadGate_ok(struct __pyx_obj_7resi
       __pyx_t_2 = __Pyx_PyObject_FastCall((PyObject*)__pyx_t_4, __pyx_callargs+__pyx_t_5, (1-__pyx_t_5) | (__pyx_t_5*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
       __Pyx_XDECREF(__pyx_t_3); __pyx_t_3 = 0;
       __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
-      if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 168, __pyx_L1_error)
+      if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 186, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_2);
     }
     __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
 
-    /* "resilio/_runner_c.pyx":167
+    /* "resilio/_runner_c.pyx":185
  * 
  *     cdef int ok(self, object tok, object result) except -1:
  *         if self.waiters:             # <<<<<<<<<<<<<<
@@ -7636,7 +7761,7 @@ static int __pyx_f_7resilio_9_runner_c_13_BulkheadGate_ok(struct __pyx_obj_7resi
     goto __pyx_L3;
   }
 
-  /* "resilio/_runner_c.pyx":170
+  /* "resilio/_runner_c.pyx":188
  *             self.release()
  *         else:
  *             rs_gate_exit(self.gate.g)             # <<<<<<<<<<<<<<
@@ -7648,7 +7773,7 @@ static int __pyx_f_7resilio_9_runner_c_13_BulkheadGate_ok(struct __pyx_obj_7resi
   }
   __pyx_L3:;
 
-  /* "resilio/_runner_c.pyx":171
+  /* "resilio/_runner_c.pyx":189
  *         else:
  *             rs_gate_exit(self.gate.g)
  *         return 0             # <<<<<<<<<<<<<<
@@ -7661,7 +7786,7 @@ static int __pyx_f_7resilio_9_runner_c_13_BulkheadGate_ok(struct __pyx_obj_7resi
   }
   goto __pyx_L0;
 
-  /* "resilio/_runner_c.pyx":166
+  /* "resilio/_runner_c.pyx":184
  *         return self.enter_slow()
  * 
  *     cdef int ok(self, object tok, object result) except -1:             # <<<<<<<<<<<<<<
@@ -7682,7 +7807,7 @@ static int __pyx_f_7resilio_9_runner_c_13_BulkheadGate_ok(struct __pyx_obj_7resi
   return __pyx_r;
 }
 
-/* "resilio/_runner_c.pyx":173
+/* "resilio/_runner_c.pyx":191
  *         return 0
  * 
  *     cdef int err(self, object tok, object exc) except -1:             # <<<<<<<<<<<<<<
@@ -7703,18 +7828,18 @@ static int __pyx_f_7resilio_9_runner_c_13_BulkheadGate_err(struct __pyx_obj_7res
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("err", 0);
 
-  /* "resilio/_runner_c.pyx":174
+  /* "resilio/_runner_c.pyx":192
  * 
  *     cdef int err(self, object tok, object exc) except -1:
  *         if self.waiters:             # <<<<<<<<<<<<<<
  *             self.release()
  *         else:
 */
-  __pyx_t_1 = __Pyx_PyObject_IsTrue(__pyx_v_self->waiters); if (unlikely((__pyx_t_1 < 0))) __PYX_ERR(0, 174, __pyx_L1_error)
+  __pyx_t_1 = __Pyx_PyObject_IsTrue(__pyx_v_self->waiters); if (unlikely((__pyx_t_1 < 0))) __PYX_ERR(0, 192, __pyx_L1_error)
   if (__pyx_t_1) {
 
 
-    /* "resilio/_runner_c.pyx":175
+    /* "resilio/_runner_c.pyx":193
  *     cdef int err(self, object tok, object exc) except -1:
  *         if self.waiters:
  *             self.release()             # <<<<<<<<<<<<<<
@@ -7741,12 +7866,12 @@ static int __pyx_f_7resilio_9_runner_c_13_BulkheadGate_err(struct __pyx_obj_7res
       __pyx_t_2 = __Pyx_PyObject_FastCall((PyObject*)__pyx_t_4, __pyx_callargs+__pyx_t_5, (1-__pyx_t_5) | (__pyx_t_5*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
       __Pyx_XDECREF(__pyx_t_3); __pyx_t_3 = 0;
       __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
-      if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 175, __pyx_L1_error)
+      if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 193, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_2);
     }
     __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
 
-    /* "resilio/_runner_c.pyx":174
+    /* "resilio/_runner_c.pyx":192
  * 
  *     cdef int err(self, object tok, object exc) except -1:
  *         if self.waiters:             # <<<<<<<<<<<<<<
@@ -7756,7 +7881,7 @@ static int __pyx_f_7resilio_9_runner_c_13_BulkheadGate_err(struct __pyx_obj_7res
     goto __pyx_L3;
   }
 
-  /* "resilio/_runner_c.pyx":177
+  /* "resilio/_runner_c.pyx":195
  *             self.release()
  *         else:
  *             rs_gate_exit(self.gate.g)             # <<<<<<<<<<<<<<
@@ -7768,7 +7893,7 @@ static int __pyx_f_7resilio_9_runner_c_13_BulkheadGate_err(struct __pyx_obj_7res
   }
   __pyx_L3:;
 
-  /* "resilio/_runner_c.pyx":178
+  /* "resilio/_runner_c.pyx":196
  *         else:
  *             rs_gate_exit(self.gate.g)
  *         return 0             # <<<<<<<<<<<<<<
@@ -7781,7 +7906,7 @@ static int __pyx_f_7resilio_9_runner_c_13_BulkheadGate_err(struct __pyx_obj_7res
   }
   goto __pyx_L0;
 
-  /* "resilio/_runner_c.pyx":173
+  /* "resilio/_runner_c.pyx":191
  *         return 0
  * 
  *     cdef int err(self, object tok, object exc) except -1:             # <<<<<<<<<<<<<<
@@ -8366,7 +8491,1916 @@ static PyObject *__pyx_pf_7resilio_9_runner_c_13_BulkheadGate_4__setstate_cython
   return __pyx_r;
 }
 
-/* "resilio/_runner_c.pyx":181
+/* "resilio/_runner_c.pyx":212
+ * 
+ * 
+ * def _forget_loop():             # <<<<<<<<<<<<<<
+ *     global _cached_loop, _cached_tid, _cached_wheel
+ *     _cached_loop = None
+*/
+
+/* Python wrapper */
+static PyObject *__pyx_pw_7resilio_9_runner_c_1_forget_loop(PyObject *__pyx_self, CYTHON_UNUSED PyObject *unused); /*proto*/
+static PyMethodDef __pyx_mdef_7resilio_9_runner_c_1_forget_loop = {"_forget_loop", (PyCFunction)__pyx_pw_7resilio_9_runner_c_1_forget_loop, METH_NOARGS, 0};
+static PyObject *__pyx_pw_7resilio_9_runner_c_1_forget_loop(PyObject *__pyx_self, CYTHON_UNUSED PyObject *unused) {
+  CYTHON_UNUSED PyObject *const *__pyx_kwvalues;
+  PyObject *__pyx_r = 0;
+  __Pyx_RefNannyDeclarations
+  __Pyx_RefNannySetupContext("_forget_loop (wrapper)", 0);
+  __pyx_kwvalues = __Pyx_KwValues_VARARGS(__pyx_args, __pyx_nargs);
+  __pyx_r = __pyx_pf_7resilio_9_runner_c__forget_loop(__pyx_self);
+
+  /* function exit code */
+  __Pyx_RefNannyFinishContext();
+  return __pyx_r;
+}
+
+static PyObject *__pyx_pf_7resilio_9_runner_c__forget_loop(CYTHON_UNUSED PyObject *__pyx_self) {
+  PyObject *__pyx_r = NULL;
+  __Pyx_RefNannyDeclarations
+  __Pyx_RefNannySetupContext("_forget_loop", 0);
+
+  /* "resilio/_runner_c.pyx":214
+ * def _forget_loop():
+ *     global _cached_loop, _cached_tid, _cached_wheel
+ *     _cached_loop = None             # <<<<<<<<<<<<<<
+ *     _cached_tid = 0
+ *     _cached_wheel = None
+*/
+  __Pyx_INCREF(Py_None);
+  __Pyx_XGOTREF(__pyx_v_7resilio_9_runner_c__cached_loop);
+  __Pyx_DECREF_SET(__pyx_v_7resilio_9_runner_c__cached_loop, Py_None);
+  __Pyx_GIVEREF(Py_None);
+
+  /* "resilio/_runner_c.pyx":215
+ *     global _cached_loop, _cached_tid, _cached_wheel
+ *     _cached_loop = None
+ *     _cached_tid = 0             # <<<<<<<<<<<<<<
+ *     _cached_wheel = None
+ * 
+*/
+  __pyx_v_7resilio_9_runner_c__cached_tid = 0;
+
+  /* "resilio/_runner_c.pyx":216
+ *     _cached_loop = None
+ *     _cached_tid = 0
+ *     _cached_wheel = None             # <<<<<<<<<<<<<<
+ * 
+ * 
+*/
+  __Pyx_INCREF(Py_None);
+  __Pyx_XGOTREF(__pyx_v_7resilio_9_runner_c__cached_wheel);
+  __Pyx_DECREF_SET(__pyx_v_7resilio_9_runner_c__cached_wheel, Py_None);
+  __Pyx_GIVEREF(Py_None);
+
+  /* "resilio/_runner_c.pyx":212
+ * 
+ * 
+ * def _forget_loop():             # <<<<<<<<<<<<<<
+ *     global _cached_loop, _cached_tid, _cached_wheel
+ *     _cached_loop = None
+*/
+
+  /* function exit code */
+  __pyx_r = Py_None; __Pyx_INCREF(Py_None);
+  __Pyx_XGIVEREF(__pyx_r);
+  __Pyx_RefNannyFinishContext();
+  return __pyx_r;
+}
+
+/* "resilio/_runner_c.pyx":223
+ * 
+ * 
+ * cdef inline object _running_loop():             # <<<<<<<<<<<<<<
+ *     """The running asyncio loop of this thread, or None."""
+ *     global _cached_loop, _cached_tid, _cached_wheel
+*/
+
+static CYTHON_INLINE PyObject *__pyx_f_7resilio_9_runner_c__running_loop(void) {
+  unsigned long __pyx_v_tid;
+  PyObject *__pyx_v_loop = NULL;
+  PyObject *__pyx_r = NULL;
+  __Pyx_RefNannyDeclarations
+  int __pyx_t_1;
+  int __pyx_t_2;
+  PyObject *__pyx_t_3 = NULL;
+  PyObject *__pyx_t_4 = NULL;
+  PyObject *__pyx_t_5 = NULL;
+  size_t __pyx_t_6;
+  int __pyx_lineno = 0;
+  const char *__pyx_filename = NULL;
+  int __pyx_clineno = 0;
+  __Pyx_RefNannySetupContext("_running_loop", 0);
+
+  /* "resilio/_runner_c.pyx":226
+ *     """The running asyncio loop of this thread, or None."""
+ *     global _cached_loop, _cached_tid, _cached_wheel
+ *     cdef unsigned long tid = PyThread_get_thread_ident()             # <<<<<<<<<<<<<<
+ *     loop = _cached_loop
+ *     if loop is not None and tid == _cached_tid:
+*/
+  __pyx_v_tid = PyThread_get_thread_ident();
+
+  /* "resilio/_runner_c.pyx":227
+ *     global _cached_loop, _cached_tid, _cached_wheel
+ *     cdef unsigned long tid = PyThread_get_thread_ident()
+ *     loop = _cached_loop             # <<<<<<<<<<<<<<
+ *     if loop is not None and tid == _cached_tid:
+ *         if getattr(loop, "_thread_id", None) == tid:
+*/
+  __Pyx_INCREF(__pyx_v_7resilio_9_runner_c__cached_loop);
+  __pyx_v_loop = __pyx_v_7resilio_9_runner_c__cached_loop;
+
+  /* "resilio/_runner_c.pyx":228
+ *     cdef unsigned long tid = PyThread_get_thread_ident()
+ *     loop = _cached_loop
+ *     if loop is not None and tid == _cached_tid:             # <<<<<<<<<<<<<<
+ *         if getattr(loop, "_thread_id", None) == tid:
+ *             return loop
+*/
+  __pyx_t_2 = (__pyx_v_loop != Py_None);
+  if (__pyx_t_2) {
+
+  } else {
+
+    __pyx_t_1 = __pyx_t_2;
+
+    goto __pyx_L4_bool_binop_done;
+  }
+  __pyx_t_2 = (__pyx_v_tid == __pyx_v_7resilio_9_runner_c__cached_tid);
+
+
+  __pyx_t_1 = __pyx_t_2;
+
+  __pyx_L4_bool_binop_done:;
+  if (__pyx_t_1) {
+
+
+    /* "resilio/_runner_c.pyx":229
+ *     loop = _cached_loop
+ *     if loop is not None and tid == _cached_tid:
+ *         if getattr(loop, "_thread_id", None) == tid:             # <<<<<<<<<<<<<<
+ *             return loop
+ *     loop = _get_running_loop()
+*/
+    __pyx_t_3 = __Pyx_GetAttr3(__pyx_v_loop, __pyx_mstate_global->__pyx_n_u_thread_id, Py_None); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 229, __pyx_L1_error)
+    __Pyx_GOTREF(__pyx_t_3);
+    __pyx_t_4 = __Pyx_PyLong_From_unsigned_long(__pyx_v_tid); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 229, __pyx_L1_error)
+    __Pyx_GOTREF(__pyx_t_4);
+    __pyx_t_1 = __Pyx_PyObject_CompareBoolEq_object_int(__pyx_t_3, __pyx_t_4, Py_EQ); if (unlikely((__pyx_t_1 < 0))) __PYX_ERR(0, 229, __pyx_L1_error)
+    __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
+    __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
+    if (__pyx_t_1) {
+
+
+      /* "resilio/_runner_c.pyx":230
+ *     if loop is not None and tid == _cached_tid:
+ *         if getattr(loop, "_thread_id", None) == tid:
+ *             return loop             # <<<<<<<<<<<<<<
+ *     loop = _get_running_loop()
+ *     if loop is not None and getattr(loop, "_thread_id", None) == tid:
+*/
+      {
+        PyObject *__pyx_temp;
+        {
+          __pyx_temp = __pyx_r;
+          __Pyx_INCREF(__pyx_v_loop);
+          __pyx_r = __pyx_v_loop;
+        }
+        __Pyx_XDECREF(__pyx_temp);
+      }
+      goto __pyx_L0;
+
+      /* "resilio/_runner_c.pyx":229
+ *     loop = _cached_loop
+ *     if loop is not None and tid == _cached_tid:
+ *         if getattr(loop, "_thread_id", None) == tid:             # <<<<<<<<<<<<<<
+ *             return loop
+ *     loop = _get_running_loop()
+*/
+    }
+
+    /* "resilio/_runner_c.pyx":228
+ *     cdef unsigned long tid = PyThread_get_thread_ident()
+ *     loop = _cached_loop
+ *     if loop is not None and tid == _cached_tid:             # <<<<<<<<<<<<<<
+ *         if getattr(loop, "_thread_id", None) == tid:
+ *             return loop
+*/
+  }
+
+  /* "resilio/_runner_c.pyx":231
+ *         if getattr(loop, "_thread_id", None) == tid:
+ *             return loop
+ *     loop = _get_running_loop()             # <<<<<<<<<<<<<<
+ *     if loop is not None and getattr(loop, "_thread_id", None) == tid:
+ *         _cached_loop = loop
+*/
+  __pyx_t_3 = NULL;
+  __Pyx_INCREF(__pyx_v_7resilio_9_runner_c__get_running_loop);
+  __pyx_t_5 = __pyx_v_7resilio_9_runner_c__get_running_loop; 
+  __pyx_t_6 = 1;
+  #if CYTHON_UNPACK_METHODS
+  if (unlikely(PyMethod_Check(__pyx_t_5))) {
+    __pyx_t_3 = PyMethod_GET_SELF(__pyx_t_5);
+    assert(__pyx_t_3);
+    PyObject* __pyx__function = PyMethod_GET_FUNCTION(__pyx_t_5);
+    __Pyx_INCREF(__pyx_t_3);
+    __Pyx_INCREF(__pyx__function);
+    __Pyx_DECREF_SET(__pyx_t_5, __pyx__function);
+    __pyx_t_6 = 0;
+  }
+  #endif
+  {
+    PyObject *__pyx_callargs[2] = {__pyx_t_3, NULL};
+    __pyx_t_4 = __Pyx_PyObject_FastCall((PyObject*)__pyx_t_5, __pyx_callargs+__pyx_t_6, (1-__pyx_t_6) | (__pyx_t_6*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
+    __Pyx_XDECREF(__pyx_t_3); __pyx_t_3 = 0;
+    __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
+    if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 231, __pyx_L1_error)
+    __Pyx_GOTREF(__pyx_t_4);
+  }
+  __Pyx_DECREF_SET(__pyx_v_loop, __pyx_t_4);
+  __pyx_t_4 = 0;
+
+  /* "resilio/_runner_c.pyx":232
+ *             return loop
+ *     loop = _get_running_loop()
+ *     if loop is not None and getattr(loop, "_thread_id", None) == tid:             # <<<<<<<<<<<<<<
+ *         _cached_loop = loop
+ *         _cached_tid = tid
+*/
+  __pyx_t_2 = (__pyx_v_loop != Py_None);
+  if (__pyx_t_2) {
+
+  } else {
+
+    __pyx_t_1 = __pyx_t_2;
+
+    goto __pyx_L8_bool_binop_done;
+  }
+  __pyx_t_4 = __Pyx_GetAttr3(__pyx_v_loop, __pyx_mstate_global->__pyx_n_u_thread_id, Py_None); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 232, __pyx_L1_error)
+  __Pyx_GOTREF(__pyx_t_4);
+  __pyx_t_5 = __Pyx_PyLong_From_unsigned_long(__pyx_v_tid); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 232, __pyx_L1_error)
+  __Pyx_GOTREF(__pyx_t_5);
+  __pyx_t_2 = __Pyx_PyObject_CompareBoolEq_object_int(__pyx_t_4, __pyx_t_5, Py_EQ); if (unlikely((__pyx_t_2 < 0))) __PYX_ERR(0, 232, __pyx_L1_error)
+  __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
+  __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
+
+  __pyx_t_1 = __pyx_t_2;
+
+  __pyx_L8_bool_binop_done:;
+  if (__pyx_t_1) {
+
+
+    /* "resilio/_runner_c.pyx":233
+ *     loop = _get_running_loop()
+ *     if loop is not None and getattr(loop, "_thread_id", None) == tid:
+ *         _cached_loop = loop             # <<<<<<<<<<<<<<
+ *         _cached_tid = tid
+ *         _cached_wheel = _wheel_for(loop)
+*/
+    __Pyx_INCREF(__pyx_v_loop);
+    __Pyx_XGOTREF(__pyx_v_7resilio_9_runner_c__cached_loop);
+    __Pyx_DECREF_SET(__pyx_v_7resilio_9_runner_c__cached_loop, __pyx_v_loop);
+    __Pyx_GIVEREF(__pyx_v_loop);
+
+    /* "resilio/_runner_c.pyx":234
+ *     if loop is not None and getattr(loop, "_thread_id", None) == tid:
+ *         _cached_loop = loop
+ *         _cached_tid = tid             # <<<<<<<<<<<<<<
+ *         _cached_wheel = _wheel_for(loop)
+ *     return loop
+*/
+    __pyx_v_7resilio_9_runner_c__cached_tid = __pyx_v_tid;
+
+    /* "resilio/_runner_c.pyx":235
+ *         _cached_loop = loop
+ *         _cached_tid = tid
+ *         _cached_wheel = _wheel_for(loop)             # <<<<<<<<<<<<<<
+ *     return loop
+ * 
+*/
+    __pyx_t_4 = NULL;
+    __Pyx_INCREF(__pyx_v_7resilio_9_runner_c__wheel_for);
+    __pyx_t_3 = __pyx_v_7resilio_9_runner_c__wheel_for; 
+    __pyx_t_6 = 1;
+    #if CYTHON_UNPACK_METHODS
+    if (unlikely(PyMethod_Check(__pyx_t_3))) {
+      __pyx_t_4 = PyMethod_GET_SELF(__pyx_t_3);
+      assert(__pyx_t_4);
+      PyObject* __pyx__function = PyMethod_GET_FUNCTION(__pyx_t_3);
+      __Pyx_INCREF(__pyx_t_4);
+      __Pyx_INCREF(__pyx__function);
+      __Pyx_DECREF_SET(__pyx_t_3, __pyx__function);
+      __pyx_t_6 = 0;
+    }
+    #endif
+    {
+      PyObject *__pyx_callargs[2] = {__pyx_t_4, __pyx_v_loop};
+      __pyx_t_5 = __Pyx_PyObject_FastCall((PyObject*)__pyx_t_3, __pyx_callargs+__pyx_t_6, (2-__pyx_t_6) | (__pyx_t_6*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
+      __Pyx_XDECREF(__pyx_t_4); __pyx_t_4 = 0;
+      __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
+      if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 235, __pyx_L1_error)
+      __Pyx_GOTREF(__pyx_t_5);
+    }
+    __Pyx_XGOTREF(__pyx_v_7resilio_9_runner_c__cached_wheel);
+    __Pyx_DECREF_SET(__pyx_v_7resilio_9_runner_c__cached_wheel, __pyx_t_5);
+    __Pyx_GIVEREF(__pyx_t_5);
+    __pyx_t_5 = 0;
+
+    /* "resilio/_runner_c.pyx":232
+ *             return loop
+ *     loop = _get_running_loop()
+ *     if loop is not None and getattr(loop, "_thread_id", None) == tid:             # <<<<<<<<<<<<<<
+ *         _cached_loop = loop
+ *         _cached_tid = tid
+*/
+  }
+
+  /* "resilio/_runner_c.pyx":236
+ *         _cached_tid = tid
+ *         _cached_wheel = _wheel_for(loop)
+ *     return loop             # <<<<<<<<<<<<<<
+ * 
+ * 
+*/
+  {
+    PyObject *__pyx_temp;
+    {
+      __pyx_temp = __pyx_r;
+      __Pyx_INCREF(__pyx_v_loop);
+      __pyx_r = __pyx_v_loop;
+    }
+    __Pyx_XDECREF(__pyx_temp);
+  }
+  goto __pyx_L0;
+
+  /* "resilio/_runner_c.pyx":223
+ * 
+ * 
+ * cdef inline object _running_loop():             # <<<<<<<<<<<<<<
+ *     """The running asyncio loop of this thread, or None."""
+ *     global _cached_loop, _cached_tid, _cached_wheel
+*/
+
+  /* function exit code */
+  __pyx_L1_error:;
+  __Pyx_XDECREF(__pyx_t_3);
+  __Pyx_XDECREF(__pyx_t_4);
+  __Pyx_XDECREF(__pyx_t_5);
+  __Pyx_AddTraceback("resilio._runner_c._running_loop", __pyx_clineno, __pyx_lineno, __pyx_filename);
+  __pyx_r = 0;
+  __pyx_L0:;
+
+  __Pyx_XDECREF(__pyx_v_loop);
+  __Pyx_XGIVEREF(__pyx_r);
+  __Pyx_RefNannyFinishContext();
+  return __pyx_r;
+}
+
+/* "resilio/_runner_c.pyx":243
+ *     cdef object py_ok_slow
+ * 
+ *     def __init__(self, strategy):             # <<<<<<<<<<<<<<
+ *         FastGate.__init__(self, strategy)
+ *         self.seconds = strategy.seconds
+*/
+
+/* Python wrapper */
+static int __pyx_pw_7resilio_9_runner_c_12_TimeoutGate_1__init__(PyObject *__pyx_v_self, 
+#if CYTHON_VECTORCALL_TPNEW
+PyObject *const *__pyx_args, Py_ssize_t __pyx_nargs, PyObject *__pyx_kwds
+#else
+PyObject *__pyx_args, PyObject *__pyx_kwds
+#endif
+); /*proto*/
+static int __pyx_pw_7resilio_9_runner_c_12_TimeoutGate_1__init__(PyObject *__pyx_v_self, 
+#if CYTHON_VECTORCALL_TPNEW
+PyObject *const *__pyx_args, Py_ssize_t __pyx_nargs, PyObject *__pyx_kwds
+#else
+PyObject *__pyx_args, PyObject *__pyx_kwds
+#endif
+) {
+  PyObject *__pyx_v_strategy = 0;
+  #if !CYTHON_VECTORCALL_TPNEW
+  CYTHON_UNUSED Py_ssize_t __pyx_nargs;
+  #endif
+  CYTHON_UNUSED PyObject *const *__pyx_kwvalues;
+  PyObject* values[1] = {0};
+  int __pyx_lineno = 0;
+  const char *__pyx_filename = NULL;
+  int __pyx_clineno = 0;
+  int __pyx_r;
+  __Pyx_RefNannyDeclarations
+  __Pyx_RefNannySetupContext("__init__ (wrapper)", 0);
+  #if !CYTHON_VECTORCALL_TPNEW
+  #if CYTHON_ASSUME_SAFE_SIZE
+  __pyx_nargs = PyTuple_GET_SIZE(__pyx_args);
+  #else
+  __pyx_nargs = PyTuple_Size(__pyx_args); if (unlikely(__pyx_nargs < 0)) return -1;
+  #endif
+  #endif
+  __pyx_kwvalues = __Pyx_KwValues_FASTCALL_TPNEW(__pyx_args, __pyx_nargs);
+  {
+    PyObject ** const __pyx_pyargnames[] = {&__pyx_mstate_global->__pyx_n_u_strategy,0};
+    const Py_ssize_t __pyx_kwds_len = (__pyx_kwds) ? __Pyx_NumKwargs_FASTCALL_TPNEW(__pyx_kwds) : 0;
+    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(0, 243, __pyx_L3_error)
+    if (__pyx_kwds_len > 0) {
+      switch (__pyx_nargs) {
+        case  1:
+        values[0] = __Pyx_ArgRef_FASTCALL_TPNEW(__pyx_args, 0);
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 243, __pyx_L3_error)
+        CYTHON_FALLTHROUGH;
+        case  0: break;
+        default: goto __pyx_L5_argtuple_error;
+      }
+      const Py_ssize_t kwd_pos_args = __pyx_nargs;
+      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "__init__", 0) < (0)) __PYX_ERR(0, 243, __pyx_L3_error)
+      for (Py_ssize_t i = __pyx_nargs; i < 1; i++) {
+        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("__init__", 1, 1, 1, i); __PYX_ERR(0, 243, __pyx_L3_error) }
+      }
+    } else if (unlikely(__pyx_nargs != 1)) {
+      goto __pyx_L5_argtuple_error;
+    } else {
+      values[0] = __Pyx_ArgRef_FASTCALL_TPNEW(__pyx_args, 0);
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 243, __pyx_L3_error)
+    }
+    __pyx_v_strategy = values[0];
+  }
+  goto __pyx_L6_skip;
+  __pyx_L5_argtuple_error:;
+  __Pyx_RaiseArgtupleInvalid("__init__", 1, 1, 1, __pyx_nargs); __PYX_ERR(0, 243, __pyx_L3_error)
+  __pyx_L6_skip:;
+  goto __pyx_L4_argument_unpacking_done;
+  __pyx_L3_error:;
+  for (Py_ssize_t __pyx_temp=0; __pyx_temp < (Py_ssize_t)(sizeof(values)/sizeof(values[0])); ++__pyx_temp) {
+    Py_XDECREF(values[__pyx_temp]);
+  }
+  __Pyx_AddTraceback("resilio._runner_c._TimeoutGate.__init__", __pyx_clineno, __pyx_lineno, __pyx_filename);
+  __Pyx_RefNannyFinishContext();
+  return -1;
+  __pyx_L4_argument_unpacking_done:;
+  __pyx_r = __pyx_pf_7resilio_9_runner_c_12_TimeoutGate___init__(((struct __pyx_obj_7resilio_9_runner_c__TimeoutGate *)__pyx_v_self), __pyx_v_strategy);
+
+  /* function exit code */
+  for (Py_ssize_t __pyx_temp=0; __pyx_temp < (Py_ssize_t)(sizeof(values)/sizeof(values[0])); ++__pyx_temp) {
+    Py_XDECREF(values[__pyx_temp]);
+  }
+  __Pyx_RefNannyFinishContext();
+  return __pyx_r;
+}
+
+static int __pyx_pf_7resilio_9_runner_c_12_TimeoutGate___init__(struct __pyx_obj_7resilio_9_runner_c__TimeoutGate *__pyx_v_self, PyObject *__pyx_v_strategy) {
+  int __pyx_r;
+  __Pyx_RefNannyDeclarations
+  PyObject *__pyx_t_1 = NULL;
+  PyObject *__pyx_t_2 = NULL;
+  size_t __pyx_t_3;
+  double __pyx_t_4;
+  int __pyx_lineno = 0;
+  const char *__pyx_filename = NULL;
+  int __pyx_clineno = 0;
+  __Pyx_RefNannySetupContext("__init__", 0);
+
+  /* "resilio/_runner_c.pyx":244
+ * 
+ *     def __init__(self, strategy):
+ *         FastGate.__init__(self, strategy)             # <<<<<<<<<<<<<<
+ *         self.seconds = strategy.seconds
+ * 
+*/
+  __pyx_t_2 = ((PyObject *)__pyx_mstate_global->__pyx_ptype_7resilio_9_runner_c_FastGate);
+  __Pyx_INCREF(__pyx_t_2);
+  __pyx_t_3 = 0;
+  {
+    PyObject *__pyx_callargs[3] = {__pyx_t_2, ((PyObject *)__pyx_v_self), __pyx_v_strategy};
+    __pyx_t_1 = __Pyx_PyObject_FastCallMethod((PyObject*)__pyx_mstate_global->__pyx_n_u_init, __pyx_callargs+__pyx_t_3, (3-__pyx_t_3) | (1*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
+    __Pyx_XDECREF(__pyx_t_2); __pyx_t_2 = 0;
+    if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 244, __pyx_L1_error)
+    __Pyx_GOTREF(__pyx_t_1);
+  }
+  __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
+
+  /* "resilio/_runner_c.pyx":245
+ *     def __init__(self, strategy):
+ *         FastGate.__init__(self, strategy)
+ *         self.seconds = strategy.seconds             # <<<<<<<<<<<<<<
+ * 
+ *     cdef object enter(self):
+*/
+  __pyx_t_1 = __Pyx_PyObject_GetAttrStr(__pyx_v_strategy, __pyx_mstate_global->__pyx_n_u_seconds); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 245, __pyx_L1_error)
+  __Pyx_GOTREF(__pyx_t_1);
+  __pyx_t_4 = __Pyx_PyFloat_AsDouble(__pyx_t_1); if (unlikely((__pyx_t_4 == (double)-1) && PyErr_Occurred())) __PYX_ERR(0, 245, __pyx_L1_error)
+  __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
+  __pyx_v_self->seconds = __pyx_t_4;
+
+  /* "resilio/_runner_c.pyx":243
+ *     cdef object py_ok_slow
+ * 
+ *     def __init__(self, strategy):             # <<<<<<<<<<<<<<
+ *         FastGate.__init__(self, strategy)
+ *         self.seconds = strategy.seconds
+*/
+
+  /* function exit code */
+  __pyx_r = 0;
+  goto __pyx_L0;
+  __pyx_L1_error:;
+  __Pyx_XDECREF(__pyx_t_1);
+  __Pyx_XDECREF(__pyx_t_2);
+  __Pyx_AddTraceback("resilio._runner_c._TimeoutGate.__init__", __pyx_clineno, __pyx_lineno, __pyx_filename);
+  __pyx_r = -1;
+  __pyx_L0:;
+
+  __Pyx_RefNannyFinishContext();
+  return __pyx_r;
+}
+
+/* "resilio/_runner_c.pyx":247
+ *         self.seconds = strategy.seconds
+ * 
+ *     cdef object enter(self):             # <<<<<<<<<<<<<<
+ *         cdef PyObject *outer_p = NULL
+ *         cdef double at = rs_monotonic_s() + self.seconds
+*/
+
+static PyObject *__pyx_f_7resilio_9_runner_c_12_TimeoutGate_enter(struct __pyx_obj_7resilio_9_runner_c__TimeoutGate *__pyx_v_self) {
+  PyObject *__pyx_v_outer_p;
+  double __pyx_v_at;
+  PyObject *__pyx_v_loop = NULL;
+  PyObject *__pyx_v_task_p;
+  PyObject *__pyx_v_outer = NULL;
+  PyObject *__pyx_v_ctx = NULL;
+  PY_LONG_LONG __pyx_v_key;
+  PyObject *__pyx_v_wheel = NULL;
+  PyObject *__pyx_v_slots = NULL;
+  PyObject *__pyx_v_slot_p;
+  PyObject *__pyx_v_slot = NULL;
+  PyObject *__pyx_r = NULL;
+  __Pyx_RefNannyDeclarations
+  int __pyx_t_1;
+  PyObject *__pyx_t_2 = NULL;
+  PyObject *__pyx_t_3 = NULL;
+  PyObject *__pyx_t_4 = NULL;
+  size_t __pyx_t_5;
+  int __pyx_t_6;
+  int __pyx_t_7;
+  double __pyx_t_8;
+  int __pyx_lineno = 0;
+  const char *__pyx_filename = NULL;
+  int __pyx_clineno = 0;
+  __Pyx_RefNannySetupContext("enter", 0);
+
+  /* "resilio/_runner_c.pyx":248
+ * 
+ *     cdef object enter(self):
+ *         cdef PyObject *outer_p = NULL             # <<<<<<<<<<<<<<
+ *         cdef double at = rs_monotonic_s() + self.seconds
+ *         if _current_tasks is None:
+*/
+  __pyx_v_outer_p = NULL;
+
+  /* "resilio/_runner_c.pyx":249
+ *     cdef object enter(self):
+ *         cdef PyObject *outer_p = NULL
+ *         cdef double at = rs_monotonic_s() + self.seconds             # <<<<<<<<<<<<<<
+ *         if _current_tasks is None:
+ *             return self.py_enter()
+*/
+  __pyx_v_at = (rs_monotonic_s() + __pyx_v_self->seconds);
+
+  /* "resilio/_runner_c.pyx":250
+ *         cdef PyObject *outer_p = NULL
+ *         cdef double at = rs_monotonic_s() + self.seconds
+ *         if _current_tasks is None:             # <<<<<<<<<<<<<<
+ *             return self.py_enter()
+ *         loop = _running_loop()
+*/
+  __pyx_t_1 = (__pyx_v_7resilio_9_runner_c__current_tasks == Py_None);
+  if (__pyx_t_1) {
+
+
+    /* "resilio/_runner_c.pyx":251
+ *         cdef double at = rs_monotonic_s() + self.seconds
+ *         if _current_tasks is None:
+ *             return self.py_enter()             # <<<<<<<<<<<<<<
+ *         loop = _running_loop()
+ *         if loop is None or loop is not _cached_loop:
+*/
+    __pyx_t_3 = NULL;
+    __Pyx_INCREF(__pyx_v_self->__pyx_base.py_enter);
+    __pyx_t_4 = __pyx_v_self->__pyx_base.py_enter; 
+    __pyx_t_5 = 1;
+    #if CYTHON_UNPACK_METHODS
+    if (likely(PyMethod_Check(__pyx_t_4))) {
+      __pyx_t_3 = PyMethod_GET_SELF(__pyx_t_4);
+      assert(__pyx_t_3);
+      PyObject* __pyx__function = PyMethod_GET_FUNCTION(__pyx_t_4);
+      __Pyx_INCREF(__pyx_t_3);
+      __Pyx_INCREF(__pyx__function);
+      __Pyx_DECREF_SET(__pyx_t_4, __pyx__function);
+      __pyx_t_5 = 0;
+    }
+    #endif
+    {
+      PyObject *__pyx_callargs[2] = {__pyx_t_3, NULL};
+      __pyx_t_2 = __Pyx_PyObject_FastCall((PyObject*)__pyx_t_4, __pyx_callargs+__pyx_t_5, (1-__pyx_t_5) | (__pyx_t_5*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
+      __Pyx_XDECREF(__pyx_t_3); __pyx_t_3 = 0;
+      __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
+      if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 251, __pyx_L1_error)
+      __Pyx_GOTREF(__pyx_t_2);
+    }
+    {
+      PyObject *__pyx_temp;
+      {
+        __pyx_temp = __pyx_r;
+        __pyx_r = __pyx_t_2;
+      }
+      __Pyx_XDECREF(__pyx_temp);
+    }
+    __pyx_t_2 = 0;
+    goto __pyx_L0;
+
+    /* "resilio/_runner_c.pyx":250
+ *         cdef PyObject *outer_p = NULL
+ *         cdef double at = rs_monotonic_s() + self.seconds
+ *         if _current_tasks is None:             # <<<<<<<<<<<<<<
+ *             return self.py_enter()
+ *         loop = _running_loop()
+*/
+  }
+
+  /* "resilio/_runner_c.pyx":252
+ *         if _current_tasks is None:
+ *             return self.py_enter()
+ *         loop = _running_loop()             # <<<<<<<<<<<<<<
+ *         if loop is None or loop is not _cached_loop:
+ *             return self.py_enter()  # trio, uvloop, or no task: the Python path
+*/
+  __pyx_t_2 = __pyx_f_7resilio_9_runner_c__running_loop(); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 252, __pyx_L1_error)
+  __Pyx_GOTREF(__pyx_t_2);
+  __pyx_v_loop = __pyx_t_2;
+  __pyx_t_2 = 0;
+
+  /* "resilio/_runner_c.pyx":253
+ *             return self.py_enter()
+ *         loop = _running_loop()
+ *         if loop is None or loop is not _cached_loop:             # <<<<<<<<<<<<<<
+ *             return self.py_enter()  # trio, uvloop, or no task: the Python path
+ *         task_p = PyDict_GetItem(_current_tasks, loop)
+*/
+  __pyx_t_6 = (__pyx_v_loop == Py_None);
+  if (!__pyx_t_6) {
+
+  } else {
+
+    __pyx_t_1 = __pyx_t_6;
+
+    goto __pyx_L5_bool_binop_done;
+  }
+  __pyx_t_6 = (__pyx_v_loop != __pyx_v_7resilio_9_runner_c__cached_loop);
+
+  __pyx_t_1 = __pyx_t_6;
+
+  __pyx_L5_bool_binop_done:;
+  if (__pyx_t_1) {
+
+
+    /* "resilio/_runner_c.pyx":254
+ *         loop = _running_loop()
+ *         if loop is None or loop is not _cached_loop:
+ *             return self.py_enter()  # trio, uvloop, or no task: the Python path             # <<<<<<<<<<<<<<
+ *         task_p = PyDict_GetItem(_current_tasks, loop)
+ *         if task_p == NULL:
+*/
+    __pyx_t_4 = NULL;
+    __Pyx_INCREF(__pyx_v_self->__pyx_base.py_enter);
+    __pyx_t_3 = __pyx_v_self->__pyx_base.py_enter; 
+    __pyx_t_5 = 1;
+    #if CYTHON_UNPACK_METHODS
+    if (likely(PyMethod_Check(__pyx_t_3))) {
+      __pyx_t_4 = PyMethod_GET_SELF(__pyx_t_3);
+      assert(__pyx_t_4);
+      PyObject* __pyx__function = PyMethod_GET_FUNCTION(__pyx_t_3);
+      __Pyx_INCREF(__pyx_t_4);
+      __Pyx_INCREF(__pyx__function);
+      __Pyx_DECREF_SET(__pyx_t_3, __pyx__function);
+      __pyx_t_5 = 0;
+    }
+    #endif
+    {
+      PyObject *__pyx_callargs[2] = {__pyx_t_4, NULL};
+      __pyx_t_2 = __Pyx_PyObject_FastCall((PyObject*)__pyx_t_3, __pyx_callargs+__pyx_t_5, (1-__pyx_t_5) | (__pyx_t_5*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
+      __Pyx_XDECREF(__pyx_t_4); __pyx_t_4 = 0;
+      __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
+      if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 254, __pyx_L1_error)
+      __Pyx_GOTREF(__pyx_t_2);
+    }
+    {
+      PyObject *__pyx_temp;
+      {
+        __pyx_temp = __pyx_r;
+        __pyx_r = __pyx_t_2;
+      }
+      __Pyx_XDECREF(__pyx_temp);
+    }
+    __pyx_t_2 = 0;
+    goto __pyx_L0;
+
+    /* "resilio/_runner_c.pyx":253
+ *             return self.py_enter()
+ *         loop = _running_loop()
+ *         if loop is None or loop is not _cached_loop:             # <<<<<<<<<<<<<<
+ *             return self.py_enter()  # trio, uvloop, or no task: the Python path
+ *         task_p = PyDict_GetItem(_current_tasks, loop)
+*/
+  }
+
+  /* "resilio/_runner_c.pyx":255
+ *         if loop is None or loop is not _cached_loop:
+ *             return self.py_enter()  # trio, uvloop, or no task: the Python path
+ *         task_p = PyDict_GetItem(_current_tasks, loop)             # <<<<<<<<<<<<<<
+ *         if task_p == NULL:
+ *             return self.py_enter()
+*/
+  __pyx_t_2 = __pyx_v_7resilio_9_runner_c__current_tasks;
+  __Pyx_INCREF(__pyx_t_2);
+  __pyx_v_task_p = PyDict_GetItem(__pyx_t_2, __pyx_v_loop);
+  __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
+
+  /* "resilio/_runner_c.pyx":256
+ *             return self.py_enter()  # trio, uvloop, or no task: the Python path
+ *         task_p = PyDict_GetItem(_current_tasks, loop)
+ *         if task_p == NULL:             # <<<<<<<<<<<<<<
+ *             return self.py_enter()
+ *         PyContextVar_Get(_DEADLINE, NULL, &outer_p)
+*/
+  __pyx_t_1 = (__pyx_v_task_p == NULL);
+
+  if (__pyx_t_1) {
+
+
+    /* "resilio/_runner_c.pyx":257
+ *         task_p = PyDict_GetItem(_current_tasks, loop)
+ *         if task_p == NULL:
+ *             return self.py_enter()             # <<<<<<<<<<<<<<
+ *         PyContextVar_Get(_DEADLINE, NULL, &outer_p)
+ *         if outer_p != NULL:
+*/
+    __pyx_t_3 = NULL;
+    __Pyx_INCREF(__pyx_v_self->__pyx_base.py_enter);
+    __pyx_t_4 = __pyx_v_self->__pyx_base.py_enter; 
+    __pyx_t_5 = 1;
+    #if CYTHON_UNPACK_METHODS
+    if (likely(PyMethod_Check(__pyx_t_4))) {
+      __pyx_t_3 = PyMethod_GET_SELF(__pyx_t_4);
+      assert(__pyx_t_3);
+      PyObject* __pyx__function = PyMethod_GET_FUNCTION(__pyx_t_4);
+      __Pyx_INCREF(__pyx_t_3);
+      __Pyx_INCREF(__pyx__function);
+      __Pyx_DECREF_SET(__pyx_t_4, __pyx__function);
+      __pyx_t_5 = 0;
+    }
+    #endif
+    {
+      PyObject *__pyx_callargs[2] = {__pyx_t_3, NULL};
+      __pyx_t_2 = __Pyx_PyObject_FastCall((PyObject*)__pyx_t_4, __pyx_callargs+__pyx_t_5, (1-__pyx_t_5) | (__pyx_t_5*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
+      __Pyx_XDECREF(__pyx_t_3); __pyx_t_3 = 0;
+      __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
+      if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 257, __pyx_L1_error)
+      __Pyx_GOTREF(__pyx_t_2);
+    }
+    {
+      PyObject *__pyx_temp;
+      {
+        __pyx_temp = __pyx_r;
+        __pyx_r = __pyx_t_2;
+      }
+      __Pyx_XDECREF(__pyx_temp);
+    }
+    __pyx_t_2 = 0;
+    goto __pyx_L0;
+
+    /* "resilio/_runner_c.pyx":256
+ *             return self.py_enter()  # trio, uvloop, or no task: the Python path
+ *         task_p = PyDict_GetItem(_current_tasks, loop)
+ *         if task_p == NULL:             # <<<<<<<<<<<<<<
+ *             return self.py_enter()
+ *         PyContextVar_Get(_DEADLINE, NULL, &outer_p)
+*/
+  }
+
+  /* "resilio/_runner_c.pyx":258
+ *         if task_p == NULL:
+ *             return self.py_enter()
+ *         PyContextVar_Get(_DEADLINE, NULL, &outer_p)             # <<<<<<<<<<<<<<
+ *         if outer_p != NULL:
+ *             outer = <object>outer_p
+*/
+  __pyx_t_2 = __pyx_v_7resilio_9_runner_c__DEADLINE;
+  __Pyx_INCREF(__pyx_t_2);
+  __pyx_t_7 = PyContextVar_Get(__pyx_t_2, NULL, (&__pyx_v_outer_p)); if (unlikely(__pyx_t_7 == ((int)-1))) __PYX_ERR(0, 258, __pyx_L1_error)
+  __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
+
+
+  /* "resilio/_runner_c.pyx":259
+ *             return self.py_enter()
+ *         PyContextVar_Get(_DEADLINE, NULL, &outer_p)
+ *         if outer_p != NULL:             # <<<<<<<<<<<<<<
+ *             outer = <object>outer_p
+ *             Py_DECREF(outer)
+*/
+  __pyx_t_1 = (__pyx_v_outer_p != NULL);
+
+  if (__pyx_t_1) {
+
+
+    /* "resilio/_runner_c.pyx":260
+ *         PyContextVar_Get(_DEADLINE, NULL, &outer_p)
+ *         if outer_p != NULL:
+ *             outer = <object>outer_p             # <<<<<<<<<<<<<<
+ *             Py_DECREF(outer)
+ *             if outer is not None and <double>outer <= at:
+*/
+    __pyx_t_2 = ((PyObject *)__pyx_v_outer_p);
+    __Pyx_INCREF(__pyx_t_2);
+    __pyx_v_outer = __pyx_t_2;
+    __pyx_t_2 = 0;
+
+    /* "resilio/_runner_c.pyx":261
+ *         if outer_p != NULL:
+ *             outer = <object>outer_p
+ *             Py_DECREF(outer)             # <<<<<<<<<<<<<<
+ *             if outer is not None and <double>outer <= at:
+ *                 # The enclosing timeout fires first (see Timeout._enter).
+*/
+    Py_DECREF(__pyx_v_outer);
+
+    /* "resilio/_runner_c.pyx":262
+ *             outer = <object>outer_p
+ *             Py_DECREF(outer)
+ *             if outer is not None and <double>outer <= at:             # <<<<<<<<<<<<<<
+ *                 # The enclosing timeout fires first (see Timeout._enter).
+ *                 return (None, PyContextVar_Set(_DEADLINE, outer))
+*/
+    __pyx_t_6 = (__pyx_v_outer != Py_None);
+    if (__pyx_t_6) {
+
+    } else {
+
+      __pyx_t_1 = __pyx_t_6;
+
+      goto __pyx_L10_bool_binop_done;
+    }
+    __pyx_t_8 = __Pyx_PyFloat_AsDouble(__pyx_v_outer); if (unlikely((__pyx_t_8 == (double)-1) && PyErr_Occurred())) __PYX_ERR(0, 262, __pyx_L1_error)
+    __pyx_t_6 = (((double)__pyx_t_8) <= __pyx_v_at);
+
+
+
+    __pyx_t_1 = __pyx_t_6;
+
+    __pyx_L10_bool_binop_done:;
+    if (__pyx_t_1) {
+
+
+      /* "resilio/_runner_c.pyx":264
+ *             if outer is not None and <double>outer <= at:
+ *                 # The enclosing timeout fires first (see Timeout._enter).
+ *                 return (None, PyContextVar_Set(_DEADLINE, outer))             # <<<<<<<<<<<<<<
+ *         ctx = PyContextVar_Set(_DEADLINE, at)
+ *         key = <long long>(at * 1000.0) + 1
+*/
+      __pyx_t_2 = __pyx_v_7resilio_9_runner_c__DEADLINE;
+      __Pyx_INCREF(__pyx_t_2);
+      __pyx_t_4 = PyContextVar_Set(__pyx_t_2, __pyx_v_outer); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 264, __pyx_L1_error)
+      __Pyx_GOTREF(__pyx_t_4);
+      __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
+      __pyx_t_2 = PyTuple_New(2); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 264, __pyx_L1_error)
+      __Pyx_GOTREF(__pyx_t_2);
+      __Pyx_INCREF(Py_None);
+      __Pyx_GIVEREF(Py_None);
+      if (__Pyx_PyTuple_SET_ITEM(__pyx_t_2, 0, Py_None) != (0)) __PYX_ERR(0, 264, __pyx_L1_error);
+      __Pyx_GIVEREF(__pyx_t_4);
+      if (__Pyx_PyTuple_SET_ITEM(__pyx_t_2, 1, __pyx_t_4) != (0)) __PYX_ERR(0, 264, __pyx_L1_error);
+      __pyx_t_4 = 0;
+      {
+        PyObject *__pyx_temp;
+        {
+          __pyx_temp = __pyx_r;
+          __pyx_r = __pyx_t_2;
+        }
+        __Pyx_XDECREF(__pyx_temp);
+      }
+      __pyx_t_2 = 0;
+      goto __pyx_L0;
+
+      /* "resilio/_runner_c.pyx":262
+ *             outer = <object>outer_p
+ *             Py_DECREF(outer)
+ *             if outer is not None and <double>outer <= at:             # <<<<<<<<<<<<<<
+ *                 # The enclosing timeout fires first (see Timeout._enter).
+ *                 return (None, PyContextVar_Set(_DEADLINE, outer))
+*/
+    }
+
+    /* "resilio/_runner_c.pyx":259
+ *             return self.py_enter()
+ *         PyContextVar_Get(_DEADLINE, NULL, &outer_p)
+ *         if outer_p != NULL:             # <<<<<<<<<<<<<<
+ *             outer = <object>outer_p
+ *             Py_DECREF(outer)
+*/
+  }
+
+  /* "resilio/_runner_c.pyx":265
+ *                 # The enclosing timeout fires first (see Timeout._enter).
+ *                 return (None, PyContextVar_Set(_DEADLINE, outer))
+ *         ctx = PyContextVar_Set(_DEADLINE, at)             # <<<<<<<<<<<<<<
+ *         key = <long long>(at * 1000.0) + 1
+ *         wheel = _cached_wheel
+*/
+  __pyx_t_2 = __pyx_v_7resilio_9_runner_c__DEADLINE;
+  __Pyx_INCREF(__pyx_t_2);
+  __pyx_t_4 = PyFloat_FromDouble(__pyx_v_at); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 265, __pyx_L1_error)
+  __Pyx_GOTREF(__pyx_t_4);
+  __pyx_t_3 = PyContextVar_Set(__pyx_t_2, __pyx_t_4); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 265, __pyx_L1_error)
+  __Pyx_GOTREF(__pyx_t_3);
+  __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
+  __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
+  __pyx_v_ctx = __pyx_t_3;
+  __pyx_t_3 = 0;
+
+  /* "resilio/_runner_c.pyx":266
+ *                 return (None, PyContextVar_Set(_DEADLINE, outer))
+ *         ctx = PyContextVar_Set(_DEADLINE, at)
+ *         key = <long long>(at * 1000.0) + 1             # <<<<<<<<<<<<<<
+ *         wheel = _cached_wheel
+ *         slots = wheel.slots
+*/
+  __pyx_v_key = (((PY_LONG_LONG)(__pyx_v_at * 1000.0)) + 1);
+
+  /* "resilio/_runner_c.pyx":267
+ *         ctx = PyContextVar_Set(_DEADLINE, at)
+ *         key = <long long>(at * 1000.0) + 1
+ *         wheel = _cached_wheel             # <<<<<<<<<<<<<<
+ *         slots = wheel.slots
+ *         slot_p = PyDict_GetItem(slots, key)
+*/
+  __Pyx_INCREF(__pyx_v_7resilio_9_runner_c__cached_wheel);
+  __pyx_v_wheel = __pyx_v_7resilio_9_runner_c__cached_wheel;
+
+  /* "resilio/_runner_c.pyx":268
+ *         key = <long long>(at * 1000.0) + 1
+ *         wheel = _cached_wheel
+ *         slots = wheel.slots             # <<<<<<<<<<<<<<
+ *         slot_p = PyDict_GetItem(slots, key)
+ *         if slot_p == NULL:
+*/
+  __pyx_t_3 = __Pyx_PyObject_GetAttrStr(__pyx_v_wheel, __pyx_mstate_global->__pyx_n_u_slots); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 268, __pyx_L1_error)
+  __Pyx_GOTREF(__pyx_t_3);
+  __pyx_v_slots = __pyx_t_3;
+  __pyx_t_3 = 0;
+
+  /* "resilio/_runner_c.pyx":269
+ *         wheel = _cached_wheel
+ *         slots = wheel.slots
+ *         slot_p = PyDict_GetItem(slots, key)             # <<<<<<<<<<<<<<
+ *         if slot_p == NULL:
+ *             slot = wheel.new_slot(key)
+*/
+  __pyx_t_3 = __Pyx_PyLong_From_PY_LONG_LONG(__pyx_v_key); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 269, __pyx_L1_error)
+  __Pyx_GOTREF(__pyx_t_3);
+  __pyx_v_slot_p = PyDict_GetItem(__pyx_v_slots, __pyx_t_3);
+  __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
+
+  /* "resilio/_runner_c.pyx":270
+ *         slots = wheel.slots
+ *         slot_p = PyDict_GetItem(slots, key)
+ *         if slot_p == NULL:             # <<<<<<<<<<<<<<
+ *             slot = wheel.new_slot(key)
+ *         else:
+*/
+  __pyx_t_1 = (__pyx_v_slot_p == NULL);
+
+  if (__pyx_t_1) {
+
+
+    /* "resilio/_runner_c.pyx":271
+ *         slot_p = PyDict_GetItem(slots, key)
+ *         if slot_p == NULL:
+ *             slot = wheel.new_slot(key)             # <<<<<<<<<<<<<<
+ *         else:
+ *             slot = <object>slot_p
+*/
+    __pyx_t_4 = __pyx_v_wheel;
+    __Pyx_INCREF(__pyx_t_4);
+    __pyx_t_2 = __Pyx_PyLong_From_PY_LONG_LONG(__pyx_v_key); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 271, __pyx_L1_error)
+    __Pyx_GOTREF(__pyx_t_2);
+    __pyx_t_5 = 0;
+    {
+      PyObject *__pyx_callargs[2] = {__pyx_t_4, __pyx_t_2};
+      __pyx_t_3 = __Pyx_PyObject_FastCallMethod((PyObject*)__pyx_mstate_global->__pyx_n_u_new_slot, __pyx_callargs+__pyx_t_5, (2-__pyx_t_5) | (1*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
+      __Pyx_XDECREF(__pyx_t_4); __pyx_t_4 = 0;
+      __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
+      if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 271, __pyx_L1_error)
+      __Pyx_GOTREF(__pyx_t_3);
+    }
+    __pyx_v_slot = __pyx_t_3;
+    __pyx_t_3 = 0;
+
+    /* "resilio/_runner_c.pyx":270
+ *         slots = wheel.slots
+ *         slot_p = PyDict_GetItem(slots, key)
+ *         if slot_p == NULL:             # <<<<<<<<<<<<<<
+ *             slot = wheel.new_slot(key)
+ *         else:
+*/
+    goto __pyx_L12;
+  }
+
+  /* "resilio/_runner_c.pyx":273
+ *             slot = wheel.new_slot(key)
+ *         else:
+ *             slot = <object>slot_p             # <<<<<<<<<<<<<<
+ *         PyDict_SetItem(slot, PyLong_FromVoidPtr(<void*>ctx), <object>task_p)
+ *         return (slot, ctx)
+*/
+  /*else*/ {
+    __pyx_t_3 = ((PyObject *)__pyx_v_slot_p);
+    __Pyx_INCREF(__pyx_t_3);
+    __pyx_v_slot = __pyx_t_3;
+    __pyx_t_3 = 0;
+  }
+  __pyx_L12:;
+
+  /* "resilio/_runner_c.pyx":274
+ *         else:
+ *             slot = <object>slot_p
+ *         PyDict_SetItem(slot, PyLong_FromVoidPtr(<void*>ctx), <object>task_p)             # <<<<<<<<<<<<<<
+ *         return (slot, ctx)
+ * 
+*/
+  __pyx_t_3 = PyLong_FromVoidPtr(((void *)__pyx_v_ctx)); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 274, __pyx_L1_error)
+  __Pyx_GOTREF(__pyx_t_3);
+  __pyx_t_7 = PyDict_SetItem(__pyx_v_slot, __pyx_t_3, ((PyObject *)__pyx_v_task_p)); if (unlikely(__pyx_t_7 == ((int)-1))) __PYX_ERR(0, 274, __pyx_L1_error)
+  __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
+
+
+  /* "resilio/_runner_c.pyx":275
+ *             slot = <object>slot_p
+ *         PyDict_SetItem(slot, PyLong_FromVoidPtr(<void*>ctx), <object>task_p)
+ *         return (slot, ctx)             # <<<<<<<<<<<<<<
+ * 
+ *     cdef int ok(self, object tok, object result) except -1:
+*/
+  __pyx_t_3 = PyTuple_New(2); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 275, __pyx_L1_error)
+  __Pyx_GOTREF(__pyx_t_3);
+  __Pyx_INCREF(__pyx_v_slot);
+  __Pyx_GIVEREF(__pyx_v_slot);
+  if (__Pyx_PyTuple_SET_ITEM(__pyx_t_3, 0, __pyx_v_slot) != (0)) __PYX_ERR(0, 275, __pyx_L1_error);
+  __Pyx_INCREF(__pyx_v_ctx);
+  __Pyx_GIVEREF(__pyx_v_ctx);
+  if (__Pyx_PyTuple_SET_ITEM(__pyx_t_3, 1, __pyx_v_ctx) != (0)) __PYX_ERR(0, 275, __pyx_L1_error);
+  {
+    PyObject *__pyx_temp;
+    {
+      __pyx_temp = __pyx_r;
+      __pyx_r = __pyx_t_3;
+    }
+    __Pyx_XDECREF(__pyx_temp);
+  }
+  __pyx_t_3 = 0;
+  goto __pyx_L0;
+
+  /* "resilio/_runner_c.pyx":247
+ *         self.seconds = strategy.seconds
+ * 
+ *     cdef object enter(self):             # <<<<<<<<<<<<<<
+ *         cdef PyObject *outer_p = NULL
+ *         cdef double at = rs_monotonic_s() + self.seconds
+*/
+
+  /* function exit code */
+  __pyx_L1_error:;
+  __Pyx_XDECREF(__pyx_t_2);
+  __Pyx_XDECREF(__pyx_t_3);
+  __Pyx_XDECREF(__pyx_t_4);
+  __Pyx_AddTraceback("resilio._runner_c._TimeoutGate.enter", __pyx_clineno, __pyx_lineno, __pyx_filename);
+  __pyx_r = 0;
+  __pyx_L0:;
+
+
+  __Pyx_XDECREF(__pyx_v_loop);
+
+  __Pyx_XDECREF(__pyx_v_outer);
+  __Pyx_XDECREF(__pyx_v_ctx);
+
+  __Pyx_XDECREF(__pyx_v_wheel);
+  __Pyx_XDECREF(__pyx_v_slots);
+
+  __Pyx_XDECREF(__pyx_v_slot);
+  __Pyx_XGIVEREF(__pyx_r);
+  __Pyx_RefNannyFinishContext();
+  return __pyx_r;
+}
+
+/* "resilio/_runner_c.pyx":277
+ *         return (slot, ctx)
+ * 
+ *     cdef int ok(self, object tok, object result) except -1:             # <<<<<<<<<<<<<<
+ *         if type(tok) is tuple:
+ *             slot = (<tuple>tok)[0]
+*/
+
+static int __pyx_f_7resilio_9_runner_c_12_TimeoutGate_ok(struct __pyx_obj_7resilio_9_runner_c__TimeoutGate *__pyx_v_self, PyObject *__pyx_v_tok, PyObject *__pyx_v_result) {
+  PyObject *__pyx_v_slot = NULL;
+  PyObject *__pyx_v_ctx = NULL;
+  PyObject *__pyx_v_key = NULL;
+  int __pyx_r;
+  __Pyx_RefNannyDeclarations
+  int __pyx_t_1;
+  PyObject *__pyx_t_2 = NULL;
+  int __pyx_t_3;
+  PyObject *__pyx_t_4 = NULL;
+  PyObject *__pyx_t_5 = NULL;
+  size_t __pyx_t_6;
+  int __pyx_lineno = 0;
+  const char *__pyx_filename = NULL;
+  int __pyx_clineno = 0;
+  __Pyx_RefNannySetupContext("ok", 0);
+
+  /* "resilio/_runner_c.pyx":278
+ * 
+ *     cdef int ok(self, object tok, object result) except -1:
+ *         if type(tok) is tuple:             # <<<<<<<<<<<<<<
+ *             slot = (<tuple>tok)[0]
+ *             ctx = (<tuple>tok)[1]
+*/
+  __pyx_t_1 = (((PyObject *)Py_TYPE(__pyx_v_tok)) == ((PyObject *)(&PyTuple_Type)));
+  if (__pyx_t_1) {
+
+
+    /* "resilio/_runner_c.pyx":279
+ *     cdef int ok(self, object tok, object result) except -1:
+ *         if type(tok) is tuple:
+ *             slot = (<tuple>tok)[0]             # <<<<<<<<<<<<<<
+ *             ctx = (<tuple>tok)[1]
+ *             if slot is None:
+*/
+    if (unlikely(__pyx_v_tok == Py_None)) {
+      PyErr_SetString(PyExc_TypeError, "\047NoneType\047 object is not subscriptable");
+      __PYX_ERR(0, 279, __pyx_L1_error)
+    }
+    __pyx_t_2 = __Pyx_PyTuple_GET_ITEM(((PyObject*)__pyx_v_tok), 0);
+    __Pyx_INCREF(__pyx_t_2);
+    __pyx_v_slot = __pyx_t_2;
+    __pyx_t_2 = 0;
+
+    /* "resilio/_runner_c.pyx":280
+ *         if type(tok) is tuple:
+ *             slot = (<tuple>tok)[0]
+ *             ctx = (<tuple>tok)[1]             # <<<<<<<<<<<<<<
+ *             if slot is None:
+ *                 PyContextVar_Reset(_DEADLINE, ctx)
+*/
+    if (unlikely(__pyx_v_tok == Py_None)) {
+      PyErr_SetString(PyExc_TypeError, "\047NoneType\047 object is not subscriptable");
+      __PYX_ERR(0, 280, __pyx_L1_error)
+    }
+    __pyx_t_2 = __Pyx_PyTuple_GET_ITEM(((PyObject*)__pyx_v_tok), 1);
+    __Pyx_INCREF(__pyx_t_2);
+    __pyx_v_ctx = __pyx_t_2;
+    __pyx_t_2 = 0;
+
+    /* "resilio/_runner_c.pyx":281
+ *             slot = (<tuple>tok)[0]
+ *             ctx = (<tuple>tok)[1]
+ *             if slot is None:             # <<<<<<<<<<<<<<
+ *                 PyContextVar_Reset(_DEADLINE, ctx)
+ *                 return 0
+*/
+    __pyx_t_1 = (__pyx_v_slot == Py_None);
+    if (__pyx_t_1) {
+
+
+      /* "resilio/_runner_c.pyx":282
+ *             ctx = (<tuple>tok)[1]
+ *             if slot is None:
+ *                 PyContextVar_Reset(_DEADLINE, ctx)             # <<<<<<<<<<<<<<
+ *                 return 0
+ *             key = PyLong_FromVoidPtr(<void*>ctx)
+*/
+      __pyx_t_2 = __pyx_v_7resilio_9_runner_c__DEADLINE;
+      __Pyx_INCREF(__pyx_t_2);
+      __pyx_t_3 = PyContextVar_Reset(__pyx_t_2, __pyx_v_ctx); if (unlikely(__pyx_t_3 == ((int)-1))) __PYX_ERR(0, 282, __pyx_L1_error)
+      __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
+
+
+      /* "resilio/_runner_c.pyx":283
+ *             if slot is None:
+ *                 PyContextVar_Reset(_DEADLINE, ctx)
+ *                 return 0             # <<<<<<<<<<<<<<
+ *             key = PyLong_FromVoidPtr(<void*>ctx)
+ *             if PyDict_Contains(slot, key):
+*/
+      {
+
+        __pyx_r = 0;
+      }
+      goto __pyx_L0;
+
+      /* "resilio/_runner_c.pyx":281
+ *             slot = (<tuple>tok)[0]
+ *             ctx = (<tuple>tok)[1]
+ *             if slot is None:             # <<<<<<<<<<<<<<
+ *                 PyContextVar_Reset(_DEADLINE, ctx)
+ *                 return 0
+*/
+    }
+
+    /* "resilio/_runner_c.pyx":284
+ *                 PyContextVar_Reset(_DEADLINE, ctx)
+ *                 return 0
+ *             key = PyLong_FromVoidPtr(<void*>ctx)             # <<<<<<<<<<<<<<
+ *             if PyDict_Contains(slot, key):
+ *                 PyDict_DelItem(slot, key)
+*/
+    __pyx_t_2 = PyLong_FromVoidPtr(((void *)__pyx_v_ctx)); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 284, __pyx_L1_error)
+    __Pyx_GOTREF(__pyx_t_2);
+    __pyx_v_key = __pyx_t_2;
+    __pyx_t_2 = 0;
+
+    /* "resilio/_runner_c.pyx":285
+ *                 return 0
+ *             key = PyLong_FromVoidPtr(<void*>ctx)
+ *             if PyDict_Contains(slot, key):             # <<<<<<<<<<<<<<
+ *                 PyDict_DelItem(slot, key)
+ *                 PyContextVar_Reset(_DEADLINE, ctx)
+*/
+    __pyx_t_3 = PyDict_Contains(__pyx_v_slot, __pyx_v_key); if (unlikely(__pyx_t_3 == ((int)-1))) __PYX_ERR(0, 285, __pyx_L1_error)
+    __pyx_t_1 = (__pyx_t_3 != 0);
+
+
+    if (__pyx_t_1) {
+
+
+      /* "resilio/_runner_c.pyx":286
+ *             key = PyLong_FromVoidPtr(<void*>ctx)
+ *             if PyDict_Contains(slot, key):
+ *                 PyDict_DelItem(slot, key)             # <<<<<<<<<<<<<<
+ *                 PyContextVar_Reset(_DEADLINE, ctx)
+ *                 return 0
+*/
+      __pyx_t_3 = PyDict_DelItem(__pyx_v_slot, __pyx_v_key); if (unlikely(__pyx_t_3 == ((int)-1))) __PYX_ERR(0, 286, __pyx_L1_error)
+
+
+      /* "resilio/_runner_c.pyx":287
+ *             if PyDict_Contains(slot, key):
+ *                 PyDict_DelItem(slot, key)
+ *                 PyContextVar_Reset(_DEADLINE, ctx)             # <<<<<<<<<<<<<<
+ *                 return 0
+ *         # Expired, or the Python path's token: the strategy sorts it out.
+*/
+      __pyx_t_2 = __pyx_v_7resilio_9_runner_c__DEADLINE;
+      __Pyx_INCREF(__pyx_t_2);
+      __pyx_t_3 = PyContextVar_Reset(__pyx_t_2, __pyx_v_ctx); if (unlikely(__pyx_t_3 == ((int)-1))) __PYX_ERR(0, 287, __pyx_L1_error)
+      __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
+
+
+      /* "resilio/_runner_c.pyx":288
+ *                 PyDict_DelItem(slot, key)
+ *                 PyContextVar_Reset(_DEADLINE, ctx)
+ *                 return 0             # <<<<<<<<<<<<<<
+ *         # Expired, or the Python path's token: the strategy sorts it out.
+ *         self.py_ok(tok, result)
+*/
+      {
+
+        __pyx_r = 0;
+      }
+      goto __pyx_L0;
+
+      /* "resilio/_runner_c.pyx":285
+ *                 return 0
+ *             key = PyLong_FromVoidPtr(<void*>ctx)
+ *             if PyDict_Contains(slot, key):             # <<<<<<<<<<<<<<
+ *                 PyDict_DelItem(slot, key)
+ *                 PyContextVar_Reset(_DEADLINE, ctx)
+*/
+    }
+
+    /* "resilio/_runner_c.pyx":278
+ * 
+ *     cdef int ok(self, object tok, object result) except -1:
+ *         if type(tok) is tuple:             # <<<<<<<<<<<<<<
+ *             slot = (<tuple>tok)[0]
+ *             ctx = (<tuple>tok)[1]
+*/
+  }
+
+  /* "resilio/_runner_c.pyx":290
+ *                 return 0
+ *         # Expired, or the Python path's token: the strategy sorts it out.
+ *         self.py_ok(tok, result)             # <<<<<<<<<<<<<<
+ *         return 0
+ * 
+*/
+  __pyx_t_4 = NULL;
+  __Pyx_INCREF(__pyx_v_self->__pyx_base.py_ok);
+  __pyx_t_5 = __pyx_v_self->__pyx_base.py_ok; 
+  __pyx_t_6 = 1;
+  #if CYTHON_UNPACK_METHODS
+  if (likely(PyMethod_Check(__pyx_t_5))) {
+    __pyx_t_4 = PyMethod_GET_SELF(__pyx_t_5);
+    assert(__pyx_t_4);
+    PyObject* __pyx__function = PyMethod_GET_FUNCTION(__pyx_t_5);
+    __Pyx_INCREF(__pyx_t_4);
+    __Pyx_INCREF(__pyx__function);
+    __Pyx_DECREF_SET(__pyx_t_5, __pyx__function);
+    __pyx_t_6 = 0;
+  }
+  #endif
+  {
+    PyObject *__pyx_callargs[3] = {__pyx_t_4, __pyx_v_tok, __pyx_v_result};
+    __pyx_t_2 = __Pyx_PyObject_FastCall((PyObject*)__pyx_t_5, __pyx_callargs+__pyx_t_6, (3-__pyx_t_6) | (__pyx_t_6*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
+    __Pyx_XDECREF(__pyx_t_4); __pyx_t_4 = 0;
+    __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
+    if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 290, __pyx_L1_error)
+    __Pyx_GOTREF(__pyx_t_2);
+  }
+  __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
+
+  /* "resilio/_runner_c.pyx":291
+ *         # Expired, or the Python path's token: the strategy sorts it out.
+ *         self.py_ok(tok, result)
+ *         return 0             # <<<<<<<<<<<<<<
+ * 
+ * 
+*/
+  {
+
+    __pyx_r = 0;
+  }
+  goto __pyx_L0;
+
+  /* "resilio/_runner_c.pyx":277
+ *         return (slot, ctx)
+ * 
+ *     cdef int ok(self, object tok, object result) except -1:             # <<<<<<<<<<<<<<
+ *         if type(tok) is tuple:
+ *             slot = (<tuple>tok)[0]
+*/
+
+  /* function exit code */
+  __pyx_L1_error:;
+  __Pyx_XDECREF(__pyx_t_2);
+  __Pyx_XDECREF(__pyx_t_4);
+  __Pyx_XDECREF(__pyx_t_5);
+  __Pyx_AddTraceback("resilio._runner_c._TimeoutGate.ok", __pyx_clineno, __pyx_lineno, __pyx_filename);
+  __pyx_r = -1;
+  __pyx_L0:;
+  __Pyx_XDECREF(__pyx_v_slot);
+  __Pyx_XDECREF(__pyx_v_ctx);
+  __Pyx_XDECREF(__pyx_v_key);
+
+  __Pyx_RefNannyFinishContext();
+  return __pyx_r;
+}
+
+/* "(tree fragment)":1
+ * def __reduce_cython__(self):             # <<<<<<<<<<<<<<
+ *     cdef tuple state
+ *     cdef object _dict
+*/
+
+/* Python wrapper */
+static PyObject *__pyx_pw_7resilio_9_runner_c_12_TimeoutGate_3__reduce_cython__(PyObject *__pyx_v_self, 
+#if CYTHON_VECTORCALL
+PyObject *const *__pyx_args, Py_ssize_t __pyx_nargs, PyObject *__pyx_kwds
+#else
+PyObject *__pyx_args, PyObject *__pyx_kwds
+#endif
+); /*proto*/
+static PyMethodDef __pyx_mdef_7resilio_9_runner_c_12_TimeoutGate_3__reduce_cython__ = {"__reduce_cython__", (PyCFunction)(void(*)(void))(__Pyx_PyCFunction_FastCallWithKeywords)__pyx_pw_7resilio_9_runner_c_12_TimeoutGate_3__reduce_cython__, __Pyx_METH_FASTCALL|METH_KEYWORDS, 0};
+static PyObject *__pyx_pw_7resilio_9_runner_c_12_TimeoutGate_3__reduce_cython__(PyObject *__pyx_v_self, 
+#if CYTHON_VECTORCALL
+PyObject *const *__pyx_args, Py_ssize_t __pyx_nargs, PyObject *__pyx_kwds
+#else
+PyObject *__pyx_args, PyObject *__pyx_kwds
+#endif
+) {
+  #if !CYTHON_VECTORCALL
+  CYTHON_UNUSED Py_ssize_t __pyx_nargs;
+  #endif
+  CYTHON_UNUSED PyObject *const *__pyx_kwvalues;
+  PyObject *__pyx_r = 0;
+  __Pyx_RefNannyDeclarations
+  __Pyx_RefNannySetupContext("__reduce_cython__ (wrapper)", 0);
+  #if !CYTHON_VECTORCALL
+  #if CYTHON_ASSUME_SAFE_SIZE
+  __pyx_nargs = PyTuple_GET_SIZE(__pyx_args);
+  #else
+  __pyx_nargs = PyTuple_Size(__pyx_args); if (unlikely(__pyx_nargs < 0)) return NULL;
+  #endif
+  #endif
+  __pyx_kwvalues = __Pyx_KwValues_FASTCALL(__pyx_args, __pyx_nargs);
+  if (unlikely(__pyx_nargs > 0)) { __Pyx_RaiseArgtupleInvalid("__reduce_cython__", 1, 0, 0, __pyx_nargs); return NULL; }
+  const Py_ssize_t __pyx_kwds_len = unlikely(__pyx_kwds) ? __Pyx_NumKwargs_FASTCALL(__pyx_kwds) : 0;
+  if (unlikely(__pyx_kwds_len < 0)) return NULL;
+  if (unlikely(__pyx_kwds_len > 0)) {__Pyx_RejectKeywords("__reduce_cython__", __pyx_kwds); return NULL;}
+  __pyx_r = __pyx_pf_7resilio_9_runner_c_12_TimeoutGate_2__reduce_cython__(((struct __pyx_obj_7resilio_9_runner_c__TimeoutGate *)__pyx_v_self));
+
+  /* function exit code */
+  __Pyx_RefNannyFinishContext();
+  return __pyx_r;
+}
+
+static PyObject *__pyx_pf_7resilio_9_runner_c_12_TimeoutGate_2__reduce_cython__(struct __pyx_obj_7resilio_9_runner_c__TimeoutGate *__pyx_v_self) {
+  PyObject *__pyx_v_state = 0;
+  PyObject *__pyx_v__dict = 0;
+  int __pyx_v_use_setstate;
+  PyObject *__pyx_r = NULL;
+  __Pyx_RefNannyDeclarations
+  PyObject *__pyx_t_1 = NULL;
+  PyObject *__pyx_t_2 = NULL;
+  PyObject *__pyx_t_3 = NULL;
+  int __pyx_t_4;
+  int __pyx_t_5;
+  int __pyx_lineno = 0;
+  const char *__pyx_filename = NULL;
+  int __pyx_clineno = 0;
+  __Pyx_RefNannySetupContext("__reduce_cython__", 0);
+
+  /* "(tree fragment)":5
+ *     cdef object _dict
+ *     cdef bint use_setstate
+ *     with CRITICAL_SECTION(self):             # <<<<<<<<<<<<<<
+ *         state = (self.clock_ns, self.py_enter, self.py_err, self.py_ok, self.py_ok_slow, self.seconds, self.strategy)
+ *         _dict = getattr(self, '__dict__', None)
+*/
+  {
+      __Pyx_PyCriticalSection __pyx_cs;
+      __pyx_t_1 = ((PyObject *)__pyx_v_self);
+      __Pyx_INCREF(__pyx_t_1);
+      __Pyx_PyCriticalSection_Begin(&__pyx_cs, (PyObject*)__pyx_t_1);
+      /*try:*/ {
+
+        /* "(tree fragment)":6
+ *     cdef bint use_setstate
+ *     with CRITICAL_SECTION(self):
+ *         state = (self.clock_ns, self.py_enter, self.py_err, self.py_ok, self.py_ok_slow, self.seconds, self.strategy)             # <<<<<<<<<<<<<<
+ *         _dict = getattr(self, '__dict__', None)
+ *     if _dict is not None and _dict:
+*/
+        __pyx_t_2 = PyFloat_FromDouble(__pyx_v_self->seconds); if (unlikely(!__pyx_t_2)) __PYX_ERR(1, 6, __pyx_L4_error)
+        __Pyx_GOTREF(__pyx_t_2);
+        __pyx_t_3 = PyTuple_New(7); if (unlikely(!__pyx_t_3)) __PYX_ERR(1, 6, __pyx_L4_error)
+        __Pyx_GOTREF(__pyx_t_3);
+        __Pyx_INCREF(__pyx_v_self->__pyx_base.clock_ns);
+        __Pyx_GIVEREF(__pyx_v_self->__pyx_base.clock_ns);
+        if (__Pyx_PyTuple_SET_ITEM(__pyx_t_3, 0, __pyx_v_self->__pyx_base.clock_ns) != (0)) __PYX_ERR(1, 6, __pyx_L4_error);
+        __Pyx_INCREF(__pyx_v_self->__pyx_base.py_enter);
+        __Pyx_GIVEREF(__pyx_v_self->__pyx_base.py_enter);
+        if (__Pyx_PyTuple_SET_ITEM(__pyx_t_3, 1, __pyx_v_self->__pyx_base.py_enter) != (0)) __PYX_ERR(1, 6, __pyx_L4_error);
+        __Pyx_INCREF(__pyx_v_self->__pyx_base.py_err);
+        __Pyx_GIVEREF(__pyx_v_self->__pyx_base.py_err);
+        if (__Pyx_PyTuple_SET_ITEM(__pyx_t_3, 2, __pyx_v_self->__pyx_base.py_err) != (0)) __PYX_ERR(1, 6, __pyx_L4_error);
+        __Pyx_INCREF(__pyx_v_self->__pyx_base.py_ok);
+        __Pyx_GIVEREF(__pyx_v_self->__pyx_base.py_ok);
+        if (__Pyx_PyTuple_SET_ITEM(__pyx_t_3, 3, __pyx_v_self->__pyx_base.py_ok) != (0)) __PYX_ERR(1, 6, __pyx_L4_error);
+        __Pyx_INCREF(__pyx_v_self->py_ok_slow);
+        __Pyx_GIVEREF(__pyx_v_self->py_ok_slow);
+        if (__Pyx_PyTuple_SET_ITEM(__pyx_t_3, 4, __pyx_v_self->py_ok_slow) != (0)) __PYX_ERR(1, 6, __pyx_L4_error);
+        __Pyx_GIVEREF(__pyx_t_2);
+        if (__Pyx_PyTuple_SET_ITEM(__pyx_t_3, 5, __pyx_t_2) != (0)) __PYX_ERR(1, 6, __pyx_L4_error);
+        __Pyx_INCREF(__pyx_v_self->__pyx_base.strategy);
+        __Pyx_GIVEREF(__pyx_v_self->__pyx_base.strategy);
+        if (__Pyx_PyTuple_SET_ITEM(__pyx_t_3, 6, __pyx_v_self->__pyx_base.strategy) != (0)) __PYX_ERR(1, 6, __pyx_L4_error);
+        __pyx_t_2 = 0;
+        __pyx_v_state = ((PyObject*)__pyx_t_3);
+        __pyx_t_3 = 0;
+
+        /* "(tree fragment)":7
+ *     with CRITICAL_SECTION(self):
+ *         state = (self.clock_ns, self.py_enter, self.py_err, self.py_ok, self.py_ok_slow, self.seconds, self.strategy)
+ *         _dict = getattr(self, '__dict__', None)             # <<<<<<<<<<<<<<
+ *     if _dict is not None and _dict:
+ *         state += (_dict,)
+*/
+        __pyx_t_3 = __Pyx_GetAttr3(((PyObject *)__pyx_v_self), __pyx_mstate_global->__pyx_n_u_dict, Py_None); if (unlikely(!__pyx_t_3)) __PYX_ERR(1, 7, __pyx_L4_error)
+        __Pyx_GOTREF(__pyx_t_3);
+        __pyx_v__dict = __pyx_t_3;
+        __pyx_t_3 = 0;
+      }
+
+      /* "(tree fragment)":5
+ *     cdef object _dict
+ *     cdef bint use_setstate
+ *     with CRITICAL_SECTION(self):             # <<<<<<<<<<<<<<
+ *         state = (self.clock_ns, self.py_enter, self.py_err, self.py_ok, self.py_ok_slow, self.seconds, self.strategy)
+ *         _dict = getattr(self, '__dict__', None)
+*/
+      /*finally:*/ {
+        /*normal exit:*/{
+          __Pyx_PyCriticalSection_End(&__pyx_cs);
+          goto __pyx_L5;
+        }
+        __pyx_L4_error: {
+          __Pyx_PyCriticalSection_End(&__pyx_cs);
+          goto __pyx_L1_error;
+        }
+        __pyx_L5:;
+      }
+      __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
+  }
+
+  /* "(tree fragment)":8
+ *         state = (self.clock_ns, self.py_enter, self.py_err, self.py_ok, self.py_ok_slow, self.seconds, self.strategy)
+ *         _dict = getattr(self, '__dict__', None)
+ *     if _dict is not None and _dict:             # <<<<<<<<<<<<<<
+ *         state += (_dict,)
+ *         use_setstate = True
+*/
+  __pyx_t_5 = (__pyx_v__dict != Py_None);
+  if (__pyx_t_5) {
+
+  } else {
+
+    __pyx_t_4 = __pyx_t_5;
+
+    goto __pyx_L7_bool_binop_done;
+  }
+  __pyx_t_5 = __Pyx_PyObject_IsTrue(__pyx_v__dict); if (unlikely((__pyx_t_5 < 0))) __PYX_ERR(1, 8, __pyx_L1_error)
+
+  __pyx_t_4 = __pyx_t_5;
+
+  __pyx_L7_bool_binop_done:;
+  if (__pyx_t_4) {
+
+
+    /* "(tree fragment)":9
+ *         _dict = getattr(self, '__dict__', None)
+ *     if _dict is not None and _dict:
+ *         state += (_dict,)             # <<<<<<<<<<<<<<
+ *         use_setstate = True
+ *     else:
+*/
+    __pyx_t_1 = PyTuple_New(1); if (unlikely(!__pyx_t_1)) __PYX_ERR(1, 9, __pyx_L1_error)
+    __Pyx_GOTREF(__pyx_t_1);
+    __Pyx_INCREF(__pyx_v__dict);
+    __Pyx_GIVEREF(__pyx_v__dict);
+    if (__Pyx_PyTuple_SET_ITEM(__pyx_t_1, 0, __pyx_v__dict) != (0)) __PYX_ERR(1, 9, __pyx_L1_error);
+    __pyx_t_3 = PyNumber_InPlaceAdd(__pyx_v_state, __pyx_t_1); if (unlikely(!__pyx_t_3)) __PYX_ERR(1, 9, __pyx_L1_error)
+    __Pyx_GOTREF(__pyx_t_3);
+    __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
+    __Pyx_DECREF_SET(__pyx_v_state, ((PyObject*)__pyx_t_3));
+    __pyx_t_3 = 0;
+
+    /* "(tree fragment)":10
+ *     if _dict is not None and _dict:
+ *         state += (_dict,)
+ *         use_setstate = True             # <<<<<<<<<<<<<<
+ *     else:
+ *         use_setstate = self.clock_ns is not None or self.py_enter is not None or self.py_err is not None or self.py_ok is not None or self.py_ok_slow is not None or self.strategy is not None
+*/
+    __pyx_v_use_setstate = 1;
+
+    /* "(tree fragment)":8
+ *         state = (self.clock_ns, self.py_enter, self.py_err, self.py_ok, self.py_ok_slow, self.seconds, self.strategy)
+ *         _dict = getattr(self, '__dict__', None)
+ *     if _dict is not None and _dict:             # <<<<<<<<<<<<<<
+ *         state += (_dict,)
+ *         use_setstate = True
+*/
+    goto __pyx_L6;
+  }
+
+  /* "(tree fragment)":12
+ *         use_setstate = True
+ *     else:
+ *         use_setstate = self.clock_ns is not None or self.py_enter is not None or self.py_err is not None or self.py_ok is not None or self.py_ok_slow is not None or self.strategy is not None             # <<<<<<<<<<<<<<
+ *     if use_setstate:
+ *         return __pyx_unpickle__TimeoutGate, (type(self), 0x48734a8, None), state
+*/
+  /*else*/ {
+    __pyx_t_5 = (__pyx_v_self->__pyx_base.clock_ns != Py_None);
+    if (!__pyx_t_5) {
+
+    } else {
+
+      __pyx_t_4 = __pyx_t_5;
+
+      goto __pyx_L9_bool_binop_done;
+    }
+    __pyx_t_5 = (__pyx_v_self->__pyx_base.py_enter != Py_None);
+    if (!__pyx_t_5) {
+
+    } else {
+
+      __pyx_t_4 = __pyx_t_5;
+
+      goto __pyx_L9_bool_binop_done;
+    }
+    __pyx_t_5 = (__pyx_v_self->__pyx_base.py_err != Py_None);
+    if (!__pyx_t_5) {
+
+    } else {
+
+      __pyx_t_4 = __pyx_t_5;
+
+      goto __pyx_L9_bool_binop_done;
+    }
+    __pyx_t_5 = (__pyx_v_self->__pyx_base.py_ok != Py_None);
+    if (!__pyx_t_5) {
+
+    } else {
+
+      __pyx_t_4 = __pyx_t_5;
+
+      goto __pyx_L9_bool_binop_done;
+    }
+    __pyx_t_5 = (__pyx_v_self->py_ok_slow != Py_None);
+    if (!__pyx_t_5) {
+
+    } else {
+
+      __pyx_t_4 = __pyx_t_5;
+
+      goto __pyx_L9_bool_binop_done;
+    }
+    __pyx_t_5 = (__pyx_v_self->__pyx_base.strategy != Py_None);
+
+    __pyx_t_4 = __pyx_t_5;
+
+    __pyx_L9_bool_binop_done:;
+    __pyx_v_use_setstate = __pyx_t_4;
+  }
+  __pyx_L6:;
+
+  /* "(tree fragment)":13
+ *     else:
+ *         use_setstate = self.clock_ns is not None or self.py_enter is not None or self.py_err is not None or self.py_ok is not None or self.py_ok_slow is not None or self.strategy is not None
+ *     if use_setstate:             # <<<<<<<<<<<<<<
+ *         return __pyx_unpickle__TimeoutGate, (type(self), 0x48734a8, None), state
+ *     else:
+*/
+  if (__pyx_v_use_setstate) {
+
+    /* "(tree fragment)":14
+ *         use_setstate = self.clock_ns is not None or self.py_enter is not None or self.py_err is not None or self.py_ok is not None or self.py_ok_slow is not None or self.strategy is not None
+ *     if use_setstate:
+ *         return __pyx_unpickle__TimeoutGate, (type(self), 0x48734a8, None), state             # <<<<<<<<<<<<<<
+ *     else:
+ *         return __pyx_unpickle__TimeoutGate, (type(self), 0x48734a8, state)
+*/
+    __Pyx_GetModuleGlobalName(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_pyx_unpickle__TimeoutGate); if (unlikely(!__pyx_t_3)) __PYX_ERR(1, 14, __pyx_L1_error)
+    __Pyx_GOTREF(__pyx_t_3);
+    __pyx_t_1 = PyTuple_New(3); if (unlikely(!__pyx_t_1)) __PYX_ERR(1, 14, __pyx_L1_error)
+    __Pyx_GOTREF(__pyx_t_1);
+    __Pyx_INCREF(((PyObject *)Py_TYPE(((PyObject *)__pyx_v_self))));
+    __Pyx_GIVEREF(((PyObject *)Py_TYPE(((PyObject *)__pyx_v_self))));
+    if (__Pyx_PyTuple_SET_ITEM(__pyx_t_1, 0, ((PyObject *)Py_TYPE(((PyObject *)__pyx_v_self)))) != (0)) __PYX_ERR(1, 14, __pyx_L1_error);
+    __Pyx_INCREF(__pyx_mstate_global->__pyx_int_75969704);
+    __Pyx_GIVEREF(__pyx_mstate_global->__pyx_int_75969704);
+    if (__Pyx_PyTuple_SET_ITEM(__pyx_t_1, 1, __pyx_mstate_global->__pyx_int_75969704) != (0)) __PYX_ERR(1, 14, __pyx_L1_error);
+    __Pyx_INCREF(Py_None);
+    __Pyx_GIVEREF(Py_None);
+    if (__Pyx_PyTuple_SET_ITEM(__pyx_t_1, 2, Py_None) != (0)) __PYX_ERR(1, 14, __pyx_L1_error);
+    __pyx_t_2 = PyTuple_New(3); if (unlikely(!__pyx_t_2)) __PYX_ERR(1, 14, __pyx_L1_error)
+    __Pyx_GOTREF(__pyx_t_2);
+    __Pyx_GIVEREF(__pyx_t_3);
+    if (__Pyx_PyTuple_SET_ITEM(__pyx_t_2, 0, __pyx_t_3) != (0)) __PYX_ERR(1, 14, __pyx_L1_error);
+    __Pyx_GIVEREF(__pyx_t_1);
+    if (__Pyx_PyTuple_SET_ITEM(__pyx_t_2, 1, __pyx_t_1) != (0)) __PYX_ERR(1, 14, __pyx_L1_error);
+    __Pyx_INCREF(__pyx_v_state);
+    __Pyx_GIVEREF(__pyx_v_state);
+    if (__Pyx_PyTuple_SET_ITEM(__pyx_t_2, 2, __pyx_v_state) != (0)) __PYX_ERR(1, 14, __pyx_L1_error);
+    __pyx_t_3 = 0;
+    __pyx_t_1 = 0;
+    {
+      PyObject *__pyx_temp;
+      {
+        __pyx_temp = __pyx_r;
+        __pyx_r = __pyx_t_2;
+      }
+      __Pyx_XDECREF(__pyx_temp);
+    }
+    __pyx_t_2 = 0;
+    goto __pyx_L0;
+
+    /* "(tree fragment)":13
+ *     else:
+ *         use_setstate = self.clock_ns is not None or self.py_enter is not None or self.py_err is not None or self.py_ok is not None or self.py_ok_slow is not None or self.strategy is not None
+ *     if use_setstate:             # <<<<<<<<<<<<<<
+ *         return __pyx_unpickle__TimeoutGate, (type(self), 0x48734a8, None), state
+ *     else:
+*/
+  }
+
+  /* "(tree fragment)":16
+ *         return __pyx_unpickle__TimeoutGate, (type(self), 0x48734a8, None), state
+ *     else:
+ *         return __pyx_unpickle__TimeoutGate, (type(self), 0x48734a8, state)             # <<<<<<<<<<<<<<
+ * def __setstate_cython__(self, __pyx_state):
+ *     __pyx_unpickle__TimeoutGate__set_state(self, __pyx_state)
+*/
+  /*else*/ {
+    __Pyx_GetModuleGlobalName(__pyx_t_2, __pyx_mstate_global->__pyx_n_u_pyx_unpickle__TimeoutGate); if (unlikely(!__pyx_t_2)) __PYX_ERR(1, 16, __pyx_L1_error)
+    __Pyx_GOTREF(__pyx_t_2);
+    __pyx_t_1 = PyTuple_New(3); if (unlikely(!__pyx_t_1)) __PYX_ERR(1, 16, __pyx_L1_error)
+    __Pyx_GOTREF(__pyx_t_1);
+    __Pyx_INCREF(((PyObject *)Py_TYPE(((PyObject *)__pyx_v_self))));
+    __Pyx_GIVEREF(((PyObject *)Py_TYPE(((PyObject *)__pyx_v_self))));
+    if (__Pyx_PyTuple_SET_ITEM(__pyx_t_1, 0, ((PyObject *)Py_TYPE(((PyObject *)__pyx_v_self)))) != (0)) __PYX_ERR(1, 16, __pyx_L1_error);
+    __Pyx_INCREF(__pyx_mstate_global->__pyx_int_75969704);
+    __Pyx_GIVEREF(__pyx_mstate_global->__pyx_int_75969704);
+    if (__Pyx_PyTuple_SET_ITEM(__pyx_t_1, 1, __pyx_mstate_global->__pyx_int_75969704) != (0)) __PYX_ERR(1, 16, __pyx_L1_error);
+    __Pyx_INCREF(__pyx_v_state);
+    __Pyx_GIVEREF(__pyx_v_state);
+    if (__Pyx_PyTuple_SET_ITEM(__pyx_t_1, 2, __pyx_v_state) != (0)) __PYX_ERR(1, 16, __pyx_L1_error);
+    __pyx_t_3 = PyTuple_New(2); if (unlikely(!__pyx_t_3)) __PYX_ERR(1, 16, __pyx_L1_error)
+    __Pyx_GOTREF(__pyx_t_3);
+    __Pyx_GIVEREF(__pyx_t_2);
+    if (__Pyx_PyTuple_SET_ITEM(__pyx_t_3, 0, __pyx_t_2) != (0)) __PYX_ERR(1, 16, __pyx_L1_error);
+    __Pyx_GIVEREF(__pyx_t_1);
+    if (__Pyx_PyTuple_SET_ITEM(__pyx_t_3, 1, __pyx_t_1) != (0)) __PYX_ERR(1, 16, __pyx_L1_error);
+    __pyx_t_2 = 0;
+    __pyx_t_1 = 0;
+    {
+      PyObject *__pyx_temp;
+      {
+        __pyx_temp = __pyx_r;
+        __pyx_r = __pyx_t_3;
+      }
+      __Pyx_XDECREF(__pyx_temp);
+    }
+    __pyx_t_3 = 0;
+    goto __pyx_L0;
+  }
+
+  /* "(tree fragment)":1
+ * def __reduce_cython__(self):             # <<<<<<<<<<<<<<
+ *     cdef tuple state
+ *     cdef object _dict
+*/
+
+  /* function exit code */
+  __pyx_L1_error:;
+  __Pyx_XDECREF(__pyx_t_1);
+  __Pyx_XDECREF(__pyx_t_2);
+  __Pyx_XDECREF(__pyx_t_3);
+  __Pyx_AddTraceback("resilio._runner_c._TimeoutGate.__reduce_cython__", __pyx_clineno, __pyx_lineno, __pyx_filename);
+  __pyx_r = NULL;
+  __pyx_L0:;
+  __Pyx_XDECREF(__pyx_v_state);
+  __Pyx_XDECREF(__pyx_v__dict);
+
+  __Pyx_XGIVEREF(__pyx_r);
+  __Pyx_RefNannyFinishContext();
+  return __pyx_r;
+}
+
+/* "(tree fragment)":17
+ *     else:
+ *         return __pyx_unpickle__TimeoutGate, (type(self), 0x48734a8, state)
+ * def __setstate_cython__(self, __pyx_state):             # <<<<<<<<<<<<<<
+ *     __pyx_unpickle__TimeoutGate__set_state(self, __pyx_state)
+*/
+
+/* Python wrapper */
+static PyObject *__pyx_pw_7resilio_9_runner_c_12_TimeoutGate_5__setstate_cython__(PyObject *__pyx_v_self, 
+#if CYTHON_VECTORCALL
+PyObject *const *__pyx_args, Py_ssize_t __pyx_nargs, PyObject *__pyx_kwds
+#else
+PyObject *__pyx_args, PyObject *__pyx_kwds
+#endif
+); /*proto*/
+static PyMethodDef __pyx_mdef_7resilio_9_runner_c_12_TimeoutGate_5__setstate_cython__ = {"__setstate_cython__", (PyCFunction)(void(*)(void))(__Pyx_PyCFunction_FastCallWithKeywords)__pyx_pw_7resilio_9_runner_c_12_TimeoutGate_5__setstate_cython__, __Pyx_METH_FASTCALL|METH_KEYWORDS, 0};
+static PyObject *__pyx_pw_7resilio_9_runner_c_12_TimeoutGate_5__setstate_cython__(PyObject *__pyx_v_self, 
+#if CYTHON_VECTORCALL
+PyObject *const *__pyx_args, Py_ssize_t __pyx_nargs, PyObject *__pyx_kwds
+#else
+PyObject *__pyx_args, PyObject *__pyx_kwds
+#endif
+) {
+  PyObject *__pyx_v___pyx_state = 0;
+  #if !CYTHON_VECTORCALL
+  CYTHON_UNUSED Py_ssize_t __pyx_nargs;
+  #endif
+  CYTHON_UNUSED PyObject *const *__pyx_kwvalues;
+  PyObject* values[1] = {0};
+  int __pyx_lineno = 0;
+  const char *__pyx_filename = NULL;
+  int __pyx_clineno = 0;
+  PyObject *__pyx_r = 0;
+  __Pyx_RefNannyDeclarations
+  __Pyx_RefNannySetupContext("__setstate_cython__ (wrapper)", 0);
+  #if !CYTHON_VECTORCALL
+  #if CYTHON_ASSUME_SAFE_SIZE
+  __pyx_nargs = PyTuple_GET_SIZE(__pyx_args);
+  #else
+  __pyx_nargs = PyTuple_Size(__pyx_args); if (unlikely(__pyx_nargs < 0)) return NULL;
+  #endif
+  #endif
+  __pyx_kwvalues = __Pyx_KwValues_FASTCALL(__pyx_args, __pyx_nargs);
+  {
+    PyObject ** const __pyx_pyargnames[] = {&__pyx_mstate_global->__pyx_n_u_pyx_state,0};
+    const Py_ssize_t __pyx_kwds_len = (__pyx_kwds) ? __Pyx_NumKwargs_FASTCALL(__pyx_kwds) : 0;
+    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(1, 17, __pyx_L3_error)
+    if (__pyx_kwds_len > 0) {
+      switch (__pyx_nargs) {
+        case  1:
+        values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(1, 17, __pyx_L3_error)
+        CYTHON_FALLTHROUGH;
+        case  0: break;
+        default: goto __pyx_L5_argtuple_error;
+      }
+      const Py_ssize_t kwd_pos_args = __pyx_nargs;
+      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "__setstate_cython__", 0) < (0)) __PYX_ERR(1, 17, __pyx_L3_error)
+      for (Py_ssize_t i = __pyx_nargs; i < 1; i++) {
+        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("__setstate_cython__", 1, 1, 1, i); __PYX_ERR(1, 17, __pyx_L3_error) }
+      }
+    } else if (unlikely(__pyx_nargs != 1)) {
+      goto __pyx_L5_argtuple_error;
+    } else {
+      values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(1, 17, __pyx_L3_error)
+    }
+    __pyx_v___pyx_state = values[0];
+  }
+  goto __pyx_L6_skip;
+  __pyx_L5_argtuple_error:;
+  __Pyx_RaiseArgtupleInvalid("__setstate_cython__", 1, 1, 1, __pyx_nargs); __PYX_ERR(1, 17, __pyx_L3_error)
+  __pyx_L6_skip:;
+  goto __pyx_L4_argument_unpacking_done;
+  __pyx_L3_error:;
+  for (Py_ssize_t __pyx_temp=0; __pyx_temp < (Py_ssize_t)(sizeof(values)/sizeof(values[0])); ++__pyx_temp) {
+    Py_XDECREF(values[__pyx_temp]);
+  }
+  __Pyx_AddTraceback("resilio._runner_c._TimeoutGate.__setstate_cython__", __pyx_clineno, __pyx_lineno, __pyx_filename);
+  __Pyx_RefNannyFinishContext();
+  return NULL;
+  __pyx_L4_argument_unpacking_done:;
+  __pyx_r = __pyx_pf_7resilio_9_runner_c_12_TimeoutGate_4__setstate_cython__(((struct __pyx_obj_7resilio_9_runner_c__TimeoutGate *)__pyx_v_self), __pyx_v___pyx_state);
+
+  /* function exit code */
+  for (Py_ssize_t __pyx_temp=0; __pyx_temp < (Py_ssize_t)(sizeof(values)/sizeof(values[0])); ++__pyx_temp) {
+    Py_XDECREF(values[__pyx_temp]);
+  }
+  __Pyx_RefNannyFinishContext();
+  return __pyx_r;
+}
+
+static PyObject *__pyx_pf_7resilio_9_runner_c_12_TimeoutGate_4__setstate_cython__(struct __pyx_obj_7resilio_9_runner_c__TimeoutGate *__pyx_v_self, PyObject *__pyx_v___pyx_state) {
+  PyObject *__pyx_r = NULL;
+  __Pyx_RefNannyDeclarations
+  PyObject *__pyx_t_1 = NULL;
+  PyObject *__pyx_t_2 = NULL;
+  int __pyx_lineno = 0;
+  const char *__pyx_filename = NULL;
+  int __pyx_clineno = 0;
+  __Pyx_RefNannySetupContext("__setstate_cython__", 0);
+
+  /* "(tree fragment)":18
+ *         return __pyx_unpickle__TimeoutGate, (type(self), 0x48734a8, state)
+ * def __setstate_cython__(self, __pyx_state):
+ *     __pyx_unpickle__TimeoutGate__set_state(self, __pyx_state)             # <<<<<<<<<<<<<<
+*/
+  __pyx_t_1 = __pyx_v___pyx_state;
+  __Pyx_INCREF(__pyx_t_1);
+  if (!(likely(PyTuple_CheckExact(__pyx_t_1))||((__pyx_t_1) == Py_None) || __Pyx_RaiseUnexpectedTypeError("tuple", __pyx_t_1))) __PYX_ERR(1, 18, __pyx_L1_error)
+  if (unlikely(__pyx_t_1 == Py_None)) {
+    PyErr_SetString(PyExc_TypeError, "cannot pass None into a C function argument that is declared \047not None\047");
+    __PYX_ERR(1, 18, __pyx_L1_error)
+  }
+  __pyx_t_2 = __pyx_f_7resilio_9_runner_c___pyx_unpickle__TimeoutGate__set_state(__pyx_v_self, ((PyObject*)__pyx_t_1)); if (unlikely(!__pyx_t_2)) __PYX_ERR(1, 18, __pyx_L1_error)
+  __Pyx_GOTREF(__pyx_t_2);
+  __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
+  __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
+
+  /* "(tree fragment)":17
+ *     else:
+ *         return __pyx_unpickle__TimeoutGate, (type(self), 0x48734a8, state)
+ * def __setstate_cython__(self, __pyx_state):             # <<<<<<<<<<<<<<
+ *     __pyx_unpickle__TimeoutGate__set_state(self, __pyx_state)
+*/
+
+  /* function exit code */
+  __pyx_r = Py_None; __Pyx_INCREF(Py_None);
+  goto __pyx_L0;
+  __pyx_L1_error:;
+  __Pyx_XDECREF(__pyx_t_1);
+  __Pyx_XDECREF(__pyx_t_2);
+  __Pyx_AddTraceback("resilio._runner_c._TimeoutGate.__setstate_cython__", __pyx_clineno, __pyx_lineno, __pyx_filename);
+  __pyx_r = NULL;
+  __pyx_L0:;
+  __Pyx_XGIVEREF(__pyx_r);
+  __Pyx_RefNannyFinishContext();
+  return __pyx_r;
+}
+
+/* "resilio/_runner_c.pyx":294
  * 
  * 
  * cdef FastGate _fast_gate(object strategy):             # <<<<<<<<<<<<<<
@@ -8389,19 +10423,19 @@ static struct __pyx_obj_7resilio_9_runner_c_FastGate *__pyx_f_7resilio_9_runner_
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("_fast_gate", 0);
 
-  /* "resilio/_runner_c.pyx":184
+  /* "resilio/_runner_c.pyx":297
  *     """The C hooks for a strategy: its own fast path when it has one, else its
  *     Python hooks."""
  *     kind = getattr(strategy, "_fast_kind", None)             # <<<<<<<<<<<<<<
  *     if kind is not None:
  *         kind = kind()
 */
-  __pyx_t_1 = __Pyx_GetAttr3(__pyx_v_strategy, __pyx_mstate_global->__pyx_n_u_fast_kind, Py_None); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 184, __pyx_L1_error)
+  __pyx_t_1 = __Pyx_GetAttr3(__pyx_v_strategy, __pyx_mstate_global->__pyx_n_u_fast_kind, Py_None); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 297, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
   __pyx_v_kind = __pyx_t_1;
   __pyx_t_1 = 0;
 
-  /* "resilio/_runner_c.pyx":185
+  /* "resilio/_runner_c.pyx":298
  *     Python hooks."""
  *     kind = getattr(strategy, "_fast_kind", None)
  *     if kind is not None:             # <<<<<<<<<<<<<<
@@ -8412,7 +10446,7 @@ static struct __pyx_obj_7resilio_9_runner_c_FastGate *__pyx_f_7resilio_9_runner_
   if (__pyx_t_2) {
 
 
-    /* "resilio/_runner_c.pyx":186
+    /* "resilio/_runner_c.pyx":299
  *     kind = getattr(strategy, "_fast_kind", None)
  *     if kind is not None:
  *         kind = kind()             # <<<<<<<<<<<<<<
@@ -8439,13 +10473,13 @@ static struct __pyx_obj_7resilio_9_runner_c_FastGate *__pyx_f_7resilio_9_runner_
       __pyx_t_1 = __Pyx_PyObject_FastCall((PyObject*)__pyx_t_4, __pyx_callargs+__pyx_t_5, (1-__pyx_t_5) | (__pyx_t_5*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
       __Pyx_XDECREF(__pyx_t_3); __pyx_t_3 = 0;
       __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
-      if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 186, __pyx_L1_error)
+      if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 299, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_1);
     }
     __Pyx_DECREF_SET(__pyx_v_kind, __pyx_t_1);
     __pyx_t_1 = 0;
 
-    /* "resilio/_runner_c.pyx":185
+    /* "resilio/_runner_c.pyx":298
  *     Python hooks."""
  *     kind = getattr(strategy, "_fast_kind", None)
  *     if kind is not None:             # <<<<<<<<<<<<<<
@@ -8454,14 +10488,14 @@ static struct __pyx_obj_7resilio_9_runner_c_FastGate *__pyx_f_7resilio_9_runner_
 */
   }
 
-  /* "resilio/_runner_c.pyx":187
+  /* "resilio/_runner_c.pyx":300
  *     if kind is not None:
  *         kind = kind()
  *     if kind == "circuit" and type(strategy._circuit) is _core_c.Circuit:             # <<<<<<<<<<<<<<
  *         return _BreakerGate(strategy)
  *     if kind == "bucket" and type(strategy._bucket) is _core_c.TokenBucket:
 */
-  __pyx_t_6 = __Pyx_PyObject_CompareBoolEq_object_str(__pyx_v_kind, __pyx_mstate_global->__pyx_n_u_circuit_2, Py_EQ); if (unlikely((__pyx_t_6 < 0))) __PYX_ERR(0, 187, __pyx_L1_error)
+  __pyx_t_6 = __Pyx_PyObject_CompareBoolEq_object_str(__pyx_v_kind, __pyx_mstate_global->__pyx_n_u_circuit_2, Py_EQ); if (unlikely((__pyx_t_6 < 0))) __PYX_ERR(0, 300, __pyx_L1_error)
   if (__pyx_t_6) {
 
   } else {
@@ -8470,11 +10504,11 @@ static struct __pyx_obj_7resilio_9_runner_c_FastGate *__pyx_f_7resilio_9_runner_
 
     goto __pyx_L5_bool_binop_done;
   }
-  __pyx_t_1 = __Pyx_PyObject_GetAttrStr(__pyx_v_strategy, __pyx_mstate_global->__pyx_n_u_circuit); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 187, __pyx_L1_error)
+  __pyx_t_1 = __Pyx_PyObject_GetAttrStr(__pyx_v_strategy, __pyx_mstate_global->__pyx_n_u_circuit); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 300, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
-  __Pyx_GetModuleGlobalName(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_core_c); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 187, __pyx_L1_error)
+  __Pyx_GetModuleGlobalName(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_core_c); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 300, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
-  __pyx_t_3 = __Pyx_PyObject_GetAttrStr(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_Circuit); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 187, __pyx_L1_error)
+  __pyx_t_3 = __Pyx_PyObject_GetAttrStr(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_Circuit); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 300, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
   __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
   __pyx_t_6 = (((PyObject *)Py_TYPE(__pyx_t_1)) == __pyx_t_3);
@@ -8487,7 +10521,7 @@ static struct __pyx_obj_7resilio_9_runner_c_FastGate *__pyx_f_7resilio_9_runner_
   if (__pyx_t_2) {
 
 
-    /* "resilio/_runner_c.pyx":188
+    /* "resilio/_runner_c.pyx":301
  *         kind = kind()
  *     if kind == "circuit" and type(strategy._circuit) is _core_c.Circuit:
  *         return _BreakerGate(strategy)             # <<<<<<<<<<<<<<
@@ -8500,7 +10534,7 @@ static struct __pyx_obj_7resilio_9_runner_c_FastGate *__pyx_f_7resilio_9_runner_
       PyObject *__pyx_callargs[2] = {__pyx_t_1, __pyx_v_strategy};
       __pyx_t_3 = __Pyx_PyObject_FastCall((PyObject*)__pyx_mstate_global->__pyx_ptype_7resilio_9_runner_c__BreakerGate, __pyx_callargs+__pyx_t_5, (2-__pyx_t_5) | (__pyx_t_5*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
       __Pyx_XDECREF(__pyx_t_1); __pyx_t_1 = 0;
-      if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 188, __pyx_L1_error)
+      if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 301, __pyx_L1_error)
       __Pyx_GOTREF((PyObject *)__pyx_t_3);
     }
     {
@@ -8514,7 +10548,7 @@ static struct __pyx_obj_7resilio_9_runner_c_FastGate *__pyx_f_7resilio_9_runner_
     __pyx_t_3 = 0;
     goto __pyx_L0;
 
-    /* "resilio/_runner_c.pyx":187
+    /* "resilio/_runner_c.pyx":300
  *     if kind is not None:
  *         kind = kind()
  *     if kind == "circuit" and type(strategy._circuit) is _core_c.Circuit:             # <<<<<<<<<<<<<<
@@ -8523,14 +10557,14 @@ static struct __pyx_obj_7resilio_9_runner_c_FastGate *__pyx_f_7resilio_9_runner_
 */
   }
 
-  /* "resilio/_runner_c.pyx":189
+  /* "resilio/_runner_c.pyx":302
  *     if kind == "circuit" and type(strategy._circuit) is _core_c.Circuit:
  *         return _BreakerGate(strategy)
  *     if kind == "bucket" and type(strategy._bucket) is _core_c.TokenBucket:             # <<<<<<<<<<<<<<
  *         return _LimiterGate(strategy)
  *     if kind == "gate" and type(strategy._gate) is _core_c.Gate:
 */
-  __pyx_t_6 = __Pyx_PyObject_CompareBoolEq_object_str(__pyx_v_kind, __pyx_mstate_global->__pyx_n_u_bucket_2, Py_EQ); if (unlikely((__pyx_t_6 < 0))) __PYX_ERR(0, 189, __pyx_L1_error)
+  __pyx_t_6 = __Pyx_PyObject_CompareBoolEq_object_str(__pyx_v_kind, __pyx_mstate_global->__pyx_n_u_bucket_2, Py_EQ); if (unlikely((__pyx_t_6 < 0))) __PYX_ERR(0, 302, __pyx_L1_error)
   if (__pyx_t_6) {
 
   } else {
@@ -8539,11 +10573,11 @@ static struct __pyx_obj_7resilio_9_runner_c_FastGate *__pyx_f_7resilio_9_runner_
 
     goto __pyx_L8_bool_binop_done;
   }
-  __pyx_t_3 = __Pyx_PyObject_GetAttrStr(__pyx_v_strategy, __pyx_mstate_global->__pyx_n_u_bucket); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 189, __pyx_L1_error)
+  __pyx_t_3 = __Pyx_PyObject_GetAttrStr(__pyx_v_strategy, __pyx_mstate_global->__pyx_n_u_bucket); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 302, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
-  __Pyx_GetModuleGlobalName(__pyx_t_1, __pyx_mstate_global->__pyx_n_u_core_c); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 189, __pyx_L1_error)
+  __Pyx_GetModuleGlobalName(__pyx_t_1, __pyx_mstate_global->__pyx_n_u_core_c); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 302, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
-  __pyx_t_4 = __Pyx_PyObject_GetAttrStr(__pyx_t_1, __pyx_mstate_global->__pyx_n_u_TokenBucket); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 189, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_PyObject_GetAttrStr(__pyx_t_1, __pyx_mstate_global->__pyx_n_u_TokenBucket); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 302, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
   __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
   __pyx_t_6 = (((PyObject *)Py_TYPE(__pyx_t_3)) == __pyx_t_4);
@@ -8556,7 +10590,7 @@ static struct __pyx_obj_7resilio_9_runner_c_FastGate *__pyx_f_7resilio_9_runner_
   if (__pyx_t_2) {
 
 
-    /* "resilio/_runner_c.pyx":190
+    /* "resilio/_runner_c.pyx":303
  *         return _BreakerGate(strategy)
  *     if kind == "bucket" and type(strategy._bucket) is _core_c.TokenBucket:
  *         return _LimiterGate(strategy)             # <<<<<<<<<<<<<<
@@ -8569,7 +10603,7 @@ static struct __pyx_obj_7resilio_9_runner_c_FastGate *__pyx_f_7resilio_9_runner_
       PyObject *__pyx_callargs[2] = {__pyx_t_3, __pyx_v_strategy};
       __pyx_t_4 = __Pyx_PyObject_FastCall((PyObject*)__pyx_mstate_global->__pyx_ptype_7resilio_9_runner_c__LimiterGate, __pyx_callargs+__pyx_t_5, (2-__pyx_t_5) | (__pyx_t_5*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
       __Pyx_XDECREF(__pyx_t_3); __pyx_t_3 = 0;
-      if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 190, __pyx_L1_error)
+      if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 303, __pyx_L1_error)
       __Pyx_GOTREF((PyObject *)__pyx_t_4);
     }
     {
@@ -8583,7 +10617,7 @@ static struct __pyx_obj_7resilio_9_runner_c_FastGate *__pyx_f_7resilio_9_runner_
     __pyx_t_4 = 0;
     goto __pyx_L0;
 
-    /* "resilio/_runner_c.pyx":189
+    /* "resilio/_runner_c.pyx":302
  *     if kind == "circuit" and type(strategy._circuit) is _core_c.Circuit:
  *         return _BreakerGate(strategy)
  *     if kind == "bucket" and type(strategy._bucket) is _core_c.TokenBucket:             # <<<<<<<<<<<<<<
@@ -8592,14 +10626,14 @@ static struct __pyx_obj_7resilio_9_runner_c_FastGate *__pyx_f_7resilio_9_runner_
 */
   }
 
-  /* "resilio/_runner_c.pyx":191
+  /* "resilio/_runner_c.pyx":304
  *     if kind == "bucket" and type(strategy._bucket) is _core_c.TokenBucket:
  *         return _LimiterGate(strategy)
  *     if kind == "gate" and type(strategy._gate) is _core_c.Gate:             # <<<<<<<<<<<<<<
  *         return _BulkheadGate(strategy)
- *     return FastGate(strategy)
+ *     if kind == "timeout":
 */
-  __pyx_t_6 = __Pyx_PyObject_CompareBoolEq_object_str(__pyx_v_kind, __pyx_mstate_global->__pyx_n_u_gate_2, Py_EQ); if (unlikely((__pyx_t_6 < 0))) __PYX_ERR(0, 191, __pyx_L1_error)
+  __pyx_t_6 = __Pyx_PyObject_CompareBoolEq_object_str(__pyx_v_kind, __pyx_mstate_global->__pyx_n_u_gate_2, Py_EQ); if (unlikely((__pyx_t_6 < 0))) __PYX_ERR(0, 304, __pyx_L1_error)
   if (__pyx_t_6) {
 
   } else {
@@ -8608,11 +10642,11 @@ static struct __pyx_obj_7resilio_9_runner_c_FastGate *__pyx_f_7resilio_9_runner_
 
     goto __pyx_L11_bool_binop_done;
   }
-  __pyx_t_4 = __Pyx_PyObject_GetAttrStr(__pyx_v_strategy, __pyx_mstate_global->__pyx_n_u_gate); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 191, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_PyObject_GetAttrStr(__pyx_v_strategy, __pyx_mstate_global->__pyx_n_u_gate); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 304, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
-  __Pyx_GetModuleGlobalName(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_core_c); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 191, __pyx_L1_error)
+  __Pyx_GetModuleGlobalName(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_core_c); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 304, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
-  __pyx_t_1 = __Pyx_PyObject_GetAttrStr(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_Gate); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 191, __pyx_L1_error)
+  __pyx_t_1 = __Pyx_PyObject_GetAttrStr(__pyx_t_3, __pyx_mstate_global->__pyx_n_u_Gate); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 304, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
   __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
   __pyx_t_6 = (((PyObject *)Py_TYPE(__pyx_t_4)) == __pyx_t_1);
@@ -8625,12 +10659,12 @@ static struct __pyx_obj_7resilio_9_runner_c_FastGate *__pyx_f_7resilio_9_runner_
   if (__pyx_t_2) {
 
 
-    /* "resilio/_runner_c.pyx":192
+    /* "resilio/_runner_c.pyx":305
  *         return _LimiterGate(strategy)
  *     if kind == "gate" and type(strategy._gate) is _core_c.Gate:
  *         return _BulkheadGate(strategy)             # <<<<<<<<<<<<<<
- *     return FastGate(strategy)
- * 
+ *     if kind == "timeout":
+ *         return _TimeoutGate(strategy)
 */
     __pyx_t_4 = NULL;
     __pyx_t_5 = 1;
@@ -8638,7 +10672,7 @@ static struct __pyx_obj_7resilio_9_runner_c_FastGate *__pyx_f_7resilio_9_runner_
       PyObject *__pyx_callargs[2] = {__pyx_t_4, __pyx_v_strategy};
       __pyx_t_1 = __Pyx_PyObject_FastCall((PyObject*)__pyx_mstate_global->__pyx_ptype_7resilio_9_runner_c__BulkheadGate, __pyx_callargs+__pyx_t_5, (2-__pyx_t_5) | (__pyx_t_5*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
       __Pyx_XDECREF(__pyx_t_4); __pyx_t_4 = 0;
-      if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 192, __pyx_L1_error)
+      if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 305, __pyx_L1_error)
       __Pyx_GOTREF((PyObject *)__pyx_t_1);
     }
     {
@@ -8652,18 +10686,65 @@ static struct __pyx_obj_7resilio_9_runner_c_FastGate *__pyx_f_7resilio_9_runner_
     __pyx_t_1 = 0;
     goto __pyx_L0;
 
-    /* "resilio/_runner_c.pyx":191
+    /* "resilio/_runner_c.pyx":304
  *     if kind == "bucket" and type(strategy._bucket) is _core_c.TokenBucket:
  *         return _LimiterGate(strategy)
  *     if kind == "gate" and type(strategy._gate) is _core_c.Gate:             # <<<<<<<<<<<<<<
  *         return _BulkheadGate(strategy)
+ *     if kind == "timeout":
+*/
+  }
+
+  /* "resilio/_runner_c.pyx":306
+ *     if kind == "gate" and type(strategy._gate) is _core_c.Gate:
+ *         return _BulkheadGate(strategy)
+ *     if kind == "timeout":             # <<<<<<<<<<<<<<
+ *         return _TimeoutGate(strategy)
+ *     return FastGate(strategy)
+*/
+  __pyx_t_2 = __Pyx_PyObject_CompareBoolEq_object_str(__pyx_v_kind, __pyx_mstate_global->__pyx_n_u_timeout, Py_EQ); if (unlikely((__pyx_t_2 < 0))) __PYX_ERR(0, 306, __pyx_L1_error)
+  if (__pyx_t_2) {
+
+
+    /* "resilio/_runner_c.pyx":307
+ *         return _BulkheadGate(strategy)
+ *     if kind == "timeout":
+ *         return _TimeoutGate(strategy)             # <<<<<<<<<<<<<<
+ *     return FastGate(strategy)
+ * 
+*/
+    __pyx_t_4 = NULL;
+    __pyx_t_5 = 1;
+    {
+      PyObject *__pyx_callargs[2] = {__pyx_t_4, __pyx_v_strategy};
+      __pyx_t_1 = __Pyx_PyObject_FastCall((PyObject*)__pyx_mstate_global->__pyx_ptype_7resilio_9_runner_c__TimeoutGate, __pyx_callargs+__pyx_t_5, (2-__pyx_t_5) | (__pyx_t_5*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
+      __Pyx_XDECREF(__pyx_t_4); __pyx_t_4 = 0;
+      if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 307, __pyx_L1_error)
+      __Pyx_GOTREF((PyObject *)__pyx_t_1);
+    }
+    {
+      struct __pyx_obj_7resilio_9_runner_c_FastGate *__pyx_temp;
+      {
+        __pyx_temp = __pyx_r;
+        __pyx_r = ((struct __pyx_obj_7resilio_9_runner_c_FastGate *)__pyx_t_1);
+      }
+      __Pyx_XDECREF((PyObject *)__pyx_temp);
+    }
+    __pyx_t_1 = 0;
+    goto __pyx_L0;
+
+    /* "resilio/_runner_c.pyx":306
+ *     if kind == "gate" and type(strategy._gate) is _core_c.Gate:
+ *         return _BulkheadGate(strategy)
+ *     if kind == "timeout":             # <<<<<<<<<<<<<<
+ *         return _TimeoutGate(strategy)
  *     return FastGate(strategy)
 */
   }
 
-  /* "resilio/_runner_c.pyx":193
- *     if kind == "gate" and type(strategy._gate) is _core_c.Gate:
- *         return _BulkheadGate(strategy)
+  /* "resilio/_runner_c.pyx":308
+ *     if kind == "timeout":
+ *         return _TimeoutGate(strategy)
  *     return FastGate(strategy)             # <<<<<<<<<<<<<<
  * 
  * 
@@ -8674,7 +10755,7 @@ static struct __pyx_obj_7resilio_9_runner_c_FastGate *__pyx_f_7resilio_9_runner_
     PyObject *__pyx_callargs[2] = {__pyx_t_4, __pyx_v_strategy};
     __pyx_t_1 = __Pyx_PyObject_FastCall((PyObject*)__pyx_mstate_global->__pyx_ptype_7resilio_9_runner_c_FastGate, __pyx_callargs+__pyx_t_5, (2-__pyx_t_5) | (__pyx_t_5*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
     __Pyx_XDECREF(__pyx_t_4); __pyx_t_4 = 0;
-    if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 193, __pyx_L1_error)
+    if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 308, __pyx_L1_error)
     __Pyx_GOTREF((PyObject *)__pyx_t_1);
   }
   {
@@ -8688,7 +10769,7 @@ static struct __pyx_obj_7resilio_9_runner_c_FastGate *__pyx_f_7resilio_9_runner_
   __pyx_t_1 = 0;
   goto __pyx_L0;
 
-  /* "resilio/_runner_c.pyx":181
+  /* "resilio/_runner_c.pyx":294
  * 
  * 
  * cdef FastGate _fast_gate(object strategy):             # <<<<<<<<<<<<<<
@@ -8710,7 +10791,7 @@ static struct __pyx_obj_7resilio_9_runner_c_FastGate *__pyx_f_7resilio_9_runner_
   return __pyx_r;
 }
 
-/* "resilio/_runner_c.pyx":203
+/* "resilio/_runner_c.pyx":318
  *     cdef FastGate g0, g1, g2, g3
  * 
  *     def __init__(self, tuple gates, inner):             # <<<<<<<<<<<<<<
@@ -8757,39 +10838,39 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   {
     PyObject ** const __pyx_pyargnames[] = {&__pyx_mstate_global->__pyx_n_u_gates,&__pyx_mstate_global->__pyx_n_u_inner,0};
     const Py_ssize_t __pyx_kwds_len = (__pyx_kwds) ? __Pyx_NumKwargs_FASTCALL_TPNEW(__pyx_kwds) : 0;
-    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(0, 203, __pyx_L3_error)
+    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(0, 318, __pyx_L3_error)
     if (__pyx_kwds_len > 0) {
       switch (__pyx_nargs) {
         case  2:
         values[1] = __Pyx_ArgRef_FASTCALL_TPNEW(__pyx_args, 1);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 203, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 318, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  1:
         values[0] = __Pyx_ArgRef_FASTCALL_TPNEW(__pyx_args, 0);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 203, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 318, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  0: break;
         default: goto __pyx_L5_argtuple_error;
       }
       const Py_ssize_t kwd_pos_args = __pyx_nargs;
-      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "__init__", 0) < (0)) __PYX_ERR(0, 203, __pyx_L3_error)
+      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "__init__", 0) < (0)) __PYX_ERR(0, 318, __pyx_L3_error)
       for (Py_ssize_t i = __pyx_nargs; i < 2; i++) {
-        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("__init__", 1, 2, 2, i); __PYX_ERR(0, 203, __pyx_L3_error) }
+        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("__init__", 1, 2, 2, i); __PYX_ERR(0, 318, __pyx_L3_error) }
       }
     } else if (unlikely(__pyx_nargs != 2)) {
       goto __pyx_L5_argtuple_error;
     } else {
       values[0] = __Pyx_ArgRef_FASTCALL_TPNEW(__pyx_args, 0);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 203, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 318, __pyx_L3_error)
       values[1] = __Pyx_ArgRef_FASTCALL_TPNEW(__pyx_args, 1);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 203, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 318, __pyx_L3_error)
     }
     __pyx_v_gates = ((PyObject*)values[0]);
     __pyx_v_inner = values[1];
   }
   goto __pyx_L6_skip;
   __pyx_L5_argtuple_error:;
-  __Pyx_RaiseArgtupleInvalid("__init__", 1, 2, 2, __pyx_nargs); __PYX_ERR(0, 203, __pyx_L3_error)
+  __Pyx_RaiseArgtupleInvalid("__init__", 1, 2, 2, __pyx_nargs); __PYX_ERR(0, 318, __pyx_L3_error)
   __pyx_L6_skip:;
   goto __pyx_L4_argument_unpacking_done;
   __pyx_L3_error:;
@@ -8800,7 +10881,7 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   __Pyx_RefNannyFinishContext();
   return -1;
   __pyx_L4_argument_unpacking_done:;
-  if (unlikely(!__Pyx_ArgTypeTest(((PyObject *)__pyx_v_gates), (&PyTuple_Type), 1, "gates", 1))) __PYX_ERR(0, 203, __pyx_L1_error)
+  if (unlikely(!__Pyx_ArgTypeTest(((PyObject *)__pyx_v_gates), (&PyTuple_Type), 1, "gates", 1))) __PYX_ERR(0, 318, __pyx_L1_error)
   __pyx_r = __pyx_pf_7resilio_9_runner_c_9GateGroup___init__(((struct __pyx_obj_7resilio_9_runner_c_GateGroup *)__pyx_v_self), __pyx_v_gates, __pyx_v_inner);
 
   /* function exit code */
@@ -8838,7 +10919,7 @@ static int __pyx_pf_7resilio_9_runner_c_9GateGroup___init__(struct __pyx_obj_7re
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("__init__", 0);
 
-  /* "resilio/_runner_c.pyx":204
+  /* "resilio/_runner_c.pyx":319
  * 
  *     def __init__(self, tuple gates, inner):
  *         if not 1 <= len(gates) <= MAX_GATES:             # <<<<<<<<<<<<<<
@@ -8847,9 +10928,9 @@ static int __pyx_pf_7resilio_9_runner_c_9GateGroup___init__(struct __pyx_obj_7re
 */
   if (unlikely(__pyx_v_gates == Py_None)) {
     PyErr_SetString(PyExc_TypeError, "object of type \047NoneType\047 has no len()");
-    __PYX_ERR(0, 204, __pyx_L1_error)
+    __PYX_ERR(0, 319, __pyx_L1_error)
   }
-  __pyx_t_1 = __Pyx_PyTuple_GET_SIZE(__pyx_v_gates); if (unlikely(__pyx_t_1 == ((Py_ssize_t)-1))) __PYX_ERR(0, 204, __pyx_L1_error)
+  __pyx_t_1 = __Pyx_PyTuple_GET_SIZE(__pyx_v_gates); if (unlikely(__pyx_t_1 == ((Py_ssize_t)-1))) __PYX_ERR(0, 319, __pyx_L1_error)
   __pyx_t_2 = (1 <= __pyx_t_1);
   if (__pyx_t_2) {
     __pyx_t_2 = (__pyx_t_1 <= 4);
@@ -8861,7 +10942,7 @@ static int __pyx_pf_7resilio_9_runner_c_9GateGroup___init__(struct __pyx_obj_7re
   if (unlikely(__pyx_t_3)) {
 
 
-    /* "resilio/_runner_c.pyx":205
+    /* "resilio/_runner_c.pyx":320
  *     def __init__(self, tuple gates, inner):
  *         if not 1 <= len(gates) <= MAX_GATES:
  *             raise ValueError("GateGroup takes 1 to 4 gates")             # <<<<<<<<<<<<<<
@@ -8874,14 +10955,14 @@ static int __pyx_pf_7resilio_9_runner_c_9GateGroup___init__(struct __pyx_obj_7re
       PyObject *__pyx_callargs[2] = {__pyx_t_5, __pyx_mstate_global->__pyx_kp_u_GateGroup_takes_1_to_4_gates};
       __pyx_t_4 = __Pyx_PyObject_FastCall((PyObject*)(((PyTypeObject*)PyExc_ValueError)), __pyx_callargs+__pyx_t_6, (2-__pyx_t_6) | (__pyx_t_6*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
       __Pyx_XDECREF(__pyx_t_5); __pyx_t_5 = 0;
-      if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 205, __pyx_L1_error)
+      if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 320, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_4);
     }
     __Pyx_Raise(__pyx_t_4, 0, 0, 0);
     __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
-    __PYX_ERR(0, 205, __pyx_L1_error)
+    __PYX_ERR(0, 320, __pyx_L1_error)
 
-    /* "resilio/_runner_c.pyx":204
+    /* "resilio/_runner_c.pyx":319
  * 
  *     def __init__(self, tuple gates, inner):
  *         if not 1 <= len(gates) <= MAX_GATES:             # <<<<<<<<<<<<<<
@@ -8890,7 +10971,7 @@ static int __pyx_pf_7resilio_9_runner_c_9GateGroup___init__(struct __pyx_obj_7re
 */
   }
 
-  /* "resilio/_runner_c.pyx":206
+  /* "resilio/_runner_c.pyx":321
  *         if not 1 <= len(gates) <= MAX_GATES:
  *             raise ValueError("GateGroup takes 1 to 4 gates")
  *         self.gates = gates             # <<<<<<<<<<<<<<
@@ -8902,7 +10983,7 @@ static int __pyx_pf_7resilio_9_runner_c_9GateGroup___init__(struct __pyx_obj_7re
   __Pyx_GOTREF(__pyx_v_self->gates);
   __Pyx_DECREF_SET(__pyx_v_self->gates, __pyx_v_gates);
 
-  /* "resilio/_runner_c.pyx":207
+  /* "resilio/_runner_c.pyx":322
  *             raise ValueError("GateGroup takes 1 to 4 gates")
  *         self.gates = gates
  *         self.n = len(gates)             # <<<<<<<<<<<<<<
@@ -8911,12 +10992,12 @@ static int __pyx_pf_7resilio_9_runner_c_9GateGroup___init__(struct __pyx_obj_7re
 */
   if (unlikely(__pyx_v_gates == Py_None)) {
     PyErr_SetString(PyExc_TypeError, "object of type \047NoneType\047 has no len()");
-    __PYX_ERR(0, 207, __pyx_L1_error)
+    __PYX_ERR(0, 322, __pyx_L1_error)
   }
-  __pyx_t_1 = __Pyx_PyTuple_GET_SIZE(__pyx_v_gates); if (unlikely(__pyx_t_1 == ((Py_ssize_t)-1))) __PYX_ERR(0, 207, __pyx_L1_error)
+  __pyx_t_1 = __Pyx_PyTuple_GET_SIZE(__pyx_v_gates); if (unlikely(__pyx_t_1 == ((Py_ssize_t)-1))) __PYX_ERR(0, 322, __pyx_L1_error)
   __pyx_v_self->n = __pyx_t_1;
 
-  /* "resilio/_runner_c.pyx":208
+  /* "resilio/_runner_c.pyx":323
  *         self.gates = gates
  *         self.n = len(gates)
  *         self.inner = inner             # <<<<<<<<<<<<<<
@@ -8928,7 +11009,7 @@ static int __pyx_pf_7resilio_9_runner_c_9GateGroup___init__(struct __pyx_obj_7re
   __Pyx_GOTREF(__pyx_v_self->inner);
   __Pyx_DECREF_SET(__pyx_v_self->inner, __pyx_v_inner);
 
-  /* "resilio/_runner_c.pyx":209
+  /* "resilio/_runner_c.pyx":324
  *         self.n = len(gates)
  *         self.inner = inner
  *         fast = [_fast_gate(g) for g in gates] + [None] * (MAX_GATES - self.n)             # <<<<<<<<<<<<<<
@@ -8936,11 +11017,11 @@ static int __pyx_pf_7resilio_9_runner_c_9GateGroup___init__(struct __pyx_obj_7re
  * 
 */
   { /* enter inner scope */
-    __pyx_t_4 = PyList_New(0); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 209, __pyx_L6_error)
+    __pyx_t_4 = PyList_New(0); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 324, __pyx_L6_error)
     __Pyx_GOTREF(__pyx_t_4);
     if (unlikely(__pyx_v_gates == Py_None)) {
       PyErr_SetString(PyExc_TypeError, "\047NoneType\047 object is not iterable");
-      __PYX_ERR(0, 209, __pyx_L6_error)
+      __PYX_ERR(0, 324, __pyx_L6_error)
     }
     __pyx_t_5 = __pyx_v_gates; __Pyx_INCREF(__pyx_t_5);
     __pyx_t_1 = 0;
@@ -8948,7 +11029,7 @@ static int __pyx_pf_7resilio_9_runner_c_9GateGroup___init__(struct __pyx_obj_7re
       {
         Py_ssize_t __pyx_temp = __Pyx_PyTuple_GET_SIZE(__pyx_t_5);
         #if !CYTHON_ASSUME_SAFE_SIZE
-        if (unlikely((__pyx_temp < 0))) __PYX_ERR(0, 209, __pyx_L6_error)
+        if (unlikely((__pyx_temp < 0))) __PYX_ERR(0, 324, __pyx_L6_error)
         #endif
         if (__pyx_t_1 >= __pyx_temp) break;
       }
@@ -8958,14 +11039,14 @@ static int __pyx_pf_7resilio_9_runner_c_9GateGroup___init__(struct __pyx_obj_7re
       __pyx_t_7 = __Pyx_PySequence_ITEM(__pyx_t_5, __pyx_t_1);
       #endif
       ++__pyx_t_1;
-      if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 209, __pyx_L6_error)
+      if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 324, __pyx_L6_error)
       __Pyx_GOTREF(__pyx_t_7);
       __Pyx_XDECREF_SET(__pyx_7genexpr__pyx_v_g, __pyx_t_7);
       __pyx_t_7 = 0;
-      __pyx_t_7 = ((PyObject *)__pyx_f_7resilio_9_runner_c__fast_gate(__pyx_7genexpr__pyx_v_g)); if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 209, __pyx_L6_error)
+      __pyx_t_7 = ((PyObject *)__pyx_f_7resilio_9_runner_c__fast_gate(__pyx_7genexpr__pyx_v_g)); if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 324, __pyx_L6_error)
       __Pyx_GOTREF(__pyx_t_7);
       __Pyx_GIVEREF(__pyx_t_7);
-      if (unlikely(__Pyx_ListComp_AppendAndDecref(__pyx_t_4, __pyx_t_7))) __PYX_ERR(0, 209, __pyx_L6_error)
+      if (unlikely(__Pyx_ListComp_AppendAndDecref(__pyx_t_4, __pyx_t_7))) __PYX_ERR(0, 324, __pyx_L6_error)
       __pyx_t_7 = 0;
     }
     __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
@@ -8978,24 +11059,24 @@ static int __pyx_pf_7resilio_9_runner_c_9GateGroup___init__(struct __pyx_obj_7re
   } /* exit inner scope */
   __pyx_t_1 = (4 - __pyx_v_self->n);
 
-  __pyx_t_5 = PyList_New(1 * ((__pyx_t_1<0) ? 0:__pyx_t_1)); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 209, __pyx_L1_error)
+  __pyx_t_5 = PyList_New(1 * ((__pyx_t_1<0) ? 0:__pyx_t_1)); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 324, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_5);
   { Py_ssize_t __pyx_temp;
     for (__pyx_temp=0; __pyx_temp < __pyx_t_1; __pyx_temp++) {
       __Pyx_INCREF(Py_None);
       __Pyx_GIVEREF(Py_None);
-      if (__Pyx_PyList_SET_ITEM(__pyx_t_5, __pyx_temp, Py_None) != (0)) __PYX_ERR(0, 209, __pyx_L1_error);
+      if (__Pyx_PyList_SET_ITEM(__pyx_t_5, __pyx_temp, Py_None) != (0)) __PYX_ERR(0, 324, __pyx_L1_error);
     }
   }
 
-  __pyx_t_7 = PyNumber_Add(__pyx_t_4, __pyx_t_5); if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 209, __pyx_L1_error)
+  __pyx_t_7 = PyNumber_Add(__pyx_t_4, __pyx_t_5); if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 324, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_7);
   __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
   __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
   __pyx_v_fast = ((PyObject*)__pyx_t_7);
   __pyx_t_7 = 0;
 
-  /* "resilio/_runner_c.pyx":210
+  /* "resilio/_runner_c.pyx":325
  *         self.inner = inner
  *         fast = [_fast_gate(g) for g in gates] + [None] * (MAX_GATES - self.n)
  *         self.g0, self.g1, self.g2, self.g3 = fast             # <<<<<<<<<<<<<<
@@ -9008,37 +11089,37 @@ static int __pyx_pf_7resilio_9_runner_c_9GateGroup___init__(struct __pyx_obj_7re
     if (unlikely(size != 4)) {
       if (size > 4) __Pyx_RaiseTooManyValuesError(4);
       else if (size >= 0) __Pyx_RaiseNeedMoreValuesError(size);
-      __PYX_ERR(0, 210, __pyx_L1_error)
+      __PYX_ERR(0, 325, __pyx_L1_error)
     }
     #if CYTHON_ASSUME_SAFE_MACROS && !CYTHON_AVOID_BORROWED_REFS
     __pyx_t_7 = __Pyx_PyList_GET_ITEM_REF(sequence, 0, __Pyx_ReferenceSharing_SharedReference);
-    if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 210, __pyx_L1_error)
+    if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 325, __pyx_L1_error)
     __Pyx_XGOTREF(__pyx_t_7);
     __pyx_t_5 = __Pyx_PyList_GET_ITEM_REF(sequence, 1, __Pyx_ReferenceSharing_SharedReference);
-    if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 210, __pyx_L1_error)
+    if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 325, __pyx_L1_error)
     __Pyx_XGOTREF(__pyx_t_5);
     __pyx_t_4 = __Pyx_PyList_GET_ITEM_REF(sequence, 2, __Pyx_ReferenceSharing_SharedReference);
-    if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 210, __pyx_L1_error)
+    if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 325, __pyx_L1_error)
     __Pyx_XGOTREF(__pyx_t_4);
     __pyx_t_8 = __Pyx_PyList_GET_ITEM_REF(sequence, 3, __Pyx_ReferenceSharing_SharedReference);
-    if (unlikely(!__pyx_t_8)) __PYX_ERR(0, 210, __pyx_L1_error)
+    if (unlikely(!__pyx_t_8)) __PYX_ERR(0, 325, __pyx_L1_error)
     __Pyx_XGOTREF(__pyx_t_8);
     #else
     {
       Py_ssize_t i;
       PyObject** temps[4] = {&__pyx_t_7,&__pyx_t_5,&__pyx_t_4,&__pyx_t_8};
       for (i=0; i < 4; i++) {
-        PyObject* item = __Pyx_PySequence_ITEM(sequence, i); if (unlikely(!item)) __PYX_ERR(0, 210, __pyx_L1_error)
+        PyObject* item = __Pyx_PySequence_ITEM(sequence, i); if (unlikely(!item)) __PYX_ERR(0, 325, __pyx_L1_error)
         __Pyx_GOTREF(item);
         *(temps[i]) = item;
       }
     }
     #endif
   }
-  if (!(likely(((__pyx_t_7) == Py_None) || likely(__Pyx_TypeTest(__pyx_t_7, __pyx_mstate_global->__pyx_ptype_7resilio_9_runner_c_FastGate))))) __PYX_ERR(0, 210, __pyx_L1_error)
-  if (!(likely(((__pyx_t_5) == Py_None) || likely(__Pyx_TypeTest(__pyx_t_5, __pyx_mstate_global->__pyx_ptype_7resilio_9_runner_c_FastGate))))) __PYX_ERR(0, 210, __pyx_L1_error)
-  if (!(likely(((__pyx_t_4) == Py_None) || likely(__Pyx_TypeTest(__pyx_t_4, __pyx_mstate_global->__pyx_ptype_7resilio_9_runner_c_FastGate))))) __PYX_ERR(0, 210, __pyx_L1_error)
-  if (!(likely(((__pyx_t_8) == Py_None) || likely(__Pyx_TypeTest(__pyx_t_8, __pyx_mstate_global->__pyx_ptype_7resilio_9_runner_c_FastGate))))) __PYX_ERR(0, 210, __pyx_L1_error)
+  if (!(likely(((__pyx_t_7) == Py_None) || likely(__Pyx_TypeTest(__pyx_t_7, __pyx_mstate_global->__pyx_ptype_7resilio_9_runner_c_FastGate))))) __PYX_ERR(0, 325, __pyx_L1_error)
+  if (!(likely(((__pyx_t_5) == Py_None) || likely(__Pyx_TypeTest(__pyx_t_5, __pyx_mstate_global->__pyx_ptype_7resilio_9_runner_c_FastGate))))) __PYX_ERR(0, 325, __pyx_L1_error)
+  if (!(likely(((__pyx_t_4) == Py_None) || likely(__Pyx_TypeTest(__pyx_t_4, __pyx_mstate_global->__pyx_ptype_7resilio_9_runner_c_FastGate))))) __PYX_ERR(0, 325, __pyx_L1_error)
+  if (!(likely(((__pyx_t_8) == Py_None) || likely(__Pyx_TypeTest(__pyx_t_8, __pyx_mstate_global->__pyx_ptype_7resilio_9_runner_c_FastGate))))) __PYX_ERR(0, 325, __pyx_L1_error)
   __Pyx_GIVEREF(__pyx_t_7);
   __Pyx_GOTREF((PyObject *)__pyx_v_self->g0);
   __Pyx_DECREF_SET(__pyx_v_self->g0, ((struct __pyx_obj_7resilio_9_runner_c_FastGate *)__pyx_t_7));
@@ -9056,7 +11137,7 @@ static int __pyx_pf_7resilio_9_runner_c_9GateGroup___init__(struct __pyx_obj_7re
   __Pyx_DECREF_SET(__pyx_v_self->g3, ((struct __pyx_obj_7resilio_9_runner_c_FastGate *)__pyx_t_8));
   __pyx_t_8 = 0;
 
-  /* "resilio/_runner_c.pyx":203
+  /* "resilio/_runner_c.pyx":318
  *     cdef FastGate g0, g1, g2, g3
  * 
  *     def __init__(self, tuple gates, inner):             # <<<<<<<<<<<<<<
@@ -9082,7 +11163,7 @@ static int __pyx_pf_7resilio_9_runner_c_9GateGroup___init__(struct __pyx_obj_7re
   return __pyx_r;
 }
 
-/* "resilio/_runner_c.pyx":212
+/* "resilio/_runner_c.pyx":327
  *         self.g0, self.g1, self.g2, self.g3 = fast
  * 
  *     def __call__(self, fn, tuple args, dict kwargs):             # <<<<<<<<<<<<<<
@@ -9114,38 +11195,38 @@ static PyObject *__pyx_pw_7resilio_9_runner_c_9GateGroup_3__call__(PyObject *__p
   {
     PyObject ** const __pyx_pyargnames[] = {&__pyx_mstate_global->__pyx_n_u_fn,&__pyx_mstate_global->__pyx_n_u_args,&__pyx_mstate_global->__pyx_n_u_kwargs,0};
     const Py_ssize_t __pyx_kwds_len = (__pyx_kwds) ? __Pyx_NumKwargs_VARARGS(__pyx_kwds) : 0;
-    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(0, 212, __pyx_L3_error)
+    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(0, 327, __pyx_L3_error)
     if (__pyx_kwds_len > 0) {
       switch (__pyx_nargs) {
         case  3:
         values[2] = __Pyx_ArgRef_VARARGS(__pyx_args, 2);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[2])) __PYX_ERR(0, 212, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[2])) __PYX_ERR(0, 327, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  2:
         values[1] = __Pyx_ArgRef_VARARGS(__pyx_args, 1);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 212, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 327, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  1:
         values[0] = __Pyx_ArgRef_VARARGS(__pyx_args, 0);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 212, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 327, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  0: break;
         default: goto __pyx_L5_argtuple_error;
       }
       const Py_ssize_t kwd_pos_args = __pyx_nargs;
-      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "__call__", 0) < (0)) __PYX_ERR(0, 212, __pyx_L3_error)
+      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "__call__", 0) < (0)) __PYX_ERR(0, 327, __pyx_L3_error)
       for (Py_ssize_t i = __pyx_nargs; i < 3; i++) {
-        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("__call__", 1, 3, 3, i); __PYX_ERR(0, 212, __pyx_L3_error) }
+        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("__call__", 1, 3, 3, i); __PYX_ERR(0, 327, __pyx_L3_error) }
       }
     } else if (unlikely(__pyx_nargs != 3)) {
       goto __pyx_L5_argtuple_error;
     } else {
       values[0] = __Pyx_ArgRef_VARARGS(__pyx_args, 0);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 212, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 327, __pyx_L3_error)
       values[1] = __Pyx_ArgRef_VARARGS(__pyx_args, 1);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 212, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 327, __pyx_L3_error)
       values[2] = __Pyx_ArgRef_VARARGS(__pyx_args, 2);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[2])) __PYX_ERR(0, 212, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[2])) __PYX_ERR(0, 327, __pyx_L3_error)
     }
     __pyx_v_fn = values[0];
     __pyx_v_args = ((PyObject*)values[1]);
@@ -9153,7 +11234,7 @@ static PyObject *__pyx_pw_7resilio_9_runner_c_9GateGroup_3__call__(PyObject *__p
   }
   goto __pyx_L6_skip;
   __pyx_L5_argtuple_error:;
-  __Pyx_RaiseArgtupleInvalid("__call__", 1, 3, 3, __pyx_nargs); __PYX_ERR(0, 212, __pyx_L3_error)
+  __Pyx_RaiseArgtupleInvalid("__call__", 1, 3, 3, __pyx_nargs); __PYX_ERR(0, 327, __pyx_L3_error)
   __pyx_L6_skip:;
   goto __pyx_L4_argument_unpacking_done;
   __pyx_L3_error:;
@@ -9164,8 +11245,8 @@ static PyObject *__pyx_pw_7resilio_9_runner_c_9GateGroup_3__call__(PyObject *__p
   __Pyx_RefNannyFinishContext();
   return NULL;
   __pyx_L4_argument_unpacking_done:;
-  if (unlikely(!__Pyx_ArgTypeTest(((PyObject *)__pyx_v_args), (&PyTuple_Type), 1, "args", 1))) __PYX_ERR(0, 212, __pyx_L1_error)
-  if (unlikely(!__Pyx_ArgTypeTest(((PyObject *)__pyx_v_kwargs), (&PyDict_Type), 1, "kwargs", 1))) __PYX_ERR(0, 212, __pyx_L1_error)
+  if (unlikely(!__Pyx_ArgTypeTest(((PyObject *)__pyx_v_args), (&PyTuple_Type), 1, "args", 1))) __PYX_ERR(0, 327, __pyx_L1_error)
+  if (unlikely(!__Pyx_ArgTypeTest(((PyObject *)__pyx_v_kwargs), (&PyDict_Type), 1, "kwargs", 1))) __PYX_ERR(0, 327, __pyx_L1_error)
   __pyx_r = __pyx_pf_7resilio_9_runner_c_9GateGroup_2__call__(((struct __pyx_obj_7resilio_9_runner_c_GateGroup *)__pyx_v_self), __pyx_v_fn, __pyx_v_args, __pyx_v_kwargs);
 
   /* function exit code */
@@ -9195,19 +11276,19 @@ static PyObject *__pyx_pf_7resilio_9_runner_c_9GateGroup_2__call__(struct __pyx_
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("__call__", 0);
 
-  /* "resilio/_runner_c.pyx":213
+  /* "resilio/_runner_c.pyx":328
  * 
  *     def __call__(self, fn, tuple args, dict kwargs):
  *         cdef GateCall c = GateCall.__new__(GateCall)             # <<<<<<<<<<<<<<
  *         c.group = self
  *         c.fn = fn
 */
-  __pyx_t_1 = ((PyObject *)__pyx_tp_new_7resilio_9_runner_c_GateCall(((PyTypeObject *)__pyx_mstate_global->__pyx_ptype_7resilio_9_runner_c_GateCall), __pyx_mstate_global->__pyx_empty_tuple, NULL)); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 213, __pyx_L1_error)
+  __pyx_t_1 = ((PyObject *)__pyx_tp_new_7resilio_9_runner_c_GateCall(((PyTypeObject *)__pyx_mstate_global->__pyx_ptype_7resilio_9_runner_c_GateCall), __pyx_mstate_global->__pyx_empty_tuple, NULL)); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 328, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
   __pyx_v_c = ((struct __pyx_obj_7resilio_9_runner_c_GateCall *)__pyx_t_1);
   __pyx_t_1 = 0;
 
-  /* "resilio/_runner_c.pyx":214
+  /* "resilio/_runner_c.pyx":329
  *     def __call__(self, fn, tuple args, dict kwargs):
  *         cdef GateCall c = GateCall.__new__(GateCall)
  *         c.group = self             # <<<<<<<<<<<<<<
@@ -9219,7 +11300,7 @@ static PyObject *__pyx_pf_7resilio_9_runner_c_9GateGroup_2__call__(struct __pyx_
   __Pyx_GOTREF((PyObject *)__pyx_v_c->group);
   __Pyx_DECREF_SET(__pyx_v_c->group, __pyx_v_self);
 
-  /* "resilio/_runner_c.pyx":215
+  /* "resilio/_runner_c.pyx":330
  *         cdef GateCall c = GateCall.__new__(GateCall)
  *         c.group = self
  *         c.fn = fn             # <<<<<<<<<<<<<<
@@ -9231,7 +11312,7 @@ static PyObject *__pyx_pf_7resilio_9_runner_c_9GateGroup_2__call__(struct __pyx_
   __Pyx_GOTREF(__pyx_v_c->fn);
   __Pyx_DECREF_SET(__pyx_v_c->fn, __pyx_v_fn);
 
-  /* "resilio/_runner_c.pyx":216
+  /* "resilio/_runner_c.pyx":331
  *         c.group = self
  *         c.fn = fn
  *         c.args = args             # <<<<<<<<<<<<<<
@@ -9243,7 +11324,7 @@ static PyObject *__pyx_pf_7resilio_9_runner_c_9GateGroup_2__call__(struct __pyx_
   __Pyx_GOTREF(__pyx_v_c->args);
   __Pyx_DECREF_SET(__pyx_v_c->args, __pyx_v_args);
 
-  /* "resilio/_runner_c.pyx":217
+  /* "resilio/_runner_c.pyx":332
  *         c.fn = fn
  *         c.args = args
  *         c.kwargs = kwargs             # <<<<<<<<<<<<<<
@@ -9255,7 +11336,7 @@ static PyObject *__pyx_pf_7resilio_9_runner_c_9GateGroup_2__call__(struct __pyx_
   __Pyx_GOTREF(__pyx_v_c->kwargs);
   __Pyx_DECREF_SET(__pyx_v_c->kwargs, __pyx_v_kwargs);
 
-  /* "resilio/_runner_c.pyx":218
+  /* "resilio/_runner_c.pyx":333
  *         c.args = args
  *         c.kwargs = kwargs
  *         return c             # <<<<<<<<<<<<<<
@@ -9273,7 +11354,7 @@ static PyObject *__pyx_pf_7resilio_9_runner_c_9GateGroup_2__call__(struct __pyx_
   }
   goto __pyx_L0;
 
-  /* "resilio/_runner_c.pyx":212
+  /* "resilio/_runner_c.pyx":327
  *         self.g0, self.g1, self.g2, self.g3 = fast
  * 
  *     def __call__(self, fn, tuple args, dict kwargs):             # <<<<<<<<<<<<<<
@@ -9293,7 +11374,7 @@ static PyObject *__pyx_pf_7resilio_9_runner_c_9GateGroup_2__call__(struct __pyx_
   return __pyx_r;
 }
 
-/* "resilio/_runner_c.pyx":220
+/* "resilio/_runner_c.pyx":335
  *         return c
  * 
  *     cdef inline FastGate _gate(self, Py_ssize_t i):             # <<<<<<<<<<<<<<
@@ -9307,7 +11388,7 @@ static CYTHON_INLINE struct __pyx_obj_7resilio_9_runner_c_FastGate *__pyx_f_7res
   int __pyx_t_1;
   __Pyx_RefNannySetupContext("_gate", 0);
 
-  /* "resilio/_runner_c.pyx":221
+  /* "resilio/_runner_c.pyx":336
  * 
  *     cdef inline FastGate _gate(self, Py_ssize_t i):
  *         if i == 0:             # <<<<<<<<<<<<<<
@@ -9319,7 +11400,7 @@ static CYTHON_INLINE struct __pyx_obj_7resilio_9_runner_c_FastGate *__pyx_f_7res
   if (__pyx_t_1) {
 
 
-    /* "resilio/_runner_c.pyx":222
+    /* "resilio/_runner_c.pyx":337
  *     cdef inline FastGate _gate(self, Py_ssize_t i):
  *         if i == 0:
  *             return self.g0             # <<<<<<<<<<<<<<
@@ -9337,7 +11418,7 @@ static CYTHON_INLINE struct __pyx_obj_7resilio_9_runner_c_FastGate *__pyx_f_7res
     }
     goto __pyx_L0;
 
-    /* "resilio/_runner_c.pyx":221
+    /* "resilio/_runner_c.pyx":336
  * 
  *     cdef inline FastGate _gate(self, Py_ssize_t i):
  *         if i == 0:             # <<<<<<<<<<<<<<
@@ -9346,7 +11427,7 @@ static CYTHON_INLINE struct __pyx_obj_7resilio_9_runner_c_FastGate *__pyx_f_7res
 */
   }
 
-  /* "resilio/_runner_c.pyx":223
+  /* "resilio/_runner_c.pyx":338
  *         if i == 0:
  *             return self.g0
  *         if i == 1:             # <<<<<<<<<<<<<<
@@ -9358,7 +11439,7 @@ static CYTHON_INLINE struct __pyx_obj_7resilio_9_runner_c_FastGate *__pyx_f_7res
   if (__pyx_t_1) {
 
 
-    /* "resilio/_runner_c.pyx":224
+    /* "resilio/_runner_c.pyx":339
  *             return self.g0
  *         if i == 1:
  *             return self.g1             # <<<<<<<<<<<<<<
@@ -9376,7 +11457,7 @@ static CYTHON_INLINE struct __pyx_obj_7resilio_9_runner_c_FastGate *__pyx_f_7res
     }
     goto __pyx_L0;
 
-    /* "resilio/_runner_c.pyx":223
+    /* "resilio/_runner_c.pyx":338
  *         if i == 0:
  *             return self.g0
  *         if i == 1:             # <<<<<<<<<<<<<<
@@ -9385,7 +11466,7 @@ static CYTHON_INLINE struct __pyx_obj_7resilio_9_runner_c_FastGate *__pyx_f_7res
 */
   }
 
-  /* "resilio/_runner_c.pyx":225
+  /* "resilio/_runner_c.pyx":340
  *         if i == 1:
  *             return self.g1
  *         if i == 2:             # <<<<<<<<<<<<<<
@@ -9397,7 +11478,7 @@ static CYTHON_INLINE struct __pyx_obj_7resilio_9_runner_c_FastGate *__pyx_f_7res
   if (__pyx_t_1) {
 
 
-    /* "resilio/_runner_c.pyx":226
+    /* "resilio/_runner_c.pyx":341
  *             return self.g1
  *         if i == 2:
  *             return self.g2             # <<<<<<<<<<<<<<
@@ -9415,7 +11496,7 @@ static CYTHON_INLINE struct __pyx_obj_7resilio_9_runner_c_FastGate *__pyx_f_7res
     }
     goto __pyx_L0;
 
-    /* "resilio/_runner_c.pyx":225
+    /* "resilio/_runner_c.pyx":340
  *         if i == 1:
  *             return self.g1
  *         if i == 2:             # <<<<<<<<<<<<<<
@@ -9424,7 +11505,7 @@ static CYTHON_INLINE struct __pyx_obj_7resilio_9_runner_c_FastGate *__pyx_f_7res
 */
   }
 
-  /* "resilio/_runner_c.pyx":227
+  /* "resilio/_runner_c.pyx":342
  *         if i == 2:
  *             return self.g2
  *         return self.g3             # <<<<<<<<<<<<<<
@@ -9442,7 +11523,7 @@ static CYTHON_INLINE struct __pyx_obj_7resilio_9_runner_c_FastGate *__pyx_f_7res
   }
   goto __pyx_L0;
 
-  /* "resilio/_runner_c.pyx":220
+  /* "resilio/_runner_c.pyx":335
  *         return c
  * 
  *     cdef inline FastGate _gate(self, Py_ssize_t i):             # <<<<<<<<<<<<<<
@@ -9457,7 +11538,7 @@ static CYTHON_INLINE struct __pyx_obj_7resilio_9_runner_c_FastGate *__pyx_f_7res
   return __pyx_r;
 }
 
-/* "resilio/_runner_c.pyx":229
+/* "resilio/_runner_c.pyx":344
  *         return self.g3
  * 
  *     cdef inline object _enter(self, Py_ssize_t i):             # <<<<<<<<<<<<<<
@@ -9475,16 +11556,16 @@ static CYTHON_INLINE PyObject *__pyx_f_7resilio_9_runner_c_9GateGroup__enter(str
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("_enter", 0);
 
-  /* "resilio/_runner_c.pyx":230
+  /* "resilio/_runner_c.pyx":345
  * 
  *     cdef inline object _enter(self, Py_ssize_t i):
  *         return self._gate(i).enter()             # <<<<<<<<<<<<<<
  * 
  *     cdef inline object _ok(self, Py_ssize_t i, object tok, object result):
 */
-  __pyx_t_1 = ((PyObject *)__pyx_f_7resilio_9_runner_c_9GateGroup__gate(__pyx_v_self, __pyx_v_i)); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 230, __pyx_L1_error)
+  __pyx_t_1 = ((PyObject *)__pyx_f_7resilio_9_runner_c_9GateGroup__gate(__pyx_v_self, __pyx_v_i)); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 345, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
-  __pyx_t_2 = ((struct __pyx_vtabstruct_7resilio_9_runner_c_FastGate *)((struct __pyx_obj_7resilio_9_runner_c_FastGate *)__pyx_t_1)->__pyx_vtab)->enter(((struct __pyx_obj_7resilio_9_runner_c_FastGate *)__pyx_t_1)); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 230, __pyx_L1_error)
+  __pyx_t_2 = ((struct __pyx_vtabstruct_7resilio_9_runner_c_FastGate *)((struct __pyx_obj_7resilio_9_runner_c_FastGate *)__pyx_t_1)->__pyx_vtab)->enter(((struct __pyx_obj_7resilio_9_runner_c_FastGate *)__pyx_t_1)); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 345, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_2);
   __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
   {
@@ -9498,7 +11579,7 @@ static CYTHON_INLINE PyObject *__pyx_f_7resilio_9_runner_c_9GateGroup__enter(str
   __pyx_t_2 = 0;
   goto __pyx_L0;
 
-  /* "resilio/_runner_c.pyx":229
+  /* "resilio/_runner_c.pyx":344
  *         return self.g3
  * 
  *     cdef inline object _enter(self, Py_ssize_t i):             # <<<<<<<<<<<<<<
@@ -9518,7 +11599,7 @@ static CYTHON_INLINE PyObject *__pyx_f_7resilio_9_runner_c_9GateGroup__enter(str
   return __pyx_r;
 }
 
-/* "resilio/_runner_c.pyx":232
+/* "resilio/_runner_c.pyx":347
  *         return self._gate(i).enter()
  * 
  *     cdef inline object _ok(self, Py_ssize_t i, object tok, object result):             # <<<<<<<<<<<<<<
@@ -9536,20 +11617,20 @@ static CYTHON_INLINE PyObject *__pyx_f_7resilio_9_runner_c_9GateGroup__ok(struct
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("_ok", 0);
 
-  /* "resilio/_runner_c.pyx":233
+  /* "resilio/_runner_c.pyx":348
  * 
  *     cdef inline object _ok(self, Py_ssize_t i, object tok, object result):
  *         self._gate(i).ok(tok, result)             # <<<<<<<<<<<<<<
  * 
  *     cdef inline object _err(self, Py_ssize_t i, object tok, object exc):
 */
-  __pyx_t_1 = ((PyObject *)__pyx_f_7resilio_9_runner_c_9GateGroup__gate(__pyx_v_self, __pyx_v_i)); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 233, __pyx_L1_error)
+  __pyx_t_1 = ((PyObject *)__pyx_f_7resilio_9_runner_c_9GateGroup__gate(__pyx_v_self, __pyx_v_i)); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 348, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
-  __pyx_t_2 = ((struct __pyx_vtabstruct_7resilio_9_runner_c_FastGate *)((struct __pyx_obj_7resilio_9_runner_c_FastGate *)__pyx_t_1)->__pyx_vtab)->ok(((struct __pyx_obj_7resilio_9_runner_c_FastGate *)__pyx_t_1), __pyx_v_tok, __pyx_v_result); if (unlikely(__pyx_t_2 == ((int)-1))) __PYX_ERR(0, 233, __pyx_L1_error)
+  __pyx_t_2 = ((struct __pyx_vtabstruct_7resilio_9_runner_c_FastGate *)((struct __pyx_obj_7resilio_9_runner_c_FastGate *)__pyx_t_1)->__pyx_vtab)->ok(((struct __pyx_obj_7resilio_9_runner_c_FastGate *)__pyx_t_1), __pyx_v_tok, __pyx_v_result); if (unlikely(__pyx_t_2 == ((int)-1))) __PYX_ERR(0, 348, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
 
 
-  /* "resilio/_runner_c.pyx":232
+  /* "resilio/_runner_c.pyx":347
  *         return self._gate(i).enter()
  * 
  *     cdef inline object _ok(self, Py_ssize_t i, object tok, object result):             # <<<<<<<<<<<<<<
@@ -9570,7 +11651,7 @@ static CYTHON_INLINE PyObject *__pyx_f_7resilio_9_runner_c_9GateGroup__ok(struct
   return __pyx_r;
 }
 
-/* "resilio/_runner_c.pyx":235
+/* "resilio/_runner_c.pyx":350
  *         self._gate(i).ok(tok, result)
  * 
  *     cdef inline object _err(self, Py_ssize_t i, object tok, object exc):             # <<<<<<<<<<<<<<
@@ -9588,20 +11669,20 @@ static CYTHON_INLINE PyObject *__pyx_f_7resilio_9_runner_c_9GateGroup__err(struc
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("_err", 0);
 
-  /* "resilio/_runner_c.pyx":236
+  /* "resilio/_runner_c.pyx":351
  * 
  *     cdef inline object _err(self, Py_ssize_t i, object tok, object exc):
  *         self._gate(i).err(tok, exc)             # <<<<<<<<<<<<<<
  * 
  * 
 */
-  __pyx_t_1 = ((PyObject *)__pyx_f_7resilio_9_runner_c_9GateGroup__gate(__pyx_v_self, __pyx_v_i)); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 236, __pyx_L1_error)
+  __pyx_t_1 = ((PyObject *)__pyx_f_7resilio_9_runner_c_9GateGroup__gate(__pyx_v_self, __pyx_v_i)); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 351, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
-  __pyx_t_2 = ((struct __pyx_vtabstruct_7resilio_9_runner_c_FastGate *)((struct __pyx_obj_7resilio_9_runner_c_FastGate *)__pyx_t_1)->__pyx_vtab)->err(((struct __pyx_obj_7resilio_9_runner_c_FastGate *)__pyx_t_1), __pyx_v_tok, __pyx_v_exc); if (unlikely(__pyx_t_2 == ((int)-1))) __PYX_ERR(0, 236, __pyx_L1_error)
+  __pyx_t_2 = ((struct __pyx_vtabstruct_7resilio_9_runner_c_FastGate *)((struct __pyx_obj_7resilio_9_runner_c_FastGate *)__pyx_t_1)->__pyx_vtab)->err(((struct __pyx_obj_7resilio_9_runner_c_FastGate *)__pyx_t_1), __pyx_v_tok, __pyx_v_exc); if (unlikely(__pyx_t_2 == ((int)-1))) __PYX_ERR(0, 351, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
 
 
-  /* "resilio/_runner_c.pyx":235
+  /* "resilio/_runner_c.pyx":350
  *         self._gate(i).ok(tok, result)
  * 
  *     cdef inline object _err(self, Py_ssize_t i, object tok, object exc):             # <<<<<<<<<<<<<<
@@ -9622,7 +11703,7 @@ static CYTHON_INLINE PyObject *__pyx_f_7resilio_9_runner_c_9GateGroup__err(struc
   return __pyx_r;
 }
 
-/* "resilio/_runner_c.pyx":198
+/* "resilio/_runner_c.pyx":313
  * cdef class GateGroup:
  *     """The compiled step for up to four adjacent gates; calling it starts one call."""
  *     cdef readonly tuple gates             # <<<<<<<<<<<<<<
@@ -10222,7 +12303,7 @@ static PyObject *__pyx_pf_7resilio_9_runner_c_9GateGroup_6__setstate_cython__(st
   return __pyx_r;
 }
 
-/* "resilio/_runner_c.pyx":239
+/* "resilio/_runner_c.pyx":354
  * 
  * 
  * cdef object _await_iter(object aw):             # <<<<<<<<<<<<<<
@@ -10243,7 +12324,7 @@ static PyObject *__pyx_f_7resilio_9_runner_c__await_iter(PyObject *__pyx_v_aw) {
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("_await_iter", 0);
 
-  /* "resilio/_runner_c.pyx":241
+  /* "resilio/_runner_c.pyx":356
  * cdef object _await_iter(object aw):
  *     """The iterator behind an awaitable (a coroutine is its own)."""
  *     if PyCoro_CheckExact(aw) or type(aw) is GateCall:             # <<<<<<<<<<<<<<
@@ -10268,7 +12349,7 @@ static PyObject *__pyx_f_7resilio_9_runner_c__await_iter(PyObject *__pyx_v_aw) {
   if (__pyx_t_1) {
 
 
-    /* "resilio/_runner_c.pyx":242
+    /* "resilio/_runner_c.pyx":357
  *     """The iterator behind an awaitable (a coroutine is its own)."""
  *     if PyCoro_CheckExact(aw) or type(aw) is GateCall:
  *         return aw             # <<<<<<<<<<<<<<
@@ -10286,7 +12367,7 @@ static PyObject *__pyx_f_7resilio_9_runner_c__await_iter(PyObject *__pyx_v_aw) {
     }
     goto __pyx_L0;
 
-    /* "resilio/_runner_c.pyx":241
+    /* "resilio/_runner_c.pyx":356
  * cdef object _await_iter(object aw):
  *     """The iterator behind an awaitable (a coroutine is its own)."""
  *     if PyCoro_CheckExact(aw) or type(aw) is GateCall:             # <<<<<<<<<<<<<<
@@ -10295,7 +12376,7 @@ static PyObject *__pyx_f_7resilio_9_runner_c__await_iter(PyObject *__pyx_v_aw) {
 */
   }
 
-  /* "resilio/_runner_c.pyx":243
+  /* "resilio/_runner_c.pyx":358
  *     if PyCoro_CheckExact(aw) or type(aw) is GateCall:
  *         return aw
  *     return type(aw).__await__(aw)             # <<<<<<<<<<<<<<
@@ -10309,7 +12390,7 @@ static PyObject *__pyx_f_7resilio_9_runner_c__await_iter(PyObject *__pyx_v_aw) {
     PyObject *__pyx_callargs[2] = {__pyx_t_4, __pyx_v_aw};
     __pyx_t_3 = __Pyx_PyObject_FastCallMethod((PyObject*)__pyx_mstate_global->__pyx_n_u_await, __pyx_callargs+__pyx_t_5, (2-__pyx_t_5) | (1*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
     __Pyx_XDECREF(__pyx_t_4); __pyx_t_4 = 0;
-    if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 243, __pyx_L1_error)
+    if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 358, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_3);
   }
   {
@@ -10323,7 +12404,7 @@ static PyObject *__pyx_f_7resilio_9_runner_c__await_iter(PyObject *__pyx_v_aw) {
   __pyx_t_3 = 0;
   goto __pyx_L0;
 
-  /* "resilio/_runner_c.pyx":239
+  /* "resilio/_runner_c.pyx":354
  * 
  * 
  * cdef object _await_iter(object aw):             # <<<<<<<<<<<<<<
@@ -10343,7 +12424,7 @@ static PyObject *__pyx_f_7resilio_9_runner_c__await_iter(PyObject *__pyx_v_aw) {
   return __pyx_r;
 }
 
-/* "resilio/_runner_c.pyx":257
+/* "resilio/_runner_c.pyx":372
  *     cdef object out
  * 
  *     cdef inline void _set_tok(self, Py_ssize_t i, object tok):             # <<<<<<<<<<<<<<
@@ -10355,7 +12436,7 @@ static CYTHON_INLINE void __pyx_f_7resilio_9_runner_c_8GateCall__set_tok(struct 
   __Pyx_RefNannyDeclarations
   __Pyx_RefNannySetupContext("_set_tok", 0);
 
-  /* "resilio/_runner_c.pyx":258
+  /* "resilio/_runner_c.pyx":373
  * 
  *     cdef inline void _set_tok(self, Py_ssize_t i, object tok):
  *         if i == 0:             # <<<<<<<<<<<<<<
@@ -10365,7 +12446,7 @@ static CYTHON_INLINE void __pyx_f_7resilio_9_runner_c_8GateCall__set_tok(struct 
   switch (__pyx_v_i) {
     case 0:
 
-    /* "resilio/_runner_c.pyx":259
+    /* "resilio/_runner_c.pyx":374
  *     cdef inline void _set_tok(self, Py_ssize_t i, object tok):
  *         if i == 0:
  *             self.t0 = tok             # <<<<<<<<<<<<<<
@@ -10377,7 +12458,7 @@ static CYTHON_INLINE void __pyx_f_7resilio_9_runner_c_8GateCall__set_tok(struct 
     __Pyx_GOTREF(__pyx_v_self->t0);
     __Pyx_DECREF_SET(__pyx_v_self->t0, __pyx_v_tok);
 
-    /* "resilio/_runner_c.pyx":258
+    /* "resilio/_runner_c.pyx":373
  * 
  *     cdef inline void _set_tok(self, Py_ssize_t i, object tok):
  *         if i == 0:             # <<<<<<<<<<<<<<
@@ -10387,7 +12468,7 @@ static CYTHON_INLINE void __pyx_f_7resilio_9_runner_c_8GateCall__set_tok(struct 
     break;
     case 1:
 
-    /* "resilio/_runner_c.pyx":261
+    /* "resilio/_runner_c.pyx":376
  *             self.t0 = tok
  *         elif i == 1:
  *             self.t1 = tok             # <<<<<<<<<<<<<<
@@ -10399,7 +12480,7 @@ static CYTHON_INLINE void __pyx_f_7resilio_9_runner_c_8GateCall__set_tok(struct 
     __Pyx_GOTREF(__pyx_v_self->t1);
     __Pyx_DECREF_SET(__pyx_v_self->t1, __pyx_v_tok);
 
-    /* "resilio/_runner_c.pyx":260
+    /* "resilio/_runner_c.pyx":375
  *         if i == 0:
  *             self.t0 = tok
  *         elif i == 1:             # <<<<<<<<<<<<<<
@@ -10409,7 +12490,7 @@ static CYTHON_INLINE void __pyx_f_7resilio_9_runner_c_8GateCall__set_tok(struct 
     break;
     case 2:
 
-    /* "resilio/_runner_c.pyx":263
+    /* "resilio/_runner_c.pyx":378
  *             self.t1 = tok
  *         elif i == 2:
  *             self.t2 = tok             # <<<<<<<<<<<<<<
@@ -10421,7 +12502,7 @@ static CYTHON_INLINE void __pyx_f_7resilio_9_runner_c_8GateCall__set_tok(struct 
     __Pyx_GOTREF(__pyx_v_self->t2);
     __Pyx_DECREF_SET(__pyx_v_self->t2, __pyx_v_tok);
 
-    /* "resilio/_runner_c.pyx":262
+    /* "resilio/_runner_c.pyx":377
  *         elif i == 1:
  *             self.t1 = tok
  *         elif i == 2:             # <<<<<<<<<<<<<<
@@ -10431,7 +12512,7 @@ static CYTHON_INLINE void __pyx_f_7resilio_9_runner_c_8GateCall__set_tok(struct 
     break;
     default:
 
-    /* "resilio/_runner_c.pyx":265
+    /* "resilio/_runner_c.pyx":380
  *             self.t2 = tok
  *         else:
  *             self.t3 = tok             # <<<<<<<<<<<<<<
@@ -10445,7 +12526,7 @@ static CYTHON_INLINE void __pyx_f_7resilio_9_runner_c_8GateCall__set_tok(struct 
     break;
   }
 
-  /* "resilio/_runner_c.pyx":257
+  /* "resilio/_runner_c.pyx":372
  *     cdef object out
  * 
  *     cdef inline void _set_tok(self, Py_ssize_t i, object tok):             # <<<<<<<<<<<<<<
@@ -10458,7 +12539,7 @@ static CYTHON_INLINE void __pyx_f_7resilio_9_runner_c_8GateCall__set_tok(struct 
   __Pyx_RefNannyFinishContext();
 }
 
-/* "resilio/_runner_c.pyx":267
+/* "resilio/_runner_c.pyx":382
  *             self.t3 = tok
  * 
  *     cdef inline object _tok(self, Py_ssize_t i):             # <<<<<<<<<<<<<<
@@ -10472,7 +12553,7 @@ static CYTHON_INLINE PyObject *__pyx_f_7resilio_9_runner_c_8GateCall__tok(struct
   int __pyx_t_1;
   __Pyx_RefNannySetupContext("_tok", 0);
 
-  /* "resilio/_runner_c.pyx":268
+  /* "resilio/_runner_c.pyx":383
  * 
  *     cdef inline object _tok(self, Py_ssize_t i):
  *         if i == 0:             # <<<<<<<<<<<<<<
@@ -10484,7 +12565,7 @@ static CYTHON_INLINE PyObject *__pyx_f_7resilio_9_runner_c_8GateCall__tok(struct
   if (__pyx_t_1) {
 
 
-    /* "resilio/_runner_c.pyx":269
+    /* "resilio/_runner_c.pyx":384
  *     cdef inline object _tok(self, Py_ssize_t i):
  *         if i == 0:
  *             return self.t0             # <<<<<<<<<<<<<<
@@ -10502,7 +12583,7 @@ static CYTHON_INLINE PyObject *__pyx_f_7resilio_9_runner_c_8GateCall__tok(struct
     }
     goto __pyx_L0;
 
-    /* "resilio/_runner_c.pyx":268
+    /* "resilio/_runner_c.pyx":383
  * 
  *     cdef inline object _tok(self, Py_ssize_t i):
  *         if i == 0:             # <<<<<<<<<<<<<<
@@ -10511,7 +12592,7 @@ static CYTHON_INLINE PyObject *__pyx_f_7resilio_9_runner_c_8GateCall__tok(struct
 */
   }
 
-  /* "resilio/_runner_c.pyx":270
+  /* "resilio/_runner_c.pyx":385
  *         if i == 0:
  *             return self.t0
  *         if i == 1:             # <<<<<<<<<<<<<<
@@ -10523,7 +12604,7 @@ static CYTHON_INLINE PyObject *__pyx_f_7resilio_9_runner_c_8GateCall__tok(struct
   if (__pyx_t_1) {
 
 
-    /* "resilio/_runner_c.pyx":271
+    /* "resilio/_runner_c.pyx":386
  *             return self.t0
  *         if i == 1:
  *             return self.t1             # <<<<<<<<<<<<<<
@@ -10541,7 +12622,7 @@ static CYTHON_INLINE PyObject *__pyx_f_7resilio_9_runner_c_8GateCall__tok(struct
     }
     goto __pyx_L0;
 
-    /* "resilio/_runner_c.pyx":270
+    /* "resilio/_runner_c.pyx":385
  *         if i == 0:
  *             return self.t0
  *         if i == 1:             # <<<<<<<<<<<<<<
@@ -10550,7 +12631,7 @@ static CYTHON_INLINE PyObject *__pyx_f_7resilio_9_runner_c_8GateCall__tok(struct
 */
   }
 
-  /* "resilio/_runner_c.pyx":272
+  /* "resilio/_runner_c.pyx":387
  *         if i == 1:
  *             return self.t1
  *         if i == 2:             # <<<<<<<<<<<<<<
@@ -10562,7 +12643,7 @@ static CYTHON_INLINE PyObject *__pyx_f_7resilio_9_runner_c_8GateCall__tok(struct
   if (__pyx_t_1) {
 
 
-    /* "resilio/_runner_c.pyx":273
+    /* "resilio/_runner_c.pyx":388
  *             return self.t1
  *         if i == 2:
  *             return self.t2             # <<<<<<<<<<<<<<
@@ -10580,7 +12661,7 @@ static CYTHON_INLINE PyObject *__pyx_f_7resilio_9_runner_c_8GateCall__tok(struct
     }
     goto __pyx_L0;
 
-    /* "resilio/_runner_c.pyx":272
+    /* "resilio/_runner_c.pyx":387
  *         if i == 1:
  *             return self.t1
  *         if i == 2:             # <<<<<<<<<<<<<<
@@ -10589,7 +12670,7 @@ static CYTHON_INLINE PyObject *__pyx_f_7resilio_9_runner_c_8GateCall__tok(struct
 */
   }
 
-  /* "resilio/_runner_c.pyx":274
+  /* "resilio/_runner_c.pyx":389
  *         if i == 2:
  *             return self.t2
  *         return self.t3             # <<<<<<<<<<<<<<
@@ -10607,7 +12688,7 @@ static CYTHON_INLINE PyObject *__pyx_f_7resilio_9_runner_c_8GateCall__tok(struct
   }
   goto __pyx_L0;
 
-  /* "resilio/_runner_c.pyx":267
+  /* "resilio/_runner_c.pyx":382
  *             self.t3 = tok
  * 
  *     cdef inline object _tok(self, Py_ssize_t i):             # <<<<<<<<<<<<<<
@@ -10622,7 +12703,7 @@ static CYTHON_INLINE PyObject *__pyx_f_7resilio_9_runner_c_8GateCall__tok(struct
   return __pyx_r;
 }
 
-/* "resilio/_runner_c.pyx":276
+/* "resilio/_runner_c.pyx":391
  *         return self.t3
  * 
  *     cdef object _unwind(self, object exc):             # <<<<<<<<<<<<<<
@@ -10649,7 +12730,7 @@ static PyObject *__pyx_f_7resilio_9_runner_c_8GateCall__unwind(struct __pyx_obj_
   __Pyx_RefNannySetupContext("_unwind", 0);
   __Pyx_INCREF(__pyx_v_exc);
 
-  /* "resilio/_runner_c.pyx":278
+  /* "resilio/_runner_c.pyx":393
  *     cdef object _unwind(self, object exc):
  *         """Exit entered gates innermost first with an error; return the final error."""
  *         cdef Py_ssize_t i = self.entered - 1             # <<<<<<<<<<<<<<
@@ -10658,7 +12739,7 @@ static PyObject *__pyx_f_7resilio_9_runner_c_8GateCall__unwind(struct __pyx_obj_
 */
   __pyx_v_i = (__pyx_v_self->entered - 1);
 
-  /* "resilio/_runner_c.pyx":279
+  /* "resilio/_runner_c.pyx":394
  *         """Exit entered gates innermost first with an error; return the final error."""
  *         cdef Py_ssize_t i = self.entered - 1
  *         self.state = S_DONE             # <<<<<<<<<<<<<<
@@ -10667,7 +12748,7 @@ static PyObject *__pyx_f_7resilio_9_runner_c_8GateCall__unwind(struct __pyx_obj_
 */
   __pyx_v_self->state = __pyx_e_7resilio_9_runner_c_S_DONE;
 
-  /* "resilio/_runner_c.pyx":280
+  /* "resilio/_runner_c.pyx":395
  *         cdef Py_ssize_t i = self.entered - 1
  *         self.state = S_DONE
  *         while i >= 0:             # <<<<<<<<<<<<<<
@@ -10680,7 +12761,7 @@ static PyObject *__pyx_f_7resilio_9_runner_c_8GateCall__unwind(struct __pyx_obj_
 
     if (!__pyx_t_1) break;
 
-    /* "resilio/_runner_c.pyx":281
+    /* "resilio/_runner_c.pyx":396
  *         self.state = S_DONE
  *         while i >= 0:
  *             try:             # <<<<<<<<<<<<<<
@@ -10696,21 +12777,21 @@ static PyObject *__pyx_f_7resilio_9_runner_c_8GateCall__unwind(struct __pyx_obj_
       __Pyx_XGOTREF(__pyx_t_4);
       /*try:*/ {
 
-        /* "resilio/_runner_c.pyx":282
+        /* "resilio/_runner_c.pyx":397
  *         while i >= 0:
  *             try:
  *                 self.group._err(i, self._tok(i), exc)             # <<<<<<<<<<<<<<
  *             except BaseException as replaced:
  *                 exc = replaced
 */
-        __pyx_t_5 = __pyx_f_7resilio_9_runner_c_8GateCall__tok(__pyx_v_self, __pyx_v_i); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 282, __pyx_L5_error)
+        __pyx_t_5 = __pyx_f_7resilio_9_runner_c_8GateCall__tok(__pyx_v_self, __pyx_v_i); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 397, __pyx_L5_error)
         __Pyx_GOTREF(__pyx_t_5);
-        __pyx_t_6 = __pyx_f_7resilio_9_runner_c_9GateGroup__err(__pyx_v_self->group, __pyx_v_i, __pyx_t_5, __pyx_v_exc); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 282, __pyx_L5_error)
+        __pyx_t_6 = __pyx_f_7resilio_9_runner_c_9GateGroup__err(__pyx_v_self->group, __pyx_v_i, __pyx_t_5, __pyx_v_exc); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 397, __pyx_L5_error)
         __Pyx_GOTREF(__pyx_t_6);
         __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
         __Pyx_DECREF(__pyx_t_6); __pyx_t_6 = 0;
 
-        /* "resilio/_runner_c.pyx":281
+        /* "resilio/_runner_c.pyx":396
  *         self.state = S_DONE
  *         while i >= 0:
  *             try:             # <<<<<<<<<<<<<<
@@ -10726,7 +12807,7 @@ static PyObject *__pyx_f_7resilio_9_runner_c_8GateCall__unwind(struct __pyx_obj_
       __Pyx_XDECREF(__pyx_t_5); __pyx_t_5 = 0;
       __Pyx_XDECREF(__pyx_t_6); __pyx_t_6 = 0;
 
-      /* "resilio/_runner_c.pyx":283
+      /* "resilio/_runner_c.pyx":398
  *             try:
  *                 self.group._err(i, self._tok(i), exc)
  *             except BaseException as replaced:             # <<<<<<<<<<<<<<
@@ -10736,7 +12817,7 @@ static PyObject *__pyx_f_7resilio_9_runner_c_8GateCall__unwind(struct __pyx_obj_
       __pyx_t_7 = __Pyx_PyErr_ExceptionMatches(((PyObject *)(((PyTypeObject*)PyExc_BaseException))));
       if (__pyx_t_7) {
         __Pyx_AddTraceback("resilio._runner_c.GateCall._unwind", __pyx_clineno, __pyx_lineno, __pyx_filename);
-        if (__Pyx_GetException(&__pyx_t_6, &__pyx_t_5, &__pyx_t_8) < 0) __PYX_ERR(0, 283, __pyx_L7_except_error)
+        if (__Pyx_GetException(&__pyx_t_6, &__pyx_t_5, &__pyx_t_8) < 0) __PYX_ERR(0, 398, __pyx_L7_except_error)
         __Pyx_XGOTREF(__pyx_t_6);
         __Pyx_XGOTREF(__pyx_t_5);
         __Pyx_XGOTREF(__pyx_t_8);
@@ -10744,7 +12825,7 @@ static PyObject *__pyx_f_7resilio_9_runner_c_8GateCall__unwind(struct __pyx_obj_
         __pyx_v_replaced = __pyx_t_5;
         /*try:*/ {
 
-          /* "resilio/_runner_c.pyx":284
+          /* "resilio/_runner_c.pyx":399
  *                 self.group._err(i, self._tok(i), exc)
  *             except BaseException as replaced:
  *                 exc = replaced             # <<<<<<<<<<<<<<
@@ -10755,7 +12836,7 @@ static PyObject *__pyx_f_7resilio_9_runner_c_8GateCall__unwind(struct __pyx_obj_
           __Pyx_DECREF_SET(__pyx_v_exc, __pyx_v_replaced);
         }
 
-        /* "resilio/_runner_c.pyx":283
+        /* "resilio/_runner_c.pyx":398
  *             try:
  *                 self.group._err(i, self._tok(i), exc)
  *             except BaseException as replaced:             # <<<<<<<<<<<<<<
@@ -10776,7 +12857,7 @@ static PyObject *__pyx_f_7resilio_9_runner_c_8GateCall__unwind(struct __pyx_obj_
       }
       goto __pyx_L7_except_error;
 
-      /* "resilio/_runner_c.pyx":281
+      /* "resilio/_runner_c.pyx":396
  *         self.state = S_DONE
  *         while i >= 0:
  *             try:             # <<<<<<<<<<<<<<
@@ -10797,7 +12878,7 @@ static PyObject *__pyx_f_7resilio_9_runner_c_8GateCall__unwind(struct __pyx_obj_
       __pyx_L12_try_end:;
     }
 
-    /* "resilio/_runner_c.pyx":285
+    /* "resilio/_runner_c.pyx":400
  *             except BaseException as replaced:
  *                 exc = replaced
  *             i -= 1             # <<<<<<<<<<<<<<
@@ -10807,7 +12888,7 @@ static PyObject *__pyx_f_7resilio_9_runner_c_8GateCall__unwind(struct __pyx_obj_
     __pyx_v_i = (__pyx_v_i - 1);
   }
 
-  /* "resilio/_runner_c.pyx":286
+  /* "resilio/_runner_c.pyx":401
  *                 exc = replaced
  *             i -= 1
  *         self.entered = 0             # <<<<<<<<<<<<<<
@@ -10816,7 +12897,7 @@ static PyObject *__pyx_f_7resilio_9_runner_c_8GateCall__unwind(struct __pyx_obj_
 */
   __pyx_v_self->entered = 0;
 
-  /* "resilio/_runner_c.pyx":287
+  /* "resilio/_runner_c.pyx":402
  *             i -= 1
  *         self.entered = 0
  *         self.t0 = self.t1 = self.t2 = self.t3 = None             # <<<<<<<<<<<<<<
@@ -10840,7 +12921,7 @@ static PyObject *__pyx_f_7resilio_9_runner_c_8GateCall__unwind(struct __pyx_obj_
   __Pyx_GOTREF(__pyx_v_self->t3);
   __Pyx_DECREF_SET(__pyx_v_self->t3, Py_None);
 
-  /* "resilio/_runner_c.pyx":288
+  /* "resilio/_runner_c.pyx":403
  *         self.entered = 0
  *         self.t0 = self.t1 = self.t2 = self.t3 = None
  *         return exc             # <<<<<<<<<<<<<<
@@ -10858,7 +12939,7 @@ static PyObject *__pyx_f_7resilio_9_runner_c_8GateCall__unwind(struct __pyx_obj_
   }
   goto __pyx_L0;
 
-  /* "resilio/_runner_c.pyx":276
+  /* "resilio/_runner_c.pyx":391
  *         return self.t3
  * 
  *     cdef object _unwind(self, object exc):             # <<<<<<<<<<<<<<
@@ -10882,7 +12963,7 @@ static PyObject *__pyx_f_7resilio_9_runner_c_8GateCall__unwind(struct __pyx_obj_
   return __pyx_r;
 }
 
-/* "resilio/_runner_c.pyx":290
+/* "resilio/_runner_c.pyx":405
  *         return exc
  * 
  *     cdef int _finish(self, object result) except -1:             # <<<<<<<<<<<<<<
@@ -10917,7 +12998,7 @@ static int __pyx_f_7resilio_9_runner_c_8GateCall__finish(struct __pyx_obj_7resil
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("_finish", 0);
 
-  /* "resilio/_runner_c.pyx":291
+  /* "resilio/_runner_c.pyx":406
  * 
  *     cdef int _finish(self, object result) except -1:
  *         cdef Py_ssize_t i = self.entered - 1             # <<<<<<<<<<<<<<
@@ -10926,7 +13007,7 @@ static int __pyx_f_7resilio_9_runner_c_8GateCall__finish(struct __pyx_obj_7resil
 */
   __pyx_v_i = (__pyx_v_self->entered - 1);
 
-  /* "resilio/_runner_c.pyx":292
+  /* "resilio/_runner_c.pyx":407
  *     cdef int _finish(self, object result) except -1:
  *         cdef Py_ssize_t i = self.entered - 1
  *         self.state = S_DONE             # <<<<<<<<<<<<<<
@@ -10935,7 +13016,7 @@ static int __pyx_f_7resilio_9_runner_c_8GateCall__finish(struct __pyx_obj_7resil
 */
   __pyx_v_self->state = __pyx_e_7resilio_9_runner_c_S_DONE;
 
-  /* "resilio/_runner_c.pyx":293
+  /* "resilio/_runner_c.pyx":408
  *         cdef Py_ssize_t i = self.entered - 1
  *         self.state = S_DONE
  *         try:             # <<<<<<<<<<<<<<
@@ -10951,7 +13032,7 @@ static int __pyx_f_7resilio_9_runner_c_8GateCall__finish(struct __pyx_obj_7resil
     __Pyx_XGOTREF(__pyx_t_3);
     /*try:*/ {
 
-      /* "resilio/_runner_c.pyx":294
+      /* "resilio/_runner_c.pyx":409
  *         self.state = S_DONE
  *         try:
  *             while i >= 0:             # <<<<<<<<<<<<<<
@@ -10964,21 +13045,21 @@ static int __pyx_f_7resilio_9_runner_c_8GateCall__finish(struct __pyx_obj_7resil
 
         if (!__pyx_t_4) break;
 
-        /* "resilio/_runner_c.pyx":295
+        /* "resilio/_runner_c.pyx":410
  *         try:
  *             while i >= 0:
  *                 self.group._ok(i, self._tok(i), result)             # <<<<<<<<<<<<<<
  *                 i -= 1
  *         except BaseException as exc:
 */
-        __pyx_t_5 = __pyx_f_7resilio_9_runner_c_8GateCall__tok(__pyx_v_self, __pyx_v_i); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 295, __pyx_L3_error)
+        __pyx_t_5 = __pyx_f_7resilio_9_runner_c_8GateCall__tok(__pyx_v_self, __pyx_v_i); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 410, __pyx_L3_error)
         __Pyx_GOTREF(__pyx_t_5);
-        __pyx_t_6 = __pyx_f_7resilio_9_runner_c_9GateGroup__ok(__pyx_v_self->group, __pyx_v_i, __pyx_t_5, __pyx_v_result); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 295, __pyx_L3_error)
+        __pyx_t_6 = __pyx_f_7resilio_9_runner_c_9GateGroup__ok(__pyx_v_self->group, __pyx_v_i, __pyx_t_5, __pyx_v_result); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 410, __pyx_L3_error)
         __Pyx_GOTREF(__pyx_t_6);
         __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
         __Pyx_DECREF(__pyx_t_6); __pyx_t_6 = 0;
 
-        /* "resilio/_runner_c.pyx":296
+        /* "resilio/_runner_c.pyx":411
  *             while i >= 0:
  *                 self.group._ok(i, self._tok(i), result)
  *                 i -= 1             # <<<<<<<<<<<<<<
@@ -10988,7 +13069,7 @@ static int __pyx_f_7resilio_9_runner_c_8GateCall__finish(struct __pyx_obj_7resil
         __pyx_v_i = (__pyx_v_i - 1);
       }
 
-      /* "resilio/_runner_c.pyx":293
+      /* "resilio/_runner_c.pyx":408
  *         cdef Py_ssize_t i = self.entered - 1
  *         self.state = S_DONE
  *         try:             # <<<<<<<<<<<<<<
@@ -11004,7 +13085,7 @@ static int __pyx_f_7resilio_9_runner_c_8GateCall__finish(struct __pyx_obj_7resil
     __Pyx_XDECREF(__pyx_t_5); __pyx_t_5 = 0;
     __Pyx_XDECREF(__pyx_t_6); __pyx_t_6 = 0;
 
-    /* "resilio/_runner_c.pyx":297
+    /* "resilio/_runner_c.pyx":412
  *                 self.group._ok(i, self._tok(i), result)
  *                 i -= 1
  *         except BaseException as exc:             # <<<<<<<<<<<<<<
@@ -11014,7 +13095,7 @@ static int __pyx_f_7resilio_9_runner_c_8GateCall__finish(struct __pyx_obj_7resil
     __pyx_t_7 = __Pyx_PyErr_ExceptionMatches(((PyObject *)(((PyTypeObject*)PyExc_BaseException))));
     if (__pyx_t_7) {
       __Pyx_AddTraceback("resilio._runner_c.GateCall._finish", __pyx_clineno, __pyx_lineno, __pyx_filename);
-      if (__Pyx_GetException(&__pyx_t_6, &__pyx_t_5, &__pyx_t_8) < 0) __PYX_ERR(0, 297, __pyx_L5_except_error)
+      if (__Pyx_GetException(&__pyx_t_6, &__pyx_t_5, &__pyx_t_8) < 0) __PYX_ERR(0, 412, __pyx_L5_except_error)
       __Pyx_XGOTREF(__pyx_t_6);
       __Pyx_XGOTREF(__pyx_t_5);
       __Pyx_XGOTREF(__pyx_t_8);
@@ -11022,7 +13103,7 @@ static int __pyx_f_7resilio_9_runner_c_8GateCall__finish(struct __pyx_obj_7resil
       __pyx_v_exc = __pyx_t_5;
       /*try:*/ {
 
-        /* "resilio/_runner_c.pyx":299
+        /* "resilio/_runner_c.pyx":414
  *         except BaseException as exc:
  *             # An exit hook failed: the gates further out still see an outcome.
  *             self.entered = i             # <<<<<<<<<<<<<<
@@ -11031,21 +13112,21 @@ static int __pyx_f_7resilio_9_runner_c_8GateCall__finish(struct __pyx_obj_7resil
 */
         __pyx_v_self->entered = __pyx_v_i;
 
-        /* "resilio/_runner_c.pyx":300
+        /* "resilio/_runner_c.pyx":415
  *             # An exit hook failed: the gates further out still see an outcome.
  *             self.entered = i
  *             raise self._unwind(exc)             # <<<<<<<<<<<<<<
  *         self.entered = 0
  *         self.t0 = self.t1 = self.t2 = self.t3 = None
 */
-        __pyx_t_9 = ((struct __pyx_vtabstruct_7resilio_9_runner_c_GateCall *)__pyx_v_self->__pyx_vtab)->_unwind(__pyx_v_self, __pyx_v_exc); if (unlikely(!__pyx_t_9)) __PYX_ERR(0, 300, __pyx_L16_error)
+        __pyx_t_9 = ((struct __pyx_vtabstruct_7resilio_9_runner_c_GateCall *)__pyx_v_self->__pyx_vtab)->_unwind(__pyx_v_self, __pyx_v_exc); if (unlikely(!__pyx_t_9)) __PYX_ERR(0, 415, __pyx_L16_error)
         __Pyx_GOTREF(__pyx_t_9);
         __Pyx_Raise(__pyx_t_9, 0, 0, 0);
         __Pyx_DECREF(__pyx_t_9); __pyx_t_9 = 0;
-        __PYX_ERR(0, 300, __pyx_L16_error)
+        __PYX_ERR(0, 415, __pyx_L16_error)
       }
 
-      /* "resilio/_runner_c.pyx":297
+      /* "resilio/_runner_c.pyx":412
  *                 self.group._ok(i, self._tok(i), result)
  *                 i -= 1
  *         except BaseException as exc:             # <<<<<<<<<<<<<<
@@ -11087,7 +13168,7 @@ static int __pyx_f_7resilio_9_runner_c_8GateCall__finish(struct __pyx_obj_7resil
     }
     goto __pyx_L5_except_error;
 
-    /* "resilio/_runner_c.pyx":293
+    /* "resilio/_runner_c.pyx":408
  *         cdef Py_ssize_t i = self.entered - 1
  *         self.state = S_DONE
  *         try:             # <<<<<<<<<<<<<<
@@ -11103,7 +13184,7 @@ static int __pyx_f_7resilio_9_runner_c_8GateCall__finish(struct __pyx_obj_7resil
     __pyx_L8_try_end:;
   }
 
-  /* "resilio/_runner_c.pyx":301
+  /* "resilio/_runner_c.pyx":416
  *             self.entered = i
  *             raise self._unwind(exc)
  *         self.entered = 0             # <<<<<<<<<<<<<<
@@ -11112,7 +13193,7 @@ static int __pyx_f_7resilio_9_runner_c_8GateCall__finish(struct __pyx_obj_7resil
 */
   __pyx_v_self->entered = 0;
 
-  /* "resilio/_runner_c.pyx":302
+  /* "resilio/_runner_c.pyx":417
  *             raise self._unwind(exc)
  *         self.entered = 0
  *         self.t0 = self.t1 = self.t2 = self.t3 = None             # <<<<<<<<<<<<<<
@@ -11136,7 +13217,7 @@ static int __pyx_f_7resilio_9_runner_c_8GateCall__finish(struct __pyx_obj_7resil
   __Pyx_GOTREF(__pyx_v_self->t3);
   __Pyx_DECREF_SET(__pyx_v_self->t3, Py_None);
 
-  /* "resilio/_runner_c.pyx":303
+  /* "resilio/_runner_c.pyx":418
  *         self.entered = 0
  *         self.t0 = self.t1 = self.t2 = self.t3 = None
  *         self.out = result             # <<<<<<<<<<<<<<
@@ -11148,7 +13229,7 @@ static int __pyx_f_7resilio_9_runner_c_8GateCall__finish(struct __pyx_obj_7resil
   __Pyx_GOTREF(__pyx_v_self->out);
   __Pyx_DECREF_SET(__pyx_v_self->out, __pyx_v_result);
 
-  /* "resilio/_runner_c.pyx":304
+  /* "resilio/_runner_c.pyx":419
  *         self.t0 = self.t1 = self.t2 = self.t3 = None
  *         self.out = result
  *         return 0             # <<<<<<<<<<<<<<
@@ -11161,7 +13242,7 @@ static int __pyx_f_7resilio_9_runner_c_8GateCall__finish(struct __pyx_obj_7resil
   }
   goto __pyx_L0;
 
-  /* "resilio/_runner_c.pyx":290
+  /* "resilio/_runner_c.pyx":405
  *         return exc
  * 
  *     cdef int _finish(self, object result) except -1:             # <<<<<<<<<<<<<<
@@ -11185,7 +13266,7 @@ static int __pyx_f_7resilio_9_runner_c_8GateCall__finish(struct __pyx_obj_7resil
   return __pyx_r;
 }
 
-/* "resilio/_runner_c.pyx":306
+/* "resilio/_runner_c.pyx":421
  *         return 0
  * 
  *     cdef int _start_gates(self) except -1:             # <<<<<<<<<<<<<<
@@ -11223,7 +13304,7 @@ static int __pyx_f_7resilio_9_runner_c_8GateCall__start_gates(struct __pyx_obj_7
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("_start_gates", 0);
 
-  /* "resilio/_runner_c.pyx":308
+  /* "resilio/_runner_c.pyx":423
  *     cdef int _start_gates(self) except -1:
  *         """Enter gates from `entered` on; returns 1 if one must be awaited."""
  *         cdef GateGroup g = self.group             # <<<<<<<<<<<<<<
@@ -11235,7 +13316,7 @@ static int __pyx_f_7resilio_9_runner_c_8GateCall__start_gates(struct __pyx_obj_7
   __pyx_v_g = ((struct __pyx_obj_7resilio_9_runner_c_GateGroup *)__pyx_t_1);
   __pyx_t_1 = 0;
 
-  /* "resilio/_runner_c.pyx":310
+  /* "resilio/_runner_c.pyx":425
  *         cdef GateGroup g = self.group
  *         cdef object tok
  *         while self.entered < g.n:             # <<<<<<<<<<<<<<
@@ -11248,7 +13329,7 @@ static int __pyx_f_7resilio_9_runner_c_8GateCall__start_gates(struct __pyx_obj_7
 
     if (!__pyx_t_2) break;
 
-    /* "resilio/_runner_c.pyx":311
+    /* "resilio/_runner_c.pyx":426
  *         cdef object tok
  *         while self.entered < g.n:
  *             try:             # <<<<<<<<<<<<<<
@@ -11264,19 +13345,19 @@ static int __pyx_f_7resilio_9_runner_c_8GateCall__start_gates(struct __pyx_obj_7
       __Pyx_XGOTREF(__pyx_t_5);
       /*try:*/ {
 
-        /* "resilio/_runner_c.pyx":312
+        /* "resilio/_runner_c.pyx":427
  *         while self.entered < g.n:
  *             try:
  *                 tok = g._enter(self.entered)             # <<<<<<<<<<<<<<
  *                 if tok is WAIT:
  *                     self.it = _await_iter(g.gates[self.entered]._enter_wait())
 */
-        __pyx_t_1 = __pyx_f_7resilio_9_runner_c_9GateGroup__enter(__pyx_v_g, __pyx_v_self->entered); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 312, __pyx_L5_error)
+        __pyx_t_1 = __pyx_f_7resilio_9_runner_c_9GateGroup__enter(__pyx_v_g, __pyx_v_self->entered); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 427, __pyx_L5_error)
         __Pyx_GOTREF(__pyx_t_1);
         __Pyx_XDECREF_SET(__pyx_v_tok, __pyx_t_1);
         __pyx_t_1 = 0;
 
-        /* "resilio/_runner_c.pyx":313
+        /* "resilio/_runner_c.pyx":428
  *             try:
  *                 tok = g._enter(self.entered)
  *                 if tok is WAIT:             # <<<<<<<<<<<<<<
@@ -11287,7 +13368,7 @@ static int __pyx_f_7resilio_9_runner_c_8GateCall__start_gates(struct __pyx_obj_7
         if (__pyx_t_2) {
 
 
-          /* "resilio/_runner_c.pyx":314
+          /* "resilio/_runner_c.pyx":429
  *                 tok = g._enter(self.entered)
  *                 if tok is WAIT:
  *                     self.it = _await_iter(g.gates[self.entered]._enter_wait())             # <<<<<<<<<<<<<<
@@ -11296,7 +13377,7 @@ static int __pyx_f_7resilio_9_runner_c_8GateCall__start_gates(struct __pyx_obj_7
 */
           if (unlikely(__pyx_v_g->gates == Py_None)) {
             PyErr_SetString(PyExc_TypeError, "\047NoneType\047 object is not subscriptable");
-            __PYX_ERR(0, 314, __pyx_L5_error)
+            __PYX_ERR(0, 429, __pyx_L5_error)
           }
           __pyx_t_6 = __Pyx_PyTuple_GET_ITEM(__pyx_v_g->gates, __pyx_v_self->entered);
           __Pyx_INCREF(__pyx_t_6);
@@ -11305,10 +13386,10 @@ static int __pyx_f_7resilio_9_runner_c_8GateCall__start_gates(struct __pyx_obj_7
             PyObject *__pyx_callargs[2] = {__pyx_t_6, NULL};
             __pyx_t_1 = __Pyx_PyObject_FastCallMethod((PyObject*)__pyx_mstate_global->__pyx_n_u_enter_wait, __pyx_callargs+__pyx_t_7, (1-__pyx_t_7) | (1*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
             __Pyx_XDECREF(__pyx_t_6); __pyx_t_6 = 0;
-            if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 314, __pyx_L5_error)
+            if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 429, __pyx_L5_error)
             __Pyx_GOTREF(__pyx_t_1);
           }
-          __pyx_t_6 = __pyx_f_7resilio_9_runner_c__await_iter(__pyx_t_1); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 314, __pyx_L5_error)
+          __pyx_t_6 = __pyx_f_7resilio_9_runner_c__await_iter(__pyx_t_1); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 429, __pyx_L5_error)
           __Pyx_GOTREF(__pyx_t_6);
           __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
           __Pyx_GIVEREF(__pyx_t_6);
@@ -11316,7 +13397,7 @@ static int __pyx_f_7resilio_9_runner_c_8GateCall__start_gates(struct __pyx_obj_7
           __Pyx_DECREF_SET(__pyx_v_self->it, __pyx_t_6);
           __pyx_t_6 = 0;
 
-          /* "resilio/_runner_c.pyx":315
+          /* "resilio/_runner_c.pyx":430
  *                 if tok is WAIT:
  *                     self.it = _await_iter(g.gates[self.entered]._enter_wait())
  *                     return 1             # <<<<<<<<<<<<<<
@@ -11329,7 +13410,7 @@ static int __pyx_f_7resilio_9_runner_c_8GateCall__start_gates(struct __pyx_obj_7
           }
           goto __pyx_L9_try_return;
 
-          /* "resilio/_runner_c.pyx":313
+          /* "resilio/_runner_c.pyx":428
  *             try:
  *                 tok = g._enter(self.entered)
  *                 if tok is WAIT:             # <<<<<<<<<<<<<<
@@ -11338,7 +13419,7 @@ static int __pyx_f_7resilio_9_runner_c_8GateCall__start_gates(struct __pyx_obj_7
 */
         }
 
-        /* "resilio/_runner_c.pyx":311
+        /* "resilio/_runner_c.pyx":426
  *         cdef object tok
  *         while self.entered < g.n:
  *             try:             # <<<<<<<<<<<<<<
@@ -11354,7 +13435,7 @@ static int __pyx_f_7resilio_9_runner_c_8GateCall__start_gates(struct __pyx_obj_7
       __Pyx_XDECREF(__pyx_t_1); __pyx_t_1 = 0;
       __Pyx_XDECREF(__pyx_t_6); __pyx_t_6 = 0;
 
-      /* "resilio/_runner_c.pyx":316
+      /* "resilio/_runner_c.pyx":431
  *                     self.it = _await_iter(g.gates[self.entered]._enter_wait())
  *                     return 1
  *             except BaseException as exc:             # <<<<<<<<<<<<<<
@@ -11364,7 +13445,7 @@ static int __pyx_f_7resilio_9_runner_c_8GateCall__start_gates(struct __pyx_obj_7
       __pyx_t_8 = __Pyx_PyErr_ExceptionMatches(((PyObject *)(((PyTypeObject*)PyExc_BaseException))));
       if (__pyx_t_8) {
         __Pyx_AddTraceback("resilio._runner_c.GateCall._start_gates", __pyx_clineno, __pyx_lineno, __pyx_filename);
-        if (__Pyx_GetException(&__pyx_t_6, &__pyx_t_1, &__pyx_t_9) < 0) __PYX_ERR(0, 316, __pyx_L7_except_error)
+        if (__Pyx_GetException(&__pyx_t_6, &__pyx_t_1, &__pyx_t_9) < 0) __PYX_ERR(0, 431, __pyx_L7_except_error)
         __Pyx_XGOTREF(__pyx_t_6);
         __Pyx_XGOTREF(__pyx_t_1);
         __Pyx_XGOTREF(__pyx_t_9);
@@ -11372,19 +13453,19 @@ static int __pyx_f_7resilio_9_runner_c_8GateCall__start_gates(struct __pyx_obj_7
         __pyx_v_exc = __pyx_t_1;
         /*try:*/ {
 
-          /* "resilio/_runner_c.pyx":317
+          /* "resilio/_runner_c.pyx":432
  *                     return 1
  *             except BaseException as exc:
  *                 err = self._unwind(exc)             # <<<<<<<<<<<<<<
  *                 if err is exc:
  *                     raise
 */
-          __pyx_t_10 = ((struct __pyx_vtabstruct_7resilio_9_runner_c_GateCall *)__pyx_v_self->__pyx_vtab)->_unwind(__pyx_v_self, __pyx_v_exc); if (unlikely(!__pyx_t_10)) __PYX_ERR(0, 317, __pyx_L19_error)
+          __pyx_t_10 = ((struct __pyx_vtabstruct_7resilio_9_runner_c_GateCall *)__pyx_v_self->__pyx_vtab)->_unwind(__pyx_v_self, __pyx_v_exc); if (unlikely(!__pyx_t_10)) __PYX_ERR(0, 432, __pyx_L19_error)
           __Pyx_GOTREF(__pyx_t_10);
           __pyx_v_err = __pyx_t_10;
           __pyx_t_10 = 0;
 
-          /* "resilio/_runner_c.pyx":318
+          /* "resilio/_runner_c.pyx":433
  *             except BaseException as exc:
  *                 err = self._unwind(exc)
  *                 if err is exc:             # <<<<<<<<<<<<<<
@@ -11395,7 +13476,7 @@ static int __pyx_f_7resilio_9_runner_c_8GateCall__start_gates(struct __pyx_obj_7
           if (unlikely(__pyx_t_2)) {
 
 
-            /* "resilio/_runner_c.pyx":319
+            /* "resilio/_runner_c.pyx":434
  *                 err = self._unwind(exc)
  *                 if err is exc:
  *                     raise             # <<<<<<<<<<<<<<
@@ -11407,9 +13488,9 @@ static int __pyx_f_7resilio_9_runner_c_8GateCall__start_gates(struct __pyx_obj_7
             __Pyx_XGIVEREF(__pyx_t_9);
             __Pyx_ErrRestoreWithState(__pyx_t_6, __pyx_t_1, __pyx_t_9);
             __pyx_t_6 = 0;  __pyx_t_1 = 0;  __pyx_t_9 = 0; 
-            __PYX_ERR(0, 319, __pyx_L19_error)
+            __PYX_ERR(0, 434, __pyx_L19_error)
 
-            /* "resilio/_runner_c.pyx":318
+            /* "resilio/_runner_c.pyx":433
  *             except BaseException as exc:
  *                 err = self._unwind(exc)
  *                 if err is exc:             # <<<<<<<<<<<<<<
@@ -11418,7 +13499,7 @@ static int __pyx_f_7resilio_9_runner_c_8GateCall__start_gates(struct __pyx_obj_7
 */
           }
 
-          /* "resilio/_runner_c.pyx":320
+          /* "resilio/_runner_c.pyx":435
  *                 if err is exc:
  *                     raise
  *                 raise err from exc             # <<<<<<<<<<<<<<
@@ -11426,10 +13507,10 @@ static int __pyx_f_7resilio_9_runner_c_8GateCall__start_gates(struct __pyx_obj_7
  *             self.entered += 1
 */
           __Pyx_Raise(__pyx_v_err, 0, 0, __pyx_v_exc);
-          __PYX_ERR(0, 320, __pyx_L19_error)
+          __PYX_ERR(0, 435, __pyx_L19_error)
         }
 
-        /* "resilio/_runner_c.pyx":316
+        /* "resilio/_runner_c.pyx":431
  *                     self.it = _await_iter(g.gates[self.entered]._enter_wait())
  *                     return 1
  *             except BaseException as exc:             # <<<<<<<<<<<<<<
@@ -11471,7 +13552,7 @@ static int __pyx_f_7resilio_9_runner_c_8GateCall__start_gates(struct __pyx_obj_7
       }
       goto __pyx_L7_except_error;
 
-      /* "resilio/_runner_c.pyx":311
+      /* "resilio/_runner_c.pyx":426
  *         cdef object tok
  *         while self.entered < g.n:
  *             try:             # <<<<<<<<<<<<<<
@@ -11493,16 +13574,16 @@ static int __pyx_f_7resilio_9_runner_c_8GateCall__start_gates(struct __pyx_obj_7
       __pyx_L12_try_end:;
     }
 
-    /* "resilio/_runner_c.pyx":321
+    /* "resilio/_runner_c.pyx":436
  *                     raise
  *                 raise err from exc
  *             self._set_tok(self.entered, tok)             # <<<<<<<<<<<<<<
  *             self.entered += 1
  *         try:
 */
-    __pyx_f_7resilio_9_runner_c_8GateCall__set_tok(__pyx_v_self, __pyx_v_self->entered, __pyx_v_tok); if (unlikely(PyErr_Occurred())) __PYX_ERR(0, 321, __pyx_L1_error)
+    __pyx_f_7resilio_9_runner_c_8GateCall__set_tok(__pyx_v_self, __pyx_v_self->entered, __pyx_v_tok); if (unlikely(PyErr_Occurred())) __PYX_ERR(0, 436, __pyx_L1_error)
 
-    /* "resilio/_runner_c.pyx":322
+    /* "resilio/_runner_c.pyx":437
  *                 raise err from exc
  *             self._set_tok(self.entered, tok)
  *             self.entered += 1             # <<<<<<<<<<<<<<
@@ -11512,7 +13593,7 @@ static int __pyx_f_7resilio_9_runner_c_8GateCall__start_gates(struct __pyx_obj_7
     __pyx_v_self->entered = (__pyx_v_self->entered + 1);
   }
 
-  /* "resilio/_runner_c.pyx":323
+  /* "resilio/_runner_c.pyx":438
  *             self._set_tok(self.entered, tok)
  *             self.entered += 1
  *         try:             # <<<<<<<<<<<<<<
@@ -11528,7 +13609,7 @@ static int __pyx_f_7resilio_9_runner_c_8GateCall__start_gates(struct __pyx_obj_7
     __Pyx_XGOTREF(__pyx_t_3);
     /*try:*/ {
 
-      /* "resilio/_runner_c.pyx":324
+      /* "resilio/_runner_c.pyx":439
  *             self.entered += 1
  *         try:
  *             if g.inner is None:             # <<<<<<<<<<<<<<
@@ -11539,31 +13620,31 @@ static int __pyx_f_7resilio_9_runner_c_8GateCall__start_gates(struct __pyx_obj_7
       if (__pyx_t_2) {
 
 
-        /* "resilio/_runner_c.pyx":325
+        /* "resilio/_runner_c.pyx":440
  *         try:
  *             if g.inner is None:
  *                 self.it = _await_iter(self.fn(*self.args, **self.kwargs))             # <<<<<<<<<<<<<<
  *             else:
  *                 self.it = _await_iter(g.inner(self.fn, self.args, self.kwargs))
 */
-        __pyx_t_9 = __Pyx_PySequence_Tuple(__pyx_v_self->args); if (unlikely(!__pyx_t_9)) __PYX_ERR(0, 325, __pyx_L26_error)
+        __pyx_t_9 = __Pyx_PySequence_Tuple(__pyx_v_self->args); if (unlikely(!__pyx_t_9)) __PYX_ERR(0, 440, __pyx_L26_error)
         __Pyx_GOTREF(__pyx_t_9);
         if (unlikely(__pyx_v_self->kwargs == Py_None)) {
           PyErr_SetString(PyExc_TypeError, "argument after ** must be a mapping, not NoneType");
-          __PYX_ERR(0, 325, __pyx_L26_error)
+          __PYX_ERR(0, 440, __pyx_L26_error)
         }
         if (likely(PyDict_CheckExact(__pyx_v_self->kwargs))) {
-          __pyx_t_1 = PyDict_Copy(__pyx_v_self->kwargs); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 325, __pyx_L26_error)
+          __pyx_t_1 = PyDict_Copy(__pyx_v_self->kwargs); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 440, __pyx_L26_error)
           __Pyx_GOTREF(__pyx_t_1);
         } else {
-          __pyx_t_1 = __Pyx_PyObject_CallOneArg((PyObject*)&PyDict_Type, __pyx_v_self->kwargs); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 325, __pyx_L26_error)
+          __pyx_t_1 = __Pyx_PyObject_CallOneArg((PyObject*)&PyDict_Type, __pyx_v_self->kwargs); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 440, __pyx_L26_error)
           __Pyx_GOTREF(__pyx_t_1);
         }
-        __pyx_t_6 = __Pyx_PyObject_Call(__pyx_v_self->fn, __pyx_t_9, __pyx_t_1); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 325, __pyx_L26_error)
+        __pyx_t_6 = __Pyx_PyObject_Call(__pyx_v_self->fn, __pyx_t_9, __pyx_t_1); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 440, __pyx_L26_error)
         __Pyx_GOTREF(__pyx_t_6);
         __Pyx_DECREF(__pyx_t_9); __pyx_t_9 = 0;
         __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
-        __pyx_t_1 = __pyx_f_7resilio_9_runner_c__await_iter(__pyx_t_6); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 325, __pyx_L26_error)
+        __pyx_t_1 = __pyx_f_7resilio_9_runner_c__await_iter(__pyx_t_6); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 440, __pyx_L26_error)
         __Pyx_GOTREF(__pyx_t_1);
         __Pyx_DECREF(__pyx_t_6); __pyx_t_6 = 0;
         __Pyx_GIVEREF(__pyx_t_1);
@@ -11571,7 +13652,7 @@ static int __pyx_f_7resilio_9_runner_c_8GateCall__start_gates(struct __pyx_obj_7
         __Pyx_DECREF_SET(__pyx_v_self->it, __pyx_t_1);
         __pyx_t_1 = 0;
 
-        /* "resilio/_runner_c.pyx":324
+        /* "resilio/_runner_c.pyx":439
  *             self.entered += 1
  *         try:
  *             if g.inner is None:             # <<<<<<<<<<<<<<
@@ -11581,7 +13662,7 @@ static int __pyx_f_7resilio_9_runner_c_8GateCall__start_gates(struct __pyx_obj_7
         goto __pyx_L32;
       }
 
-      /* "resilio/_runner_c.pyx":327
+      /* "resilio/_runner_c.pyx":442
  *                 self.it = _await_iter(self.fn(*self.args, **self.kwargs))
  *             else:
  *                 self.it = _await_iter(g.inner(self.fn, self.args, self.kwargs))             # <<<<<<<<<<<<<<
@@ -11609,10 +13690,10 @@ static int __pyx_f_7resilio_9_runner_c_8GateCall__start_gates(struct __pyx_obj_7
           __pyx_t_1 = __Pyx_PyObject_FastCall((PyObject*)__pyx_t_9, __pyx_callargs+__pyx_t_7, (4-__pyx_t_7) | (__pyx_t_7*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
           __Pyx_XDECREF(__pyx_t_6); __pyx_t_6 = 0;
           __Pyx_DECREF(__pyx_t_9); __pyx_t_9 = 0;
-          if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 327, __pyx_L26_error)
+          if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 442, __pyx_L26_error)
           __Pyx_GOTREF(__pyx_t_1);
         }
-        __pyx_t_9 = __pyx_f_7resilio_9_runner_c__await_iter(__pyx_t_1); if (unlikely(!__pyx_t_9)) __PYX_ERR(0, 327, __pyx_L26_error)
+        __pyx_t_9 = __pyx_f_7resilio_9_runner_c__await_iter(__pyx_t_1); if (unlikely(!__pyx_t_9)) __PYX_ERR(0, 442, __pyx_L26_error)
         __Pyx_GOTREF(__pyx_t_9);
         __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
         __Pyx_GIVEREF(__pyx_t_9);
@@ -11622,7 +13703,7 @@ static int __pyx_f_7resilio_9_runner_c_8GateCall__start_gates(struct __pyx_obj_7
       }
       __pyx_L32:;
 
-      /* "resilio/_runner_c.pyx":323
+      /* "resilio/_runner_c.pyx":438
  *             self._set_tok(self.entered, tok)
  *             self.entered += 1
  *         try:             # <<<<<<<<<<<<<<
@@ -11640,7 +13721,7 @@ static int __pyx_f_7resilio_9_runner_c_8GateCall__start_gates(struct __pyx_obj_7
     __Pyx_XDECREF(__pyx_t_6); __pyx_t_6 = 0;
     __Pyx_XDECREF(__pyx_t_9); __pyx_t_9 = 0;
 
-    /* "resilio/_runner_c.pyx":328
+    /* "resilio/_runner_c.pyx":443
  *             else:
  *                 self.it = _await_iter(g.inner(self.fn, self.args, self.kwargs))
  *         except BaseException as exc:             # <<<<<<<<<<<<<<
@@ -11650,7 +13731,7 @@ static int __pyx_f_7resilio_9_runner_c_8GateCall__start_gates(struct __pyx_obj_7
     __pyx_t_11 = __Pyx_PyErr_ExceptionMatches(((PyObject *)(((PyTypeObject*)PyExc_BaseException))));
     if (__pyx_t_11) {
       __Pyx_AddTraceback("resilio._runner_c.GateCall._start_gates", __pyx_clineno, __pyx_lineno, __pyx_filename);
-      if (__Pyx_GetException(&__pyx_t_9, &__pyx_t_1, &__pyx_t_6) < 0) __PYX_ERR(0, 328, __pyx_L28_except_error)
+      if (__Pyx_GetException(&__pyx_t_9, &__pyx_t_1, &__pyx_t_6) < 0) __PYX_ERR(0, 443, __pyx_L28_except_error)
       __Pyx_XGOTREF(__pyx_t_9);
       __Pyx_XGOTREF(__pyx_t_1);
       __Pyx_XGOTREF(__pyx_t_6);
@@ -11658,19 +13739,19 @@ static int __pyx_f_7resilio_9_runner_c_8GateCall__start_gates(struct __pyx_obj_7
       __pyx_v_exc = __pyx_t_1;
       /*try:*/ {
 
-        /* "resilio/_runner_c.pyx":329
+        /* "resilio/_runner_c.pyx":444
  *                 self.it = _await_iter(g.inner(self.fn, self.args, self.kwargs))
  *         except BaseException as exc:
  *             err = self._unwind(exc)             # <<<<<<<<<<<<<<
  *             if err is exc:
  *                 raise
 */
-        __pyx_t_10 = ((struct __pyx_vtabstruct_7resilio_9_runner_c_GateCall *)__pyx_v_self->__pyx_vtab)->_unwind(__pyx_v_self, __pyx_v_exc); if (unlikely(!__pyx_t_10)) __PYX_ERR(0, 329, __pyx_L38_error)
+        __pyx_t_10 = ((struct __pyx_vtabstruct_7resilio_9_runner_c_GateCall *)__pyx_v_self->__pyx_vtab)->_unwind(__pyx_v_self, __pyx_v_exc); if (unlikely(!__pyx_t_10)) __PYX_ERR(0, 444, __pyx_L38_error)
         __Pyx_GOTREF(__pyx_t_10);
         __pyx_v_err = __pyx_t_10;
         __pyx_t_10 = 0;
 
-        /* "resilio/_runner_c.pyx":330
+        /* "resilio/_runner_c.pyx":445
  *         except BaseException as exc:
  *             err = self._unwind(exc)
  *             if err is exc:             # <<<<<<<<<<<<<<
@@ -11681,7 +13762,7 @@ static int __pyx_f_7resilio_9_runner_c_8GateCall__start_gates(struct __pyx_obj_7
         if (unlikely(__pyx_t_2)) {
 
 
-          /* "resilio/_runner_c.pyx":331
+          /* "resilio/_runner_c.pyx":446
  *             err = self._unwind(exc)
  *             if err is exc:
  *                 raise             # <<<<<<<<<<<<<<
@@ -11693,9 +13774,9 @@ static int __pyx_f_7resilio_9_runner_c_8GateCall__start_gates(struct __pyx_obj_7
           __Pyx_XGIVEREF(__pyx_t_6);
           __Pyx_ErrRestoreWithState(__pyx_t_9, __pyx_t_1, __pyx_t_6);
           __pyx_t_9 = 0;  __pyx_t_1 = 0;  __pyx_t_6 = 0; 
-          __PYX_ERR(0, 331, __pyx_L38_error)
+          __PYX_ERR(0, 446, __pyx_L38_error)
 
-          /* "resilio/_runner_c.pyx":330
+          /* "resilio/_runner_c.pyx":445
  *         except BaseException as exc:
  *             err = self._unwind(exc)
  *             if err is exc:             # <<<<<<<<<<<<<<
@@ -11704,7 +13785,7 @@ static int __pyx_f_7resilio_9_runner_c_8GateCall__start_gates(struct __pyx_obj_7
 */
         }
 
-        /* "resilio/_runner_c.pyx":332
+        /* "resilio/_runner_c.pyx":447
  *             if err is exc:
  *                 raise
  *             raise err from exc             # <<<<<<<<<<<<<<
@@ -11712,10 +13793,10 @@ static int __pyx_f_7resilio_9_runner_c_8GateCall__start_gates(struct __pyx_obj_7
  *         return 0
 */
         __Pyx_Raise(__pyx_v_err, 0, 0, __pyx_v_exc);
-        __PYX_ERR(0, 332, __pyx_L38_error)
+        __PYX_ERR(0, 447, __pyx_L38_error)
       }
 
-      /* "resilio/_runner_c.pyx":328
+      /* "resilio/_runner_c.pyx":443
  *             else:
  *                 self.it = _await_iter(g.inner(self.fn, self.args, self.kwargs))
  *         except BaseException as exc:             # <<<<<<<<<<<<<<
@@ -11757,7 +13838,7 @@ static int __pyx_f_7resilio_9_runner_c_8GateCall__start_gates(struct __pyx_obj_7
     }
     goto __pyx_L28_except_error;
 
-    /* "resilio/_runner_c.pyx":323
+    /* "resilio/_runner_c.pyx":438
  *             self._set_tok(self.entered, tok)
  *             self.entered += 1
  *         try:             # <<<<<<<<<<<<<<
@@ -11773,7 +13854,7 @@ static int __pyx_f_7resilio_9_runner_c_8GateCall__start_gates(struct __pyx_obj_7
     __pyx_L31_try_end:;
   }
 
-  /* "resilio/_runner_c.pyx":333
+  /* "resilio/_runner_c.pyx":448
  *                 raise
  *             raise err from exc
  *         self.state = S_CALL             # <<<<<<<<<<<<<<
@@ -11782,7 +13863,7 @@ static int __pyx_f_7resilio_9_runner_c_8GateCall__start_gates(struct __pyx_obj_7
 */
   __pyx_v_self->state = __pyx_e_7resilio_9_runner_c_S_CALL;
 
-  /* "resilio/_runner_c.pyx":334
+  /* "resilio/_runner_c.pyx":449
  *             raise err from exc
  *         self.state = S_CALL
  *         return 0             # <<<<<<<<<<<<<<
@@ -11795,7 +13876,7 @@ static int __pyx_f_7resilio_9_runner_c_8GateCall__start_gates(struct __pyx_obj_7
   }
   goto __pyx_L0;
 
-  /* "resilio/_runner_c.pyx":306
+  /* "resilio/_runner_c.pyx":421
  *         return 0
  * 
  *     cdef int _start_gates(self) except -1:             # <<<<<<<<<<<<<<
@@ -11821,7 +13902,7 @@ static int __pyx_f_7resilio_9_runner_c_8GateCall__start_gates(struct __pyx_obj_7
   return __pyx_r;
 }
 
-/* "resilio/_runner_c.pyx":336
+/* "resilio/_runner_c.pyx":451
  *         return 0
  * 
  *     cdef int _after(self, int rc, object res) except -1:             # <<<<<<<<<<<<<<
@@ -11839,7 +13920,7 @@ static int __pyx_f_7resilio_9_runner_c_8GateCall__after(struct __pyx_obj_7resili
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("_after", 0);
 
-  /* "resilio/_runner_c.pyx":338
+  /* "resilio/_runner_c.pyx":453
  *     cdef int _after(self, int rc, object res) except -1:
  *         """Handle the inner iterator's outcome: 1 = yielded (out set), 0 = returned."""
  *         if rc == PYGEN_NEXT:             # <<<<<<<<<<<<<<
@@ -11851,7 +13932,7 @@ static int __pyx_f_7resilio_9_runner_c_8GateCall__after(struct __pyx_obj_7resili
   if (__pyx_t_1) {
 
 
-    /* "resilio/_runner_c.pyx":339
+    /* "resilio/_runner_c.pyx":454
  *         """Handle the inner iterator's outcome: 1 = yielded (out set), 0 = returned."""
  *         if rc == PYGEN_NEXT:
  *             self.out = res             # <<<<<<<<<<<<<<
@@ -11863,7 +13944,7 @@ static int __pyx_f_7resilio_9_runner_c_8GateCall__after(struct __pyx_obj_7resili
     __Pyx_GOTREF(__pyx_v_self->out);
     __Pyx_DECREF_SET(__pyx_v_self->out, __pyx_v_res);
 
-    /* "resilio/_runner_c.pyx":340
+    /* "resilio/_runner_c.pyx":455
  *         if rc == PYGEN_NEXT:
  *             self.out = res
  *             return 1             # <<<<<<<<<<<<<<
@@ -11876,7 +13957,7 @@ static int __pyx_f_7resilio_9_runner_c_8GateCall__after(struct __pyx_obj_7resili
     }
     goto __pyx_L0;
 
-    /* "resilio/_runner_c.pyx":338
+    /* "resilio/_runner_c.pyx":453
  *     cdef int _after(self, int rc, object res) except -1:
  *         """Handle the inner iterator's outcome: 1 = yielded (out set), 0 = returned."""
  *         if rc == PYGEN_NEXT:             # <<<<<<<<<<<<<<
@@ -11885,7 +13966,7 @@ static int __pyx_f_7resilio_9_runner_c_8GateCall__after(struct __pyx_obj_7resili
 */
   }
 
-  /* "resilio/_runner_c.pyx":341
+  /* "resilio/_runner_c.pyx":456
  *             self.out = res
  *             return 1
  *         if self.state == S_CALL:             # <<<<<<<<<<<<<<
@@ -11897,7 +13978,7 @@ static int __pyx_f_7resilio_9_runner_c_8GateCall__after(struct __pyx_obj_7resili
   if (__pyx_t_1) {
 
 
-    /* "resilio/_runner_c.pyx":342
+    /* "resilio/_runner_c.pyx":457
  *             return 1
  *         if self.state == S_CALL:
  *             self.it = None             # <<<<<<<<<<<<<<
@@ -11909,17 +13990,17 @@ static int __pyx_f_7resilio_9_runner_c_8GateCall__after(struct __pyx_obj_7resili
     __Pyx_GOTREF(__pyx_v_self->it);
     __Pyx_DECREF_SET(__pyx_v_self->it, Py_None);
 
-    /* "resilio/_runner_c.pyx":343
+    /* "resilio/_runner_c.pyx":458
  *         if self.state == S_CALL:
  *             self.it = None
  *             self._finish(res)             # <<<<<<<<<<<<<<
  *             return 0
  *         # An _enter_wait finished: that gate is entered.
 */
-    __pyx_t_2 = ((struct __pyx_vtabstruct_7resilio_9_runner_c_GateCall *)__pyx_v_self->__pyx_vtab)->_finish(__pyx_v_self, __pyx_v_res); if (unlikely(__pyx_t_2 == ((int)-1))) __PYX_ERR(0, 343, __pyx_L1_error)
+    __pyx_t_2 = ((struct __pyx_vtabstruct_7resilio_9_runner_c_GateCall *)__pyx_v_self->__pyx_vtab)->_finish(__pyx_v_self, __pyx_v_res); if (unlikely(__pyx_t_2 == ((int)-1))) __PYX_ERR(0, 458, __pyx_L1_error)
 
 
-    /* "resilio/_runner_c.pyx":344
+    /* "resilio/_runner_c.pyx":459
  *             self.it = None
  *             self._finish(res)
  *             return 0             # <<<<<<<<<<<<<<
@@ -11932,7 +14013,7 @@ static int __pyx_f_7resilio_9_runner_c_8GateCall__after(struct __pyx_obj_7resili
     }
     goto __pyx_L0;
 
-    /* "resilio/_runner_c.pyx":341
+    /* "resilio/_runner_c.pyx":456
  *             self.out = res
  *             return 1
  *         if self.state == S_CALL:             # <<<<<<<<<<<<<<
@@ -11941,7 +14022,7 @@ static int __pyx_f_7resilio_9_runner_c_8GateCall__after(struct __pyx_obj_7resili
 */
   }
 
-  /* "resilio/_runner_c.pyx":346
+  /* "resilio/_runner_c.pyx":461
  *             return 0
  *         # An _enter_wait finished: that gate is entered.
  *         self.it = None             # <<<<<<<<<<<<<<
@@ -11953,16 +14034,16 @@ static int __pyx_f_7resilio_9_runner_c_8GateCall__after(struct __pyx_obj_7resili
   __Pyx_GOTREF(__pyx_v_self->it);
   __Pyx_DECREF_SET(__pyx_v_self->it, Py_None);
 
-  /* "resilio/_runner_c.pyx":347
+  /* "resilio/_runner_c.pyx":462
  *         # An _enter_wait finished: that gate is entered.
  *         self.it = None
  *         self._set_tok(self.entered, res)             # <<<<<<<<<<<<<<
  *         self.entered += 1
  *         self._start_gates()
 */
-  __pyx_f_7resilio_9_runner_c_8GateCall__set_tok(__pyx_v_self, __pyx_v_self->entered, __pyx_v_res); if (unlikely(PyErr_Occurred())) __PYX_ERR(0, 347, __pyx_L1_error)
+  __pyx_f_7resilio_9_runner_c_8GateCall__set_tok(__pyx_v_self, __pyx_v_self->entered, __pyx_v_res); if (unlikely(PyErr_Occurred())) __PYX_ERR(0, 462, __pyx_L1_error)
 
-  /* "resilio/_runner_c.pyx":348
+  /* "resilio/_runner_c.pyx":463
  *         self.it = None
  *         self._set_tok(self.entered, res)
  *         self.entered += 1             # <<<<<<<<<<<<<<
@@ -11971,30 +14052,30 @@ static int __pyx_f_7resilio_9_runner_c_8GateCall__after(struct __pyx_obj_7resili
 */
   __pyx_v_self->entered = (__pyx_v_self->entered + 1);
 
-  /* "resilio/_runner_c.pyx":349
+  /* "resilio/_runner_c.pyx":464
  *         self._set_tok(self.entered, res)
  *         self.entered += 1
  *         self._start_gates()             # <<<<<<<<<<<<<<
  *         return self._send(None)
  * 
 */
-  __pyx_t_2 = ((struct __pyx_vtabstruct_7resilio_9_runner_c_GateCall *)__pyx_v_self->__pyx_vtab)->_start_gates(__pyx_v_self); if (unlikely(__pyx_t_2 == ((int)-1))) __PYX_ERR(0, 349, __pyx_L1_error)
+  __pyx_t_2 = ((struct __pyx_vtabstruct_7resilio_9_runner_c_GateCall *)__pyx_v_self->__pyx_vtab)->_start_gates(__pyx_v_self); if (unlikely(__pyx_t_2 == ((int)-1))) __PYX_ERR(0, 464, __pyx_L1_error)
 
 
-  /* "resilio/_runner_c.pyx":350
+  /* "resilio/_runner_c.pyx":465
  *         self.entered += 1
  *         self._start_gates()
  *         return self._send(None)             # <<<<<<<<<<<<<<
  * 
  *     cdef int _fail(self, object exc) except -1:
 */
-  __pyx_t_2 = ((struct __pyx_vtabstruct_7resilio_9_runner_c_GateCall *)__pyx_v_self->__pyx_vtab)->_send(__pyx_v_self, Py_None); if (unlikely(__pyx_t_2 == ((int)-1))) __PYX_ERR(0, 350, __pyx_L1_error)
+  __pyx_t_2 = ((struct __pyx_vtabstruct_7resilio_9_runner_c_GateCall *)__pyx_v_self->__pyx_vtab)->_send(__pyx_v_self, Py_None); if (unlikely(__pyx_t_2 == ((int)-1))) __PYX_ERR(0, 465, __pyx_L1_error)
   {
     __pyx_r = __pyx_t_2;
   }
   goto __pyx_L0;
 
-  /* "resilio/_runner_c.pyx":336
+  /* "resilio/_runner_c.pyx":451
  *         return 0
  * 
  *     cdef int _after(self, int rc, object res) except -1:             # <<<<<<<<<<<<<<
@@ -12012,7 +14093,7 @@ static int __pyx_f_7resilio_9_runner_c_8GateCall__after(struct __pyx_obj_7resili
   return __pyx_r;
 }
 
-/* "resilio/_runner_c.pyx":352
+/* "resilio/_runner_c.pyx":467
  *         return self._send(None)
  * 
  *     cdef int _fail(self, object exc) except -1:             # <<<<<<<<<<<<<<
@@ -12031,7 +14112,7 @@ static int __pyx_f_7resilio_9_runner_c_8GateCall__fail(struct __pyx_obj_7resilio
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("_fail", 0);
 
-  /* "resilio/_runner_c.pyx":353
+  /* "resilio/_runner_c.pyx":468
  * 
  *     cdef int _fail(self, object exc) except -1:
  *         self.it = None             # <<<<<<<<<<<<<<
@@ -12043,19 +14124,19 @@ static int __pyx_f_7resilio_9_runner_c_8GateCall__fail(struct __pyx_obj_7resilio
   __Pyx_GOTREF(__pyx_v_self->it);
   __Pyx_DECREF_SET(__pyx_v_self->it, Py_None);
 
-  /* "resilio/_runner_c.pyx":354
+  /* "resilio/_runner_c.pyx":469
  *     cdef int _fail(self, object exc) except -1:
  *         self.it = None
  *         err = self._unwind(exc)             # <<<<<<<<<<<<<<
  *         if err is exc:
  *             raise exc
 */
-  __pyx_t_1 = ((struct __pyx_vtabstruct_7resilio_9_runner_c_GateCall *)__pyx_v_self->__pyx_vtab)->_unwind(__pyx_v_self, __pyx_v_exc); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 354, __pyx_L1_error)
+  __pyx_t_1 = ((struct __pyx_vtabstruct_7resilio_9_runner_c_GateCall *)__pyx_v_self->__pyx_vtab)->_unwind(__pyx_v_self, __pyx_v_exc); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 469, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
   __pyx_v_err = __pyx_t_1;
   __pyx_t_1 = 0;
 
-  /* "resilio/_runner_c.pyx":355
+  /* "resilio/_runner_c.pyx":470
  *         self.it = None
  *         err = self._unwind(exc)
  *         if err is exc:             # <<<<<<<<<<<<<<
@@ -12066,7 +14147,7 @@ static int __pyx_f_7resilio_9_runner_c_8GateCall__fail(struct __pyx_obj_7resilio
   if (unlikely(__pyx_t_2)) {
 
 
-    /* "resilio/_runner_c.pyx":356
+    /* "resilio/_runner_c.pyx":471
  *         err = self._unwind(exc)
  *         if err is exc:
  *             raise exc             # <<<<<<<<<<<<<<
@@ -12074,9 +14155,9 @@ static int __pyx_f_7resilio_9_runner_c_8GateCall__fail(struct __pyx_obj_7resilio
  * 
 */
     __Pyx_Raise(__pyx_v_exc, 0, 0, 0);
-    __PYX_ERR(0, 356, __pyx_L1_error)
+    __PYX_ERR(0, 471, __pyx_L1_error)
 
-    /* "resilio/_runner_c.pyx":355
+    /* "resilio/_runner_c.pyx":470
  *         self.it = None
  *         err = self._unwind(exc)
  *         if err is exc:             # <<<<<<<<<<<<<<
@@ -12085,7 +14166,7 @@ static int __pyx_f_7resilio_9_runner_c_8GateCall__fail(struct __pyx_obj_7resilio
 */
   }
 
-  /* "resilio/_runner_c.pyx":357
+  /* "resilio/_runner_c.pyx":472
  *         if err is exc:
  *             raise exc
  *         raise err from exc             # <<<<<<<<<<<<<<
@@ -12093,9 +14174,9 @@ static int __pyx_f_7resilio_9_runner_c_8GateCall__fail(struct __pyx_obj_7resilio
  *     cdef int _send(self, object value) except -1:
 */
   __Pyx_Raise(__pyx_v_err, 0, 0, __pyx_v_exc);
-  __PYX_ERR(0, 357, __pyx_L1_error)
+  __PYX_ERR(0, 472, __pyx_L1_error)
 
-  /* "resilio/_runner_c.pyx":352
+  /* "resilio/_runner_c.pyx":467
  *         return self._send(None)
  * 
  *     cdef int _fail(self, object exc) except -1:             # <<<<<<<<<<<<<<
@@ -12114,7 +14195,7 @@ static int __pyx_f_7resilio_9_runner_c_8GateCall__fail(struct __pyx_obj_7resilio
   return __pyx_r;
 }
 
-/* "resilio/_runner_c.pyx":359
+/* "resilio/_runner_c.pyx":474
  *         raise err from exc
  * 
  *     cdef int _send(self, object value) except -1:             # <<<<<<<<<<<<<<
@@ -12151,7 +14232,7 @@ static int __pyx_f_7resilio_9_runner_c_8GateCall__send(struct __pyx_obj_7resilio
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("_send", 0);
 
-  /* "resilio/_runner_c.pyx":361
+  /* "resilio/_runner_c.pyx":476
  *     cdef int _send(self, object value) except -1:
  *         """Advance; 1 = yielded (self.out), 0 = returned (self.out)."""
  *         cdef PyObject *res = NULL             # <<<<<<<<<<<<<<
@@ -12160,7 +14241,7 @@ static int __pyx_f_7resilio_9_runner_c_8GateCall__send(struct __pyx_obj_7resilio
 */
   __pyx_v_res = NULL;
 
-  /* "resilio/_runner_c.pyx":364
+  /* "resilio/_runner_c.pyx":479
  *         cdef int rc
  *         cdef object r
  *         if self.state == S_DONE:             # <<<<<<<<<<<<<<
@@ -12172,7 +14253,7 @@ static int __pyx_f_7resilio_9_runner_c_8GateCall__send(struct __pyx_obj_7resilio
   if (unlikely(__pyx_t_1)) {
 
 
-    /* "resilio/_runner_c.pyx":365
+    /* "resilio/_runner_c.pyx":480
  *         cdef object r
  *         if self.state == S_DONE:
  *             raise RuntimeError("cannot reuse already awaited coroutine")             # <<<<<<<<<<<<<<
@@ -12185,14 +14266,14 @@ static int __pyx_f_7resilio_9_runner_c_8GateCall__send(struct __pyx_obj_7resilio
       PyObject *__pyx_callargs[2] = {__pyx_t_3, __pyx_mstate_global->__pyx_kp_u_cannot_reuse_already_awaited_cor};
       __pyx_t_2 = __Pyx_PyObject_FastCall((PyObject*)(((PyTypeObject*)PyExc_RuntimeError)), __pyx_callargs+__pyx_t_4, (2-__pyx_t_4) | (__pyx_t_4*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
       __Pyx_XDECREF(__pyx_t_3); __pyx_t_3 = 0;
-      if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 365, __pyx_L1_error)
+      if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 480, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_2);
     }
     __Pyx_Raise(__pyx_t_2, 0, 0, 0);
     __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
-    __PYX_ERR(0, 365, __pyx_L1_error)
+    __PYX_ERR(0, 480, __pyx_L1_error)
 
-    /* "resilio/_runner_c.pyx":364
+    /* "resilio/_runner_c.pyx":479
  *         cdef int rc
  *         cdef object r
  *         if self.state == S_DONE:             # <<<<<<<<<<<<<<
@@ -12201,7 +14282,7 @@ static int __pyx_f_7resilio_9_runner_c_8GateCall__send(struct __pyx_obj_7resilio
 */
   }
 
-  /* "resilio/_runner_c.pyx":366
+  /* "resilio/_runner_c.pyx":481
  *         if self.state == S_DONE:
  *             raise RuntimeError("cannot reuse already awaited coroutine")
  *         if self.it is None:             # <<<<<<<<<<<<<<
@@ -12212,17 +14293,17 @@ static int __pyx_f_7resilio_9_runner_c_8GateCall__send(struct __pyx_obj_7resilio
   if (__pyx_t_1) {
 
 
-    /* "resilio/_runner_c.pyx":367
+    /* "resilio/_runner_c.pyx":482
  *             raise RuntimeError("cannot reuse already awaited coroutine")
  *         if self.it is None:
  *             self._start_gates()             # <<<<<<<<<<<<<<
  *         try:
  *             rc = PyIter_Send(<PyObject*>self.it, <PyObject*>value, &res)
 */
-    __pyx_t_5 = ((struct __pyx_vtabstruct_7resilio_9_runner_c_GateCall *)__pyx_v_self->__pyx_vtab)->_start_gates(__pyx_v_self); if (unlikely(__pyx_t_5 == ((int)-1))) __PYX_ERR(0, 367, __pyx_L1_error)
+    __pyx_t_5 = ((struct __pyx_vtabstruct_7resilio_9_runner_c_GateCall *)__pyx_v_self->__pyx_vtab)->_start_gates(__pyx_v_self); if (unlikely(__pyx_t_5 == ((int)-1))) __PYX_ERR(0, 482, __pyx_L1_error)
 
 
-    /* "resilio/_runner_c.pyx":366
+    /* "resilio/_runner_c.pyx":481
  *         if self.state == S_DONE:
  *             raise RuntimeError("cannot reuse already awaited coroutine")
  *         if self.it is None:             # <<<<<<<<<<<<<<
@@ -12231,7 +14312,7 @@ static int __pyx_f_7resilio_9_runner_c_8GateCall__send(struct __pyx_obj_7resilio
 */
   }
 
-  /* "resilio/_runner_c.pyx":368
+  /* "resilio/_runner_c.pyx":483
  *         if self.it is None:
  *             self._start_gates()
  *         try:             # <<<<<<<<<<<<<<
@@ -12247,17 +14328,17 @@ static int __pyx_f_7resilio_9_runner_c_8GateCall__send(struct __pyx_obj_7resilio
     __Pyx_XGOTREF(__pyx_t_8);
     /*try:*/ {
 
-      /* "resilio/_runner_c.pyx":369
+      /* "resilio/_runner_c.pyx":484
  *             self._start_gates()
  *         try:
  *             rc = PyIter_Send(<PyObject*>self.it, <PyObject*>value, &res)             # <<<<<<<<<<<<<<
  *         except BaseException as exc:
  *             return self._fail(exc)
 */
-      __pyx_t_5 = PyIter_Send(((PyObject *)__pyx_v_self->it), ((PyObject *)__pyx_v_value), (&__pyx_v_res)); if (unlikely(__pyx_t_5 == ((int)-1))) __PYX_ERR(0, 369, __pyx_L5_error)
+      __pyx_t_5 = PyIter_Send(((PyObject *)__pyx_v_self->it), ((PyObject *)__pyx_v_value), (&__pyx_v_res)); if (unlikely(__pyx_t_5 == ((int)-1))) __PYX_ERR(0, 484, __pyx_L5_error)
       __pyx_v_rc = __pyx_t_5;
 
-      /* "resilio/_runner_c.pyx":368
+      /* "resilio/_runner_c.pyx":483
  *         if self.it is None:
  *             self._start_gates()
  *         try:             # <<<<<<<<<<<<<<
@@ -12273,7 +14354,7 @@ static int __pyx_f_7resilio_9_runner_c_8GateCall__send(struct __pyx_obj_7resilio
     __Pyx_XDECREF(__pyx_t_2); __pyx_t_2 = 0;
     __Pyx_XDECREF(__pyx_t_3); __pyx_t_3 = 0;
 
-    /* "resilio/_runner_c.pyx":370
+    /* "resilio/_runner_c.pyx":485
  *         try:
  *             rc = PyIter_Send(<PyObject*>self.it, <PyObject*>value, &res)
  *         except BaseException as exc:             # <<<<<<<<<<<<<<
@@ -12283,7 +14364,7 @@ static int __pyx_f_7resilio_9_runner_c_8GateCall__send(struct __pyx_obj_7resilio
     __pyx_t_5 = __Pyx_PyErr_ExceptionMatches(((PyObject *)(((PyTypeObject*)PyExc_BaseException))));
     if (__pyx_t_5) {
       __Pyx_AddTraceback("resilio._runner_c.GateCall._send", __pyx_clineno, __pyx_lineno, __pyx_filename);
-      if (__Pyx_GetException(&__pyx_t_2, &__pyx_t_3, &__pyx_t_9) < 0) __PYX_ERR(0, 370, __pyx_L7_except_error)
+      if (__Pyx_GetException(&__pyx_t_2, &__pyx_t_3, &__pyx_t_9) < 0) __PYX_ERR(0, 485, __pyx_L7_except_error)
       __Pyx_XGOTREF(__pyx_t_2);
       __Pyx_XGOTREF(__pyx_t_3);
       __Pyx_XGOTREF(__pyx_t_9);
@@ -12291,14 +14372,14 @@ static int __pyx_f_7resilio_9_runner_c_8GateCall__send(struct __pyx_obj_7resilio
       __pyx_v_exc = __pyx_t_3;
       /*try:*/ {
 
-        /* "resilio/_runner_c.pyx":371
+        /* "resilio/_runner_c.pyx":486
  *             rc = PyIter_Send(<PyObject*>self.it, <PyObject*>value, &res)
  *         except BaseException as exc:
  *             return self._fail(exc)             # <<<<<<<<<<<<<<
  *         r = <object>res
  *         Py_DECREF(r)
 */
-        __pyx_t_5 = ((struct __pyx_vtabstruct_7resilio_9_runner_c_GateCall *)__pyx_v_self->__pyx_vtab)->_fail(__pyx_v_self, __pyx_v_exc); if (unlikely(__pyx_t_5 == ((int)-1))) __PYX_ERR(0, 371, __pyx_L16_error)
+        __pyx_t_5 = ((struct __pyx_vtabstruct_7resilio_9_runner_c_GateCall *)__pyx_v_self->__pyx_vtab)->_fail(__pyx_v_self, __pyx_v_exc); if (unlikely(__pyx_t_5 == ((int)-1))) __PYX_ERR(0, 486, __pyx_L16_error)
         {
           __pyx_r = __pyx_t_5;
         }
@@ -12308,7 +14389,7 @@ static int __pyx_f_7resilio_9_runner_c_8GateCall__send(struct __pyx_obj_7resilio
         goto __pyx_L15_return;
       }
 
-      /* "resilio/_runner_c.pyx":370
+      /* "resilio/_runner_c.pyx":485
  *         try:
  *             rc = PyIter_Send(<PyObject*>self.it, <PyObject*>value, &res)
  *         except BaseException as exc:             # <<<<<<<<<<<<<<
@@ -12355,7 +14436,7 @@ static int __pyx_f_7resilio_9_runner_c_8GateCall__send(struct __pyx_obj_7resilio
     }
     goto __pyx_L7_except_error;
 
-    /* "resilio/_runner_c.pyx":368
+    /* "resilio/_runner_c.pyx":483
  *         if self.it is None:
  *             self._start_gates()
  *         try:             # <<<<<<<<<<<<<<
@@ -12377,7 +14458,7 @@ static int __pyx_f_7resilio_9_runner_c_8GateCall__send(struct __pyx_obj_7resilio
     __pyx_L10_try_end:;
   }
 
-  /* "resilio/_runner_c.pyx":372
+  /* "resilio/_runner_c.pyx":487
  *         except BaseException as exc:
  *             return self._fail(exc)
  *         r = <object>res             # <<<<<<<<<<<<<<
@@ -12389,7 +14470,7 @@ static int __pyx_f_7resilio_9_runner_c_8GateCall__send(struct __pyx_obj_7resilio
   __pyx_v_r = __pyx_t_9;
   __pyx_t_9 = 0;
 
-  /* "resilio/_runner_c.pyx":373
+  /* "resilio/_runner_c.pyx":488
  *             return self._fail(exc)
  *         r = <object>res
  *         Py_DECREF(r)             # <<<<<<<<<<<<<<
@@ -12398,20 +14479,20 @@ static int __pyx_f_7resilio_9_runner_c_8GateCall__send(struct __pyx_obj_7resilio
 */
   Py_DECREF(__pyx_v_r);
 
-  /* "resilio/_runner_c.pyx":374
+  /* "resilio/_runner_c.pyx":489
  *         r = <object>res
  *         Py_DECREF(r)
  *         return self._after(rc, r)             # <<<<<<<<<<<<<<
  * 
  *     cdef int _throw(self, object typ, object val, object tb) except -1:
 */
-  __pyx_t_10 = ((struct __pyx_vtabstruct_7resilio_9_runner_c_GateCall *)__pyx_v_self->__pyx_vtab)->_after(__pyx_v_self, __pyx_v_rc, __pyx_v_r); if (unlikely(__pyx_t_10 == ((int)-1))) __PYX_ERR(0, 374, __pyx_L1_error)
+  __pyx_t_10 = ((struct __pyx_vtabstruct_7resilio_9_runner_c_GateCall *)__pyx_v_self->__pyx_vtab)->_after(__pyx_v_self, __pyx_v_rc, __pyx_v_r); if (unlikely(__pyx_t_10 == ((int)-1))) __PYX_ERR(0, 489, __pyx_L1_error)
   {
     __pyx_r = __pyx_t_10;
   }
   goto __pyx_L0;
 
-  /* "resilio/_runner_c.pyx":359
+  /* "resilio/_runner_c.pyx":474
  *         raise err from exc
  * 
  *     cdef int _send(self, object value) except -1:             # <<<<<<<<<<<<<<
@@ -12436,7 +14517,7 @@ static int __pyx_f_7resilio_9_runner_c_8GateCall__send(struct __pyx_obj_7resilio
   return __pyx_r;
 }
 
-/* "resilio/_runner_c.pyx":376
+/* "resilio/_runner_c.pyx":491
  *         return self._after(rc, r)
  * 
  *     cdef int _throw(self, object typ, object val, object tb) except -1:             # <<<<<<<<<<<<<<
@@ -12474,7 +14555,7 @@ static int __pyx_f_7resilio_9_runner_c_8GateCall__throw(struct __pyx_obj_7resili
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("_throw", 0);
 
-  /* "resilio/_runner_c.pyx":377
+  /* "resilio/_runner_c.pyx":492
  * 
  *     cdef int _throw(self, object typ, object val, object tb) except -1:
  *         if self.state == S_DONE:             # <<<<<<<<<<<<<<
@@ -12486,7 +14567,7 @@ static int __pyx_f_7resilio_9_runner_c_8GateCall__throw(struct __pyx_obj_7resili
   if (unlikely(__pyx_t_1)) {
 
 
-    /* "resilio/_runner_c.pyx":378
+    /* "resilio/_runner_c.pyx":493
  *     cdef int _throw(self, object typ, object val, object tb) except -1:
  *         if self.state == S_DONE:
  *             raise RuntimeError("cannot throw into an awaited coroutine")             # <<<<<<<<<<<<<<
@@ -12499,14 +14580,14 @@ static int __pyx_f_7resilio_9_runner_c_8GateCall__throw(struct __pyx_obj_7resili
       PyObject *__pyx_callargs[2] = {__pyx_t_3, __pyx_mstate_global->__pyx_kp_u_cannot_throw_into_an_awaited_cor};
       __pyx_t_2 = __Pyx_PyObject_FastCall((PyObject*)(((PyTypeObject*)PyExc_RuntimeError)), __pyx_callargs+__pyx_t_4, (2-__pyx_t_4) | (__pyx_t_4*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
       __Pyx_XDECREF(__pyx_t_3); __pyx_t_3 = 0;
-      if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 378, __pyx_L1_error)
+      if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 493, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_2);
     }
     __Pyx_Raise(__pyx_t_2, 0, 0, 0);
     __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
-    __PYX_ERR(0, 378, __pyx_L1_error)
+    __PYX_ERR(0, 493, __pyx_L1_error)
 
-    /* "resilio/_runner_c.pyx":377
+    /* "resilio/_runner_c.pyx":492
  * 
  *     cdef int _throw(self, object typ, object val, object tb) except -1:
  *         if self.state == S_DONE:             # <<<<<<<<<<<<<<
@@ -12515,7 +14596,7 @@ static int __pyx_f_7resilio_9_runner_c_8GateCall__throw(struct __pyx_obj_7resili
 */
   }
 
-  /* "resilio/_runner_c.pyx":379
+  /* "resilio/_runner_c.pyx":494
  *         if self.state == S_DONE:
  *             raise RuntimeError("cannot throw into an awaited coroutine")
  *         if self.it is None:             # <<<<<<<<<<<<<<
@@ -12526,7 +14607,7 @@ static int __pyx_f_7resilio_9_runner_c_8GateCall__throw(struct __pyx_obj_7resili
   if (__pyx_t_1) {
 
 
-    /* "resilio/_runner_c.pyx":381
+    /* "resilio/_runner_c.pyx":496
  *         if self.it is None:
  *             # Not started: nothing entered yet; raise the thrown exception.
  *             self.state = S_DONE             # <<<<<<<<<<<<<<
@@ -12535,7 +14616,7 @@ static int __pyx_f_7resilio_9_runner_c_8GateCall__throw(struct __pyx_obj_7resili
 */
     __pyx_v_self->state = __pyx_e_7resilio_9_runner_c_S_DONE;
 
-    /* "resilio/_runner_c.pyx":382
+    /* "resilio/_runner_c.pyx":497
  *             # Not started: nothing entered yet; raise the thrown exception.
  *             self.state = S_DONE
  *             if val is None:             # <<<<<<<<<<<<<<
@@ -12546,7 +14627,7 @@ static int __pyx_f_7resilio_9_runner_c_8GateCall__throw(struct __pyx_obj_7resili
     if (unlikely(__pyx_t_1)) {
 
 
-      /* "resilio/_runner_c.pyx":383
+      /* "resilio/_runner_c.pyx":498
  *             self.state = S_DONE
  *             if val is None:
  *                 raise typ             # <<<<<<<<<<<<<<
@@ -12554,9 +14635,9 @@ static int __pyx_f_7resilio_9_runner_c_8GateCall__throw(struct __pyx_obj_7resili
  *         try:
 */
       __Pyx_Raise(__pyx_v_typ, 0, 0, 0);
-      __PYX_ERR(0, 383, __pyx_L1_error)
+      __PYX_ERR(0, 498, __pyx_L1_error)
 
-      /* "resilio/_runner_c.pyx":382
+      /* "resilio/_runner_c.pyx":497
  *             # Not started: nothing entered yet; raise the thrown exception.
  *             self.state = S_DONE
  *             if val is None:             # <<<<<<<<<<<<<<
@@ -12565,7 +14646,7 @@ static int __pyx_f_7resilio_9_runner_c_8GateCall__throw(struct __pyx_obj_7resili
 */
     }
 
-    /* "resilio/_runner_c.pyx":384
+    /* "resilio/_runner_c.pyx":499
  *             if val is None:
  *                 raise typ
  *             raise val             # <<<<<<<<<<<<<<
@@ -12573,9 +14654,9 @@ static int __pyx_f_7resilio_9_runner_c_8GateCall__throw(struct __pyx_obj_7resili
  *             if val is None and tb is None:
 */
     __Pyx_Raise(__pyx_v_val, 0, 0, 0);
-    __PYX_ERR(0, 384, __pyx_L1_error)
+    __PYX_ERR(0, 499, __pyx_L1_error)
 
-    /* "resilio/_runner_c.pyx":379
+    /* "resilio/_runner_c.pyx":494
  *         if self.state == S_DONE:
  *             raise RuntimeError("cannot throw into an awaited coroutine")
  *         if self.it is None:             # <<<<<<<<<<<<<<
@@ -12584,7 +14665,7 @@ static int __pyx_f_7resilio_9_runner_c_8GateCall__throw(struct __pyx_obj_7resili
 */
   }
 
-  /* "resilio/_runner_c.pyx":385
+  /* "resilio/_runner_c.pyx":500
  *                 raise typ
  *             raise val
  *         try:             # <<<<<<<<<<<<<<
@@ -12600,7 +14681,7 @@ static int __pyx_f_7resilio_9_runner_c_8GateCall__throw(struct __pyx_obj_7resili
     __Pyx_XGOTREF(__pyx_t_7);
     /*try:*/ {
 
-      /* "resilio/_runner_c.pyx":386
+      /* "resilio/_runner_c.pyx":501
  *             raise val
  *         try:
  *             if val is None and tb is None:             # <<<<<<<<<<<<<<
@@ -12624,7 +14705,7 @@ static int __pyx_f_7resilio_9_runner_c_8GateCall__throw(struct __pyx_obj_7resili
       if (__pyx_t_1) {
 
 
-        /* "resilio/_runner_c.pyx":387
+        /* "resilio/_runner_c.pyx":502
  *         try:
  *             if val is None and tb is None:
  *                 r = self.it.throw(typ)             # <<<<<<<<<<<<<<
@@ -12638,13 +14719,13 @@ static int __pyx_f_7resilio_9_runner_c_8GateCall__throw(struct __pyx_obj_7resili
           PyObject *__pyx_callargs[2] = {__pyx_t_3, __pyx_v_typ};
           __pyx_t_2 = __Pyx_PyObject_FastCallMethod((PyObject*)__pyx_mstate_global->__pyx_n_u_throw, __pyx_callargs+__pyx_t_4, (2-__pyx_t_4) | (1*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
           __Pyx_XDECREF(__pyx_t_3); __pyx_t_3 = 0;
-          if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 387, __pyx_L6_error)
+          if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 502, __pyx_L6_error)
           __Pyx_GOTREF(__pyx_t_2);
         }
         __pyx_v_r = __pyx_t_2;
         __pyx_t_2 = 0;
 
-        /* "resilio/_runner_c.pyx":386
+        /* "resilio/_runner_c.pyx":501
  *             raise val
  *         try:
  *             if val is None and tb is None:             # <<<<<<<<<<<<<<
@@ -12654,7 +14735,7 @@ static int __pyx_f_7resilio_9_runner_c_8GateCall__throw(struct __pyx_obj_7resili
         goto __pyx_L12;
       }
 
-      /* "resilio/_runner_c.pyx":389
+      /* "resilio/_runner_c.pyx":504
  *                 r = self.it.throw(typ)
  *             else:
  *                 r = self.it.throw(typ, val, tb)             # <<<<<<<<<<<<<<
@@ -12669,7 +14750,7 @@ static int __pyx_f_7resilio_9_runner_c_8GateCall__throw(struct __pyx_obj_7resili
           PyObject *__pyx_callargs[4] = {__pyx_t_3, __pyx_v_typ, __pyx_v_val, __pyx_v_tb};
           __pyx_t_2 = __Pyx_PyObject_FastCallMethod((PyObject*)__pyx_mstate_global->__pyx_n_u_throw, __pyx_callargs+__pyx_t_4, (4-__pyx_t_4) | (1*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
           __Pyx_XDECREF(__pyx_t_3); __pyx_t_3 = 0;
-          if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 389, __pyx_L6_error)
+          if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 504, __pyx_L6_error)
           __Pyx_GOTREF(__pyx_t_2);
         }
         __pyx_v_r = __pyx_t_2;
@@ -12677,7 +14758,7 @@ static int __pyx_f_7resilio_9_runner_c_8GateCall__throw(struct __pyx_obj_7resili
       }
       __pyx_L12:;
 
-      /* "resilio/_runner_c.pyx":385
+      /* "resilio/_runner_c.pyx":500
  *                 raise typ
  *             raise val
  *         try:             # <<<<<<<<<<<<<<
@@ -12693,7 +14774,7 @@ static int __pyx_f_7resilio_9_runner_c_8GateCall__throw(struct __pyx_obj_7resili
     __Pyx_XDECREF(__pyx_t_2); __pyx_t_2 = 0;
     __Pyx_XDECREF(__pyx_t_3); __pyx_t_3 = 0;
 
-    /* "resilio/_runner_c.pyx":390
+    /* "resilio/_runner_c.pyx":505
  *             else:
  *                 r = self.it.throw(typ, val, tb)
  *         except StopIteration as stop:             # <<<<<<<<<<<<<<
@@ -12703,7 +14784,7 @@ static int __pyx_f_7resilio_9_runner_c_8GateCall__throw(struct __pyx_obj_7resili
     __pyx_t_9 = __Pyx_PyErr_ExceptionMatches(((PyObject *)(((PyTypeObject*)PyExc_StopIteration))));
     if (__pyx_t_9) {
       __Pyx_AddTraceback("resilio._runner_c.GateCall._throw", __pyx_clineno, __pyx_lineno, __pyx_filename);
-      if (__Pyx_GetException(&__pyx_t_2, &__pyx_t_3, &__pyx_t_10) < 0) __PYX_ERR(0, 390, __pyx_L8_except_error)
+      if (__Pyx_GetException(&__pyx_t_2, &__pyx_t_3, &__pyx_t_10) < 0) __PYX_ERR(0, 505, __pyx_L8_except_error)
       __Pyx_XGOTREF(__pyx_t_2);
       __Pyx_XGOTREF(__pyx_t_3);
       __Pyx_XGOTREF(__pyx_t_10);
@@ -12711,16 +14792,16 @@ static int __pyx_f_7resilio_9_runner_c_8GateCall__throw(struct __pyx_obj_7resili
       __pyx_v_stop = __pyx_t_3;
       /*try:*/ {
 
-        /* "resilio/_runner_c.pyx":391
+        /* "resilio/_runner_c.pyx":506
  *                 r = self.it.throw(typ, val, tb)
  *         except StopIteration as stop:
  *             return self._after(PYGEN_RETURN, stop.value)             # <<<<<<<<<<<<<<
  *         except BaseException as exc:
  *             return self._fail(exc)
 */
-        __pyx_t_11 = __Pyx_PyStopIteration_get_value(__pyx_v_stop); if (unlikely(!__pyx_t_11)) __PYX_ERR(0, 391, __pyx_L20_error)
+        __pyx_t_11 = __Pyx_PyStopIteration_get_value(__pyx_v_stop); if (unlikely(!__pyx_t_11)) __PYX_ERR(0, 506, __pyx_L20_error)
         __Pyx_GOTREF(__pyx_t_11);
-        __pyx_t_9 = ((struct __pyx_vtabstruct_7resilio_9_runner_c_GateCall *)__pyx_v_self->__pyx_vtab)->_after(__pyx_v_self, PYGEN_RETURN, __pyx_t_11); if (unlikely(__pyx_t_9 == ((int)-1))) __PYX_ERR(0, 391, __pyx_L20_error)
+        __pyx_t_9 = ((struct __pyx_vtabstruct_7resilio_9_runner_c_GateCall *)__pyx_v_self->__pyx_vtab)->_after(__pyx_v_self, PYGEN_RETURN, __pyx_t_11); if (unlikely(__pyx_t_9 == ((int)-1))) __PYX_ERR(0, 506, __pyx_L20_error)
         __Pyx_DECREF(__pyx_t_11); __pyx_t_11 = 0;
         {
           __pyx_r = __pyx_t_9;
@@ -12731,7 +14812,7 @@ static int __pyx_f_7resilio_9_runner_c_8GateCall__throw(struct __pyx_obj_7resili
         goto __pyx_L19_return;
       }
 
-      /* "resilio/_runner_c.pyx":390
+      /* "resilio/_runner_c.pyx":505
  *             else:
  *                 r = self.it.throw(typ, val, tb)
  *         except StopIteration as stop:             # <<<<<<<<<<<<<<
@@ -12778,7 +14859,7 @@ static int __pyx_f_7resilio_9_runner_c_8GateCall__throw(struct __pyx_obj_7resili
       }
     }
 
-    /* "resilio/_runner_c.pyx":392
+    /* "resilio/_runner_c.pyx":507
  *         except StopIteration as stop:
  *             return self._after(PYGEN_RETURN, stop.value)
  *         except BaseException as exc:             # <<<<<<<<<<<<<<
@@ -12788,7 +14869,7 @@ static int __pyx_f_7resilio_9_runner_c_8GateCall__throw(struct __pyx_obj_7resili
     __pyx_t_12 = __Pyx_PyErr_ExceptionMatches(((PyObject *)(((PyTypeObject*)PyExc_BaseException))));
     if (__pyx_t_12) {
       __Pyx_AddTraceback("resilio._runner_c.GateCall._throw", __pyx_clineno, __pyx_lineno, __pyx_filename);
-      if (__Pyx_GetException(&__pyx_t_10, &__pyx_t_3, &__pyx_t_2) < 0) __PYX_ERR(0, 392, __pyx_L8_except_error)
+      if (__Pyx_GetException(&__pyx_t_10, &__pyx_t_3, &__pyx_t_2) < 0) __PYX_ERR(0, 507, __pyx_L8_except_error)
       __Pyx_XGOTREF(__pyx_t_10);
       __Pyx_XGOTREF(__pyx_t_3);
       __Pyx_XGOTREF(__pyx_t_2);
@@ -12796,14 +14877,14 @@ static int __pyx_f_7resilio_9_runner_c_8GateCall__throw(struct __pyx_obj_7resili
       __pyx_v_exc = __pyx_t_3;
       /*try:*/ {
 
-        /* "resilio/_runner_c.pyx":393
+        /* "resilio/_runner_c.pyx":508
  *             return self._after(PYGEN_RETURN, stop.value)
  *         except BaseException as exc:
  *             return self._fail(exc)             # <<<<<<<<<<<<<<
  *         self.out = r
  *         return 1
 */
-        __pyx_t_12 = ((struct __pyx_vtabstruct_7resilio_9_runner_c_GateCall *)__pyx_v_self->__pyx_vtab)->_fail(__pyx_v_self, __pyx_v_exc); if (unlikely(__pyx_t_12 == ((int)-1))) __PYX_ERR(0, 393, __pyx_L31_error)
+        __pyx_t_12 = ((struct __pyx_vtabstruct_7resilio_9_runner_c_GateCall *)__pyx_v_self->__pyx_vtab)->_fail(__pyx_v_self, __pyx_v_exc); if (unlikely(__pyx_t_12 == ((int)-1))) __PYX_ERR(0, 508, __pyx_L31_error)
         {
           __pyx_r = __pyx_t_12;
         }
@@ -12813,7 +14894,7 @@ static int __pyx_f_7resilio_9_runner_c_8GateCall__throw(struct __pyx_obj_7resili
         goto __pyx_L30_return;
       }
 
-      /* "resilio/_runner_c.pyx":392
+      /* "resilio/_runner_c.pyx":507
  *         except StopIteration as stop:
  *             return self._after(PYGEN_RETURN, stop.value)
  *         except BaseException as exc:             # <<<<<<<<<<<<<<
@@ -12861,7 +14942,7 @@ static int __pyx_f_7resilio_9_runner_c_8GateCall__throw(struct __pyx_obj_7resili
     }
     goto __pyx_L8_except_error;
 
-    /* "resilio/_runner_c.pyx":385
+    /* "resilio/_runner_c.pyx":500
  *                 raise typ
  *             raise val
  *         try:             # <<<<<<<<<<<<<<
@@ -12883,7 +14964,7 @@ static int __pyx_f_7resilio_9_runner_c_8GateCall__throw(struct __pyx_obj_7resili
     __pyx_L11_try_end:;
   }
 
-  /* "resilio/_runner_c.pyx":394
+  /* "resilio/_runner_c.pyx":509
  *         except BaseException as exc:
  *             return self._fail(exc)
  *         self.out = r             # <<<<<<<<<<<<<<
@@ -12895,7 +14976,7 @@ static int __pyx_f_7resilio_9_runner_c_8GateCall__throw(struct __pyx_obj_7resili
   __Pyx_GOTREF(__pyx_v_self->out);
   __Pyx_DECREF_SET(__pyx_v_self->out, __pyx_v_r);
 
-  /* "resilio/_runner_c.pyx":395
+  /* "resilio/_runner_c.pyx":510
  *             return self._fail(exc)
  *         self.out = r
  *         return 1             # <<<<<<<<<<<<<<
@@ -12908,7 +14989,7 @@ static int __pyx_f_7resilio_9_runner_c_8GateCall__throw(struct __pyx_obj_7resili
   }
   goto __pyx_L0;
 
-  /* "resilio/_runner_c.pyx":376
+  /* "resilio/_runner_c.pyx":491
  *         return self._after(rc, r)
  * 
  *     cdef int _throw(self, object typ, object val, object tb) except -1:             # <<<<<<<<<<<<<<
@@ -12933,7 +15014,7 @@ static int __pyx_f_7resilio_9_runner_c_8GateCall__throw(struct __pyx_obj_7resili
   return __pyx_r;
 }
 
-/* "resilio/_runner_c.pyx":399
+/* "resilio/_runner_c.pyx":514
  *     # -- coroutine protocol --
  * 
  *     def __await__(self):             # <<<<<<<<<<<<<<
@@ -12961,7 +15042,7 @@ static PyObject *__pyx_pf_7resilio_9_runner_c_8GateCall___await__(struct __pyx_o
   __Pyx_RefNannyDeclarations
   __Pyx_RefNannySetupContext("__await__", 0);
 
-  /* "resilio/_runner_c.pyx":400
+  /* "resilio/_runner_c.pyx":515
  * 
  *     def __await__(self):
  *         return self             # <<<<<<<<<<<<<<
@@ -12979,7 +15060,7 @@ static PyObject *__pyx_pf_7resilio_9_runner_c_8GateCall___await__(struct __pyx_o
   }
   goto __pyx_L0;
 
-  /* "resilio/_runner_c.pyx":399
+  /* "resilio/_runner_c.pyx":514
  *     # -- coroutine protocol --
  * 
  *     def __await__(self):             # <<<<<<<<<<<<<<
@@ -12994,7 +15075,7 @@ static PyObject *__pyx_pf_7resilio_9_runner_c_8GateCall___await__(struct __pyx_o
   return __pyx_r;
 }
 
-/* "resilio/_runner_c.pyx":402
+/* "resilio/_runner_c.pyx":517
  *         return self
  * 
  *     def __iter__(self):             # <<<<<<<<<<<<<<
@@ -13022,7 +15103,7 @@ static PyObject *__pyx_pf_7resilio_9_runner_c_8GateCall_2__iter__(struct __pyx_o
   __Pyx_RefNannyDeclarations
   __Pyx_RefNannySetupContext("__iter__", 0);
 
-  /* "resilio/_runner_c.pyx":403
+  /* "resilio/_runner_c.pyx":518
  * 
  *     def __iter__(self):
  *         return self             # <<<<<<<<<<<<<<
@@ -13040,7 +15121,7 @@ static PyObject *__pyx_pf_7resilio_9_runner_c_8GateCall_2__iter__(struct __pyx_o
   }
   goto __pyx_L0;
 
-  /* "resilio/_runner_c.pyx":402
+  /* "resilio/_runner_c.pyx":517
  *         return self
  * 
  *     def __iter__(self):             # <<<<<<<<<<<<<<
@@ -13055,7 +15136,7 @@ static PyObject *__pyx_pf_7resilio_9_runner_c_8GateCall_2__iter__(struct __pyx_o
   return __pyx_r;
 }
 
-/* "resilio/_runner_c.pyx":405
+/* "resilio/_runner_c.pyx":520
  *         return self
  * 
  *     def __next__(self):             # <<<<<<<<<<<<<<
@@ -13092,21 +15173,21 @@ static PyObject *__pyx_pf_7resilio_9_runner_c_8GateCall_4__next__(struct __pyx_o
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("__next__", 0);
 
-  /* "resilio/_runner_c.pyx":406
+  /* "resilio/_runner_c.pyx":521
  * 
  *     def __next__(self):
  *         if self._send(None):             # <<<<<<<<<<<<<<
  *             r, self.out = self.out, None
  *             return r
 */
-  __pyx_t_1 = ((struct __pyx_vtabstruct_7resilio_9_runner_c_GateCall *)__pyx_v_self->__pyx_vtab)->_send(__pyx_v_self, Py_None); if (unlikely(__pyx_t_1 == ((int)-1))) __PYX_ERR(0, 406, __pyx_L1_error)
+  __pyx_t_1 = ((struct __pyx_vtabstruct_7resilio_9_runner_c_GateCall *)__pyx_v_self->__pyx_vtab)->_send(__pyx_v_self, Py_None); if (unlikely(__pyx_t_1 == ((int)-1))) __PYX_ERR(0, 521, __pyx_L1_error)
   __pyx_t_2 = (__pyx_t_1 != 0);
 
 
   if (__pyx_t_2) {
 
 
-    /* "resilio/_runner_c.pyx":407
+    /* "resilio/_runner_c.pyx":522
  *     def __next__(self):
  *         if self._send(None):
  *             r, self.out = self.out, None             # <<<<<<<<<<<<<<
@@ -13124,7 +15205,7 @@ static PyObject *__pyx_pf_7resilio_9_runner_c_8GateCall_4__next__(struct __pyx_o
     __Pyx_DECREF_SET(__pyx_v_self->out, __pyx_t_4);
     __pyx_t_4 = 0;
 
-    /* "resilio/_runner_c.pyx":408
+    /* "resilio/_runner_c.pyx":523
  *         if self._send(None):
  *             r, self.out = self.out, None
  *             return r             # <<<<<<<<<<<<<<
@@ -13142,7 +15223,7 @@ static PyObject *__pyx_pf_7resilio_9_runner_c_8GateCall_4__next__(struct __pyx_o
     }
     goto __pyx_L0;
 
-    /* "resilio/_runner_c.pyx":406
+    /* "resilio/_runner_c.pyx":521
  * 
  *     def __next__(self):
  *         if self._send(None):             # <<<<<<<<<<<<<<
@@ -13151,7 +15232,7 @@ static PyObject *__pyx_pf_7resilio_9_runner_c_8GateCall_4__next__(struct __pyx_o
 */
   }
 
-  /* "resilio/_runner_c.pyx":409
+  /* "resilio/_runner_c.pyx":524
  *             r, self.out = self.out, None
  *             return r
  *         r, self.out = self.out, None             # <<<<<<<<<<<<<<
@@ -13169,7 +15250,7 @@ static PyObject *__pyx_pf_7resilio_9_runner_c_8GateCall_4__next__(struct __pyx_o
   __Pyx_DECREF_SET(__pyx_v_self->out, __pyx_t_3);
   __pyx_t_3 = 0;
 
-  /* "resilio/_runner_c.pyx":410
+  /* "resilio/_runner_c.pyx":525
  *             return r
  *         r, self.out = self.out, None
  *         raise StopIteration(r)             # <<<<<<<<<<<<<<
@@ -13182,14 +15263,14 @@ static PyObject *__pyx_pf_7resilio_9_runner_c_8GateCall_4__next__(struct __pyx_o
     PyObject *__pyx_callargs[2] = {__pyx_t_4, __pyx_v_r};
     __pyx_t_3 = __Pyx_PyObject_FastCall((PyObject*)(((PyTypeObject*)PyExc_StopIteration)), __pyx_callargs+__pyx_t_5, (2-__pyx_t_5) | (__pyx_t_5*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
     __Pyx_XDECREF(__pyx_t_4); __pyx_t_4 = 0;
-    if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 410, __pyx_L1_error)
+    if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 525, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_3);
   }
   __Pyx_Raise(__pyx_t_3, 0, 0, 0);
   __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
-  __PYX_ERR(0, 410, __pyx_L1_error)
+  __PYX_ERR(0, 525, __pyx_L1_error)
 
-  /* "resilio/_runner_c.pyx":405
+  /* "resilio/_runner_c.pyx":520
  *         return self
  * 
  *     def __next__(self):             # <<<<<<<<<<<<<<
@@ -13210,7 +15291,7 @@ static PyObject *__pyx_pf_7resilio_9_runner_c_8GateCall_4__next__(struct __pyx_o
   return __pyx_r;
 }
 
-/* "resilio/_runner_c.pyx":412
+/* "resilio/_runner_c.pyx":527
  *         raise StopIteration(r)
  * 
  *     def send(self, value):             # <<<<<<<<<<<<<<
@@ -13257,32 +15338,32 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   {
     PyObject ** const __pyx_pyargnames[] = {&__pyx_mstate_global->__pyx_n_u_value,0};
     const Py_ssize_t __pyx_kwds_len = (__pyx_kwds) ? __Pyx_NumKwargs_FASTCALL(__pyx_kwds) : 0;
-    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(0, 412, __pyx_L3_error)
+    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(0, 527, __pyx_L3_error)
     if (__pyx_kwds_len > 0) {
       switch (__pyx_nargs) {
         case  1:
         values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 412, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 527, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  0: break;
         default: goto __pyx_L5_argtuple_error;
       }
       const Py_ssize_t kwd_pos_args = __pyx_nargs;
-      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "send", 0) < (0)) __PYX_ERR(0, 412, __pyx_L3_error)
+      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "send", 0) < (0)) __PYX_ERR(0, 527, __pyx_L3_error)
       for (Py_ssize_t i = __pyx_nargs; i < 1; i++) {
-        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("send", 1, 1, 1, i); __PYX_ERR(0, 412, __pyx_L3_error) }
+        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("send", 1, 1, 1, i); __PYX_ERR(0, 527, __pyx_L3_error) }
       }
     } else if (unlikely(__pyx_nargs != 1)) {
       goto __pyx_L5_argtuple_error;
     } else {
       values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 412, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 527, __pyx_L3_error)
     }
     __pyx_v_value = values[0];
   }
   goto __pyx_L6_skip;
   __pyx_L5_argtuple_error:;
-  __Pyx_RaiseArgtupleInvalid("send", 1, 1, 1, __pyx_nargs); __PYX_ERR(0, 412, __pyx_L3_error)
+  __Pyx_RaiseArgtupleInvalid("send", 1, 1, 1, __pyx_nargs); __PYX_ERR(0, 527, __pyx_L3_error)
   __pyx_L6_skip:;
   goto __pyx_L4_argument_unpacking_done;
   __pyx_L3_error:;
@@ -13317,21 +15398,21 @@ static PyObject *__pyx_pf_7resilio_9_runner_c_8GateCall_6send(struct __pyx_obj_7
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("send", 0);
 
-  /* "resilio/_runner_c.pyx":413
+  /* "resilio/_runner_c.pyx":528
  * 
  *     def send(self, value):
  *         if self._send(value):             # <<<<<<<<<<<<<<
  *             r, self.out = self.out, None
  *             return r
 */
-  __pyx_t_1 = ((struct __pyx_vtabstruct_7resilio_9_runner_c_GateCall *)__pyx_v_self->__pyx_vtab)->_send(__pyx_v_self, __pyx_v_value); if (unlikely(__pyx_t_1 == ((int)-1))) __PYX_ERR(0, 413, __pyx_L1_error)
+  __pyx_t_1 = ((struct __pyx_vtabstruct_7resilio_9_runner_c_GateCall *)__pyx_v_self->__pyx_vtab)->_send(__pyx_v_self, __pyx_v_value); if (unlikely(__pyx_t_1 == ((int)-1))) __PYX_ERR(0, 528, __pyx_L1_error)
   __pyx_t_2 = (__pyx_t_1 != 0);
 
 
   if (__pyx_t_2) {
 
 
-    /* "resilio/_runner_c.pyx":414
+    /* "resilio/_runner_c.pyx":529
  *     def send(self, value):
  *         if self._send(value):
  *             r, self.out = self.out, None             # <<<<<<<<<<<<<<
@@ -13349,7 +15430,7 @@ static PyObject *__pyx_pf_7resilio_9_runner_c_8GateCall_6send(struct __pyx_obj_7
     __Pyx_DECREF_SET(__pyx_v_self->out, __pyx_t_4);
     __pyx_t_4 = 0;
 
-    /* "resilio/_runner_c.pyx":415
+    /* "resilio/_runner_c.pyx":530
  *         if self._send(value):
  *             r, self.out = self.out, None
  *             return r             # <<<<<<<<<<<<<<
@@ -13367,7 +15448,7 @@ static PyObject *__pyx_pf_7resilio_9_runner_c_8GateCall_6send(struct __pyx_obj_7
     }
     goto __pyx_L0;
 
-    /* "resilio/_runner_c.pyx":413
+    /* "resilio/_runner_c.pyx":528
  * 
  *     def send(self, value):
  *         if self._send(value):             # <<<<<<<<<<<<<<
@@ -13376,7 +15457,7 @@ static PyObject *__pyx_pf_7resilio_9_runner_c_8GateCall_6send(struct __pyx_obj_7
 */
   }
 
-  /* "resilio/_runner_c.pyx":416
+  /* "resilio/_runner_c.pyx":531
  *             r, self.out = self.out, None
  *             return r
  *         r, self.out = self.out, None             # <<<<<<<<<<<<<<
@@ -13394,7 +15475,7 @@ static PyObject *__pyx_pf_7resilio_9_runner_c_8GateCall_6send(struct __pyx_obj_7
   __Pyx_DECREF_SET(__pyx_v_self->out, __pyx_t_3);
   __pyx_t_3 = 0;
 
-  /* "resilio/_runner_c.pyx":417
+  /* "resilio/_runner_c.pyx":532
  *             return r
  *         r, self.out = self.out, None
  *         raise StopIteration(r)             # <<<<<<<<<<<<<<
@@ -13407,14 +15488,14 @@ static PyObject *__pyx_pf_7resilio_9_runner_c_8GateCall_6send(struct __pyx_obj_7
     PyObject *__pyx_callargs[2] = {__pyx_t_4, __pyx_v_r};
     __pyx_t_3 = __Pyx_PyObject_FastCall((PyObject*)(((PyTypeObject*)PyExc_StopIteration)), __pyx_callargs+__pyx_t_5, (2-__pyx_t_5) | (__pyx_t_5*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
     __Pyx_XDECREF(__pyx_t_4); __pyx_t_4 = 0;
-    if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 417, __pyx_L1_error)
+    if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 532, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_3);
   }
   __Pyx_Raise(__pyx_t_3, 0, 0, 0);
   __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
-  __PYX_ERR(0, 417, __pyx_L1_error)
+  __PYX_ERR(0, 532, __pyx_L1_error)
 
-  /* "resilio/_runner_c.pyx":412
+  /* "resilio/_runner_c.pyx":527
  *         raise StopIteration(r)
  * 
  *     def send(self, value):             # <<<<<<<<<<<<<<
@@ -13435,7 +15516,7 @@ static PyObject *__pyx_pf_7resilio_9_runner_c_8GateCall_6send(struct __pyx_obj_7
   return __pyx_r;
 }
 
-/* "resilio/_runner_c.pyx":419
+/* "resilio/_runner_c.pyx":534
  *         raise StopIteration(r)
  * 
  *     def throw(self, typ, val=None, tb=None):             # <<<<<<<<<<<<<<
@@ -13484,44 +15565,44 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   {
     PyObject ** const __pyx_pyargnames[] = {&__pyx_mstate_global->__pyx_n_u_typ,&__pyx_mstate_global->__pyx_n_u_val,&__pyx_mstate_global->__pyx_n_u_tb,0};
     const Py_ssize_t __pyx_kwds_len = (__pyx_kwds) ? __Pyx_NumKwargs_FASTCALL(__pyx_kwds) : 0;
-    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(0, 419, __pyx_L3_error)
+    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(0, 534, __pyx_L3_error)
     if (__pyx_kwds_len > 0) {
       switch (__pyx_nargs) {
         case  3:
         values[2] = __Pyx_ArgRef_FASTCALL(__pyx_args, 2);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[2])) __PYX_ERR(0, 419, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[2])) __PYX_ERR(0, 534, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  2:
         values[1] = __Pyx_ArgRef_FASTCALL(__pyx_args, 1);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 419, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 534, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  1:
         values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 419, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 534, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  0: break;
         default: goto __pyx_L5_argtuple_error;
       }
       const Py_ssize_t kwd_pos_args = __pyx_nargs;
-      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "throw", 0) < (0)) __PYX_ERR(0, 419, __pyx_L3_error)
+      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "throw", 0) < (0)) __PYX_ERR(0, 534, __pyx_L3_error)
       if (!values[1]) values[1] = __Pyx_NewRef(((PyObject *)Py_None));
       if (!values[2]) values[2] = __Pyx_NewRef(((PyObject *)Py_None));
       for (Py_ssize_t i = __pyx_nargs; i < 1; i++) {
-        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("throw", 0, 1, 3, i); __PYX_ERR(0, 419, __pyx_L3_error) }
+        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("throw", 0, 1, 3, i); __PYX_ERR(0, 534, __pyx_L3_error) }
       }
     } else {
       switch (__pyx_nargs) {
         case  3:
         values[2] = __Pyx_ArgRef_FASTCALL(__pyx_args, 2);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[2])) __PYX_ERR(0, 419, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[2])) __PYX_ERR(0, 534, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  2:
         values[1] = __Pyx_ArgRef_FASTCALL(__pyx_args, 1);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 419, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 534, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  1:
         values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 419, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 534, __pyx_L3_error)
         break;
         default: goto __pyx_L5_argtuple_error;
       }
@@ -13534,7 +15615,7 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   }
   goto __pyx_L6_skip;
   __pyx_L5_argtuple_error:;
-  __Pyx_RaiseArgtupleInvalid("throw", 0, 1, 3, __pyx_nargs); __PYX_ERR(0, 419, __pyx_L3_error)
+  __Pyx_RaiseArgtupleInvalid("throw", 0, 1, 3, __pyx_nargs); __PYX_ERR(0, 534, __pyx_L3_error)
   __pyx_L6_skip:;
   goto __pyx_L4_argument_unpacking_done;
   __pyx_L3_error:;
@@ -13569,21 +15650,21 @@ static PyObject *__pyx_pf_7resilio_9_runner_c_8GateCall_8throw(struct __pyx_obj_
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("throw", 0);
 
-  /* "resilio/_runner_c.pyx":420
+  /* "resilio/_runner_c.pyx":535
  * 
  *     def throw(self, typ, val=None, tb=None):
  *         if self._throw(typ, val, tb):             # <<<<<<<<<<<<<<
  *             r, self.out = self.out, None
  *             return r
 */
-  __pyx_t_1 = ((struct __pyx_vtabstruct_7resilio_9_runner_c_GateCall *)__pyx_v_self->__pyx_vtab)->_throw(__pyx_v_self, __pyx_v_typ, __pyx_v_val, __pyx_v_tb); if (unlikely(__pyx_t_1 == ((int)-1))) __PYX_ERR(0, 420, __pyx_L1_error)
+  __pyx_t_1 = ((struct __pyx_vtabstruct_7resilio_9_runner_c_GateCall *)__pyx_v_self->__pyx_vtab)->_throw(__pyx_v_self, __pyx_v_typ, __pyx_v_val, __pyx_v_tb); if (unlikely(__pyx_t_1 == ((int)-1))) __PYX_ERR(0, 535, __pyx_L1_error)
   __pyx_t_2 = (__pyx_t_1 != 0);
 
 
   if (__pyx_t_2) {
 
 
-    /* "resilio/_runner_c.pyx":421
+    /* "resilio/_runner_c.pyx":536
  *     def throw(self, typ, val=None, tb=None):
  *         if self._throw(typ, val, tb):
  *             r, self.out = self.out, None             # <<<<<<<<<<<<<<
@@ -13601,7 +15682,7 @@ static PyObject *__pyx_pf_7resilio_9_runner_c_8GateCall_8throw(struct __pyx_obj_
     __Pyx_DECREF_SET(__pyx_v_self->out, __pyx_t_4);
     __pyx_t_4 = 0;
 
-    /* "resilio/_runner_c.pyx":422
+    /* "resilio/_runner_c.pyx":537
  *         if self._throw(typ, val, tb):
  *             r, self.out = self.out, None
  *             return r             # <<<<<<<<<<<<<<
@@ -13619,7 +15700,7 @@ static PyObject *__pyx_pf_7resilio_9_runner_c_8GateCall_8throw(struct __pyx_obj_
     }
     goto __pyx_L0;
 
-    /* "resilio/_runner_c.pyx":420
+    /* "resilio/_runner_c.pyx":535
  * 
  *     def throw(self, typ, val=None, tb=None):
  *         if self._throw(typ, val, tb):             # <<<<<<<<<<<<<<
@@ -13628,7 +15709,7 @@ static PyObject *__pyx_pf_7resilio_9_runner_c_8GateCall_8throw(struct __pyx_obj_
 */
   }
 
-  /* "resilio/_runner_c.pyx":423
+  /* "resilio/_runner_c.pyx":538
  *             r, self.out = self.out, None
  *             return r
  *         r, self.out = self.out, None             # <<<<<<<<<<<<<<
@@ -13646,7 +15727,7 @@ static PyObject *__pyx_pf_7resilio_9_runner_c_8GateCall_8throw(struct __pyx_obj_
   __Pyx_DECREF_SET(__pyx_v_self->out, __pyx_t_3);
   __pyx_t_3 = 0;
 
-  /* "resilio/_runner_c.pyx":424
+  /* "resilio/_runner_c.pyx":539
  *             return r
  *         r, self.out = self.out, None
  *         raise StopIteration(r)             # <<<<<<<<<<<<<<
@@ -13659,14 +15740,14 @@ static PyObject *__pyx_pf_7resilio_9_runner_c_8GateCall_8throw(struct __pyx_obj_
     PyObject *__pyx_callargs[2] = {__pyx_t_4, __pyx_v_r};
     __pyx_t_3 = __Pyx_PyObject_FastCall((PyObject*)(((PyTypeObject*)PyExc_StopIteration)), __pyx_callargs+__pyx_t_5, (2-__pyx_t_5) | (__pyx_t_5*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
     __Pyx_XDECREF(__pyx_t_4); __pyx_t_4 = 0;
-    if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 424, __pyx_L1_error)
+    if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 539, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_3);
   }
   __Pyx_Raise(__pyx_t_3, 0, 0, 0);
   __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
-  __PYX_ERR(0, 424, __pyx_L1_error)
+  __PYX_ERR(0, 539, __pyx_L1_error)
 
-  /* "resilio/_runner_c.pyx":419
+  /* "resilio/_runner_c.pyx":534
  *         raise StopIteration(r)
  * 
  *     def throw(self, typ, val=None, tb=None):             # <<<<<<<<<<<<<<
@@ -13687,7 +15768,7 @@ static PyObject *__pyx_pf_7resilio_9_runner_c_8GateCall_8throw(struct __pyx_obj_
   return __pyx_r;
 }
 
-/* "resilio/_runner_c.pyx":426
+/* "resilio/_runner_c.pyx":541
  *         raise StopIteration(r)
  * 
  *     def close(self):             # <<<<<<<<<<<<<<
@@ -13762,7 +15843,7 @@ static PyObject *__pyx_pf_7resilio_9_runner_c_8GateCall_10close(struct __pyx_obj
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("close", 0);
 
-  /* "resilio/_runner_c.pyx":427
+  /* "resilio/_runner_c.pyx":542
  * 
  *     def close(self):
  *         if self.state == S_DONE or self.it is None and self.entered == 0:             # <<<<<<<<<<<<<<
@@ -13797,7 +15878,7 @@ static PyObject *__pyx_pf_7resilio_9_runner_c_8GateCall_10close(struct __pyx_obj
   if (__pyx_t_1) {
 
 
-    /* "resilio/_runner_c.pyx":428
+    /* "resilio/_runner_c.pyx":543
  *     def close(self):
  *         if self.state == S_DONE or self.it is None and self.entered == 0:
  *             self.state = S_DONE             # <<<<<<<<<<<<<<
@@ -13806,7 +15887,7 @@ static PyObject *__pyx_pf_7resilio_9_runner_c_8GateCall_10close(struct __pyx_obj
 */
     __pyx_v_self->state = __pyx_e_7resilio_9_runner_c_S_DONE;
 
-    /* "resilio/_runner_c.pyx":429
+    /* "resilio/_runner_c.pyx":544
  *         if self.state == S_DONE or self.it is None and self.entered == 0:
  *             self.state = S_DONE
  *             return             # <<<<<<<<<<<<<<
@@ -13823,7 +15904,7 @@ static PyObject *__pyx_pf_7resilio_9_runner_c_8GateCall_10close(struct __pyx_obj
     }
     goto __pyx_L0;
 
-    /* "resilio/_runner_c.pyx":427
+    /* "resilio/_runner_c.pyx":542
  * 
  *     def close(self):
  *         if self.state == S_DONE or self.it is None and self.entered == 0:             # <<<<<<<<<<<<<<
@@ -13832,7 +15913,7 @@ static PyObject *__pyx_pf_7resilio_9_runner_c_8GateCall_10close(struct __pyx_obj
 */
   }
 
-  /* "resilio/_runner_c.pyx":430
+  /* "resilio/_runner_c.pyx":545
  *             self.state = S_DONE
  *             return
  *         it, self.it = self.it, None             # <<<<<<<<<<<<<<
@@ -13850,7 +15931,7 @@ static PyObject *__pyx_pf_7resilio_9_runner_c_8GateCall_10close(struct __pyx_obj
   __Pyx_DECREF_SET(__pyx_v_self->it, __pyx_t_4);
   __pyx_t_4 = 0;
 
-  /* "resilio/_runner_c.pyx":431
+  /* "resilio/_runner_c.pyx":546
  *             return
  *         it, self.it = self.it, None
  *         try:             # <<<<<<<<<<<<<<
@@ -13859,7 +15940,7 @@ static PyObject *__pyx_pf_7resilio_9_runner_c_8GateCall_10close(struct __pyx_obj
 */
   /*try:*/ {
 
-    /* "resilio/_runner_c.pyx":432
+    /* "resilio/_runner_c.pyx":547
  *         it, self.it = self.it, None
  *         try:
  *             if it is not None:             # <<<<<<<<<<<<<<
@@ -13870,19 +15951,19 @@ static PyObject *__pyx_pf_7resilio_9_runner_c_8GateCall_10close(struct __pyx_obj
     if (__pyx_t_1) {
 
 
-      /* "resilio/_runner_c.pyx":433
+      /* "resilio/_runner_c.pyx":548
  *         try:
  *             if it is not None:
  *                 close = getattr(it, "close", None)             # <<<<<<<<<<<<<<
  *                 if close is not None:
  *                     close()
 */
-      __pyx_t_4 = __Pyx_GetAttr3(__pyx_v_it, __pyx_mstate_global->__pyx_n_u_close, Py_None); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 433, __pyx_L8_error)
+      __pyx_t_4 = __Pyx_GetAttr3(__pyx_v_it, __pyx_mstate_global->__pyx_n_u_close, Py_None); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 548, __pyx_L8_error)
       __Pyx_GOTREF(__pyx_t_4);
       __pyx_v_close = __pyx_t_4;
       __pyx_t_4 = 0;
 
-      /* "resilio/_runner_c.pyx":434
+      /* "resilio/_runner_c.pyx":549
  *             if it is not None:
  *                 close = getattr(it, "close", None)
  *                 if close is not None:             # <<<<<<<<<<<<<<
@@ -13893,7 +15974,7 @@ static PyObject *__pyx_pf_7resilio_9_runner_c_8GateCall_10close(struct __pyx_obj
       if (__pyx_t_1) {
 
 
-        /* "resilio/_runner_c.pyx":435
+        /* "resilio/_runner_c.pyx":550
  *                 close = getattr(it, "close", None)
  *                 if close is not None:
  *                     close()             # <<<<<<<<<<<<<<
@@ -13920,12 +16001,12 @@ static PyObject *__pyx_pf_7resilio_9_runner_c_8GateCall_10close(struct __pyx_obj
           __pyx_t_4 = __Pyx_PyObject_FastCall((PyObject*)__pyx_t_5, __pyx_callargs+__pyx_t_6, (1-__pyx_t_6) | (__pyx_t_6*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
           __Pyx_XDECREF(__pyx_t_3); __pyx_t_3 = 0;
           __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
-          if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 435, __pyx_L8_error)
+          if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 550, __pyx_L8_error)
           __Pyx_GOTREF(__pyx_t_4);
         }
         __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
 
-        /* "resilio/_runner_c.pyx":434
+        /* "resilio/_runner_c.pyx":549
  *             if it is not None:
  *                 close = getattr(it, "close", None)
  *                 if close is not None:             # <<<<<<<<<<<<<<
@@ -13934,7 +16015,7 @@ static PyObject *__pyx_pf_7resilio_9_runner_c_8GateCall_10close(struct __pyx_obj
 */
       }
 
-      /* "resilio/_runner_c.pyx":432
+      /* "resilio/_runner_c.pyx":547
  *         it, self.it = self.it, None
  *         try:
  *             if it is not None:             # <<<<<<<<<<<<<<
@@ -13944,7 +16025,7 @@ static PyObject *__pyx_pf_7resilio_9_runner_c_8GateCall_10close(struct __pyx_obj
     }
   }
 
-  /* "resilio/_runner_c.pyx":437
+  /* "resilio/_runner_c.pyx":552
  *                     close()
  *         finally:
  *             self._unwind(_GeneratorExit())             # <<<<<<<<<<<<<<
@@ -13973,10 +16054,10 @@ static PyObject *__pyx_pf_7resilio_9_runner_c_8GateCall_10close(struct __pyx_obj
         __pyx_t_4 = __Pyx_PyObject_FastCall((PyObject*)__pyx_t_3, __pyx_callargs+__pyx_t_6, (1-__pyx_t_6) | (__pyx_t_6*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
         __Pyx_XDECREF(__pyx_t_5); __pyx_t_5 = 0;
         __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
-        if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 437, __pyx_L1_error)
+        if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 552, __pyx_L1_error)
         __Pyx_GOTREF(__pyx_t_4);
       }
-      __pyx_t_3 = ((struct __pyx_vtabstruct_7resilio_9_runner_c_GateCall *)__pyx_v_self->__pyx_vtab)->_unwind(__pyx_v_self, __pyx_t_4); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 437, __pyx_L1_error)
+      __pyx_t_3 = ((struct __pyx_vtabstruct_7resilio_9_runner_c_GateCall *)__pyx_v_self->__pyx_vtab)->_unwind(__pyx_v_self, __pyx_t_4); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 552, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_3);
       __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
       __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
@@ -14020,10 +16101,10 @@ static PyObject *__pyx_pf_7resilio_9_runner_c_8GateCall_10close(struct __pyx_obj
           __pyx_t_3 = __Pyx_PyObject_FastCall((PyObject*)__pyx_t_5, __pyx_callargs+__pyx_t_6, (1-__pyx_t_6) | (__pyx_t_6*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
           __Pyx_XDECREF(__pyx_t_4); __pyx_t_4 = 0;
           __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
-          if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 437, __pyx_L13_error)
+          if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 552, __pyx_L13_error)
           __Pyx_GOTREF(__pyx_t_3);
         }
-        __pyx_t_5 = ((struct __pyx_vtabstruct_7resilio_9_runner_c_GateCall *)__pyx_v_self->__pyx_vtab)->_unwind(__pyx_v_self, __pyx_t_3); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 437, __pyx_L13_error)
+        __pyx_t_5 = ((struct __pyx_vtabstruct_7resilio_9_runner_c_GateCall *)__pyx_v_self->__pyx_vtab)->_unwind(__pyx_v_self, __pyx_t_3); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 552, __pyx_L13_error)
         __Pyx_GOTREF(__pyx_t_5);
         __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
         __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
@@ -14053,7 +16134,7 @@ static PyObject *__pyx_pf_7resilio_9_runner_c_8GateCall_10close(struct __pyx_obj
     __pyx_L9:;
   }
 
-  /* "resilio/_runner_c.pyx":426
+  /* "resilio/_runner_c.pyx":541
  *         raise StopIteration(r)
  * 
  *     def close(self):             # <<<<<<<<<<<<<<
@@ -14078,7 +16159,7 @@ static PyObject *__pyx_pf_7resilio_9_runner_c_8GateCall_10close(struct __pyx_obj
   return __pyx_r;
 }
 
-/* "resilio/_runner_c.pyx":439
+/* "resilio/_runner_c.pyx":554
  *             self._unwind(_GeneratorExit())
  * 
  *     def __dealloc__(self):             # <<<<<<<<<<<<<<
@@ -14115,7 +16196,7 @@ static void __pyx_pf_7resilio_9_runner_c_8GateCall_12__dealloc__(struct __pyx_ob
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("__dealloc__", 0);
 
-  /* "resilio/_runner_c.pyx":441
+  /* "resilio/_runner_c.pyx":556
  *     def __dealloc__(self):
  *         # Like a coroutine collected while suspended: give back what it holds.
  *         if self.state != S_DONE and (self.entered or self.it is not None):             # <<<<<<<<<<<<<<
@@ -14150,7 +16231,7 @@ static void __pyx_pf_7resilio_9_runner_c_8GateCall_12__dealloc__(struct __pyx_ob
   if (__pyx_t_1) {
 
 
-    /* "resilio/_runner_c.pyx":442
+    /* "resilio/_runner_c.pyx":557
  *         # Like a coroutine collected while suspended: give back what it holds.
  *         if self.state != S_DONE and (self.entered or self.it is not None):
  *             try:             # <<<<<<<<<<<<<<
@@ -14166,7 +16247,7 @@ static void __pyx_pf_7resilio_9_runner_c_8GateCall_12__dealloc__(struct __pyx_ob
       __Pyx_XGOTREF(__pyx_t_5);
       /*try:*/ {
 
-        /* "resilio/_runner_c.pyx":443
+        /* "resilio/_runner_c.pyx":558
  *         if self.state != S_DONE and (self.entered or self.it is not None):
  *             try:
  *                 self.close()             # <<<<<<<<<<<<<<
@@ -14180,12 +16261,12 @@ static void __pyx_pf_7resilio_9_runner_c_8GateCall_12__dealloc__(struct __pyx_ob
           PyObject *__pyx_callargs[2] = {__pyx_t_7, NULL};
           __pyx_t_6 = __Pyx_PyObject_FastCallMethod((PyObject*)__pyx_mstate_global->__pyx_n_u_close, __pyx_callargs+__pyx_t_8, (1-__pyx_t_8) | (1*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
           __Pyx_XDECREF(__pyx_t_7); __pyx_t_7 = 0;
-          if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 443, __pyx_L7_error)
+          if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 558, __pyx_L7_error)
           __Pyx_GOTREF(__pyx_t_6);
         }
         __Pyx_DECREF(__pyx_t_6); __pyx_t_6 = 0;
 
-        /* "resilio/_runner_c.pyx":442
+        /* "resilio/_runner_c.pyx":557
  *         # Like a coroutine collected while suspended: give back what it holds.
  *         if self.state != S_DONE and (self.entered or self.it is not None):
  *             try:             # <<<<<<<<<<<<<<
@@ -14201,7 +16282,7 @@ static void __pyx_pf_7resilio_9_runner_c_8GateCall_12__dealloc__(struct __pyx_ob
       __Pyx_XDECREF(__pyx_t_6); __pyx_t_6 = 0;
       __Pyx_XDECREF(__pyx_t_7); __pyx_t_7 = 0;
 
-      /* "resilio/_runner_c.pyx":444
+      /* "resilio/_runner_c.pyx":559
  *             try:
  *                 self.close()
  *             except BaseException:             # <<<<<<<<<<<<<<
@@ -14215,7 +16296,7 @@ static void __pyx_pf_7resilio_9_runner_c_8GateCall_12__dealloc__(struct __pyx_ob
       }
       goto __pyx_L9_except_error;
 
-      /* "resilio/_runner_c.pyx":442
+      /* "resilio/_runner_c.pyx":557
  *         # Like a coroutine collected while suspended: give back what it holds.
  *         if self.state != S_DONE and (self.entered or self.it is not None):
  *             try:             # <<<<<<<<<<<<<<
@@ -14236,7 +16317,7 @@ static void __pyx_pf_7resilio_9_runner_c_8GateCall_12__dealloc__(struct __pyx_ob
       __pyx_L12_try_end:;
     }
 
-    /* "resilio/_runner_c.pyx":441
+    /* "resilio/_runner_c.pyx":556
  *     def __dealloc__(self):
  *         # Like a coroutine collected while suspended: give back what it holds.
  *         if self.state != S_DONE and (self.entered or self.it is not None):             # <<<<<<<<<<<<<<
@@ -14245,7 +16326,7 @@ static void __pyx_pf_7resilio_9_runner_c_8GateCall_12__dealloc__(struct __pyx_ob
 */
   }
 
-  /* "resilio/_runner_c.pyx":439
+  /* "resilio/_runner_c.pyx":554
  *             self._unwind(_GeneratorExit())
  * 
  *     def __dealloc__(self):             # <<<<<<<<<<<<<<
@@ -14852,7 +16933,7 @@ static PyObject *__pyx_pf_7resilio_9_runner_c_8GateCall_16__setstate_cython__(st
   return __pyx_r;
 }
 
-/* "resilio/_runner_c.pyx":448
+/* "resilio/_runner_c.pyx":563
  * 
  * 
  * cdef int _gatecall_am_send(PyObject *self, PyObject *value, PyObject **presult) except -1:             # <<<<<<<<<<<<<<
@@ -14874,7 +16955,7 @@ static int __pyx_f_7resilio_9_runner_c__gatecall_am_send(PyObject *__pyx_v_self,
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("_gatecall_am_send", 0);
 
-  /* "resilio/_runner_c.pyx":449
+  /* "resilio/_runner_c.pyx":564
  * 
  * cdef int _gatecall_am_send(PyObject *self, PyObject *value, PyObject **presult) except -1:
  *     presult[0] = NULL             # <<<<<<<<<<<<<<
@@ -14883,7 +16964,7 @@ static int __pyx_f_7resilio_9_runner_c__gatecall_am_send(PyObject *__pyx_v_self,
 */
   (__pyx_v_presult[0]) = NULL;
 
-  /* "resilio/_runner_c.pyx":450
+  /* "resilio/_runner_c.pyx":565
  * cdef int _gatecall_am_send(PyObject *self, PyObject *value, PyObject **presult) except -1:
  *     presult[0] = NULL
  *     cdef GateCall c = <GateCall>self             # <<<<<<<<<<<<<<
@@ -14895,7 +16976,7 @@ static int __pyx_f_7resilio_9_runner_c__gatecall_am_send(PyObject *__pyx_v_self,
   __pyx_v_c = ((struct __pyx_obj_7resilio_9_runner_c_GateCall *)__pyx_t_1);
   __pyx_t_1 = 0;
 
-  /* "resilio/_runner_c.pyx":451
+  /* "resilio/_runner_c.pyx":566
  *     presult[0] = NULL
  *     cdef GateCall c = <GateCall>self
  *     cdef int rc = c._send(<object>value if value != NULL else None)             # <<<<<<<<<<<<<<
@@ -14912,11 +16993,11 @@ static int __pyx_f_7resilio_9_runner_c__gatecall_am_send(PyObject *__pyx_v_self,
     __pyx_t_1 = Py_None;
   }
 
-  __pyx_t_3 = ((struct __pyx_vtabstruct_7resilio_9_runner_c_GateCall *)__pyx_v_c->__pyx_vtab)->_send(__pyx_v_c, __pyx_t_1); if (unlikely(__pyx_t_3 == ((int)-1))) __PYX_ERR(0, 451, __pyx_L1_error)
+  __pyx_t_3 = ((struct __pyx_vtabstruct_7resilio_9_runner_c_GateCall *)__pyx_v_c->__pyx_vtab)->_send(__pyx_v_c, __pyx_t_1); if (unlikely(__pyx_t_3 == ((int)-1))) __PYX_ERR(0, 566, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
   __pyx_v_rc = __pyx_t_3;
 
-  /* "resilio/_runner_c.pyx":452
+  /* "resilio/_runner_c.pyx":567
  *     cdef GateCall c = <GateCall>self
  *     cdef int rc = c._send(<object>value if value != NULL else None)
  *     cdef object out = c.out             # <<<<<<<<<<<<<<
@@ -14928,7 +17009,7 @@ static int __pyx_f_7resilio_9_runner_c__gatecall_am_send(PyObject *__pyx_v_self,
   __pyx_v_out = __pyx_t_1;
   __pyx_t_1 = 0;
 
-  /* "resilio/_runner_c.pyx":453
+  /* "resilio/_runner_c.pyx":568
  *     cdef int rc = c._send(<object>value if value != NULL else None)
  *     cdef object out = c.out
  *     c.out = None             # <<<<<<<<<<<<<<
@@ -14940,7 +17021,7 @@ static int __pyx_f_7resilio_9_runner_c__gatecall_am_send(PyObject *__pyx_v_self,
   __Pyx_GOTREF(__pyx_v_c->out);
   __Pyx_DECREF_SET(__pyx_v_c->out, Py_None);
 
-  /* "resilio/_runner_c.pyx":454
+  /* "resilio/_runner_c.pyx":569
  *     cdef object out = c.out
  *     c.out = None
  *     Py_INCREF(out)             # <<<<<<<<<<<<<<
@@ -14949,7 +17030,7 @@ static int __pyx_f_7resilio_9_runner_c__gatecall_am_send(PyObject *__pyx_v_self,
 */
   Py_INCREF(__pyx_v_out);
 
-  /* "resilio/_runner_c.pyx":455
+  /* "resilio/_runner_c.pyx":570
  *     c.out = None
  *     Py_INCREF(out)
  *     presult[0] = <PyObject*>out             # <<<<<<<<<<<<<<
@@ -14958,7 +17039,7 @@ static int __pyx_f_7resilio_9_runner_c__gatecall_am_send(PyObject *__pyx_v_self,
 */
   (__pyx_v_presult[0]) = ((PyObject *)__pyx_v_out);
 
-  /* "resilio/_runner_c.pyx":456
+  /* "resilio/_runner_c.pyx":571
  *     Py_INCREF(out)
  *     presult[0] = <PyObject*>out
  *     return PYGEN_NEXT if rc else PYGEN_RETURN             # <<<<<<<<<<<<<<
@@ -14980,7 +17061,7 @@ static int __pyx_f_7resilio_9_runner_c__gatecall_am_send(PyObject *__pyx_v_self,
   }
   goto __pyx_L0;
 
-  /* "resilio/_runner_c.pyx":448
+  /* "resilio/_runner_c.pyx":563
  * 
  * 
  * cdef int _gatecall_am_send(PyObject *self, PyObject *value, PyObject **presult) except -1:             # <<<<<<<<<<<<<<
@@ -15002,7 +17083,7 @@ static int __pyx_f_7resilio_9_runner_c__gatecall_am_send(PyObject *__pyx_v_self,
   return __pyx_r;
 }
 
-/* "resilio/_runner_c.pyx":473
+/* "resilio/_runner_c.pyx":588
  *     cdef dict __dict__
  * 
  *     def __init__(self, run, fn):             # <<<<<<<<<<<<<<
@@ -15049,39 +17130,39 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   {
     PyObject ** const __pyx_pyargnames[] = {&__pyx_mstate_global->__pyx_n_u_run,&__pyx_mstate_global->__pyx_n_u_fn,0};
     const Py_ssize_t __pyx_kwds_len = (__pyx_kwds) ? __Pyx_NumKwargs_FASTCALL_TPNEW(__pyx_kwds) : 0;
-    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(0, 473, __pyx_L3_error)
+    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(0, 588, __pyx_L3_error)
     if (__pyx_kwds_len > 0) {
       switch (__pyx_nargs) {
         case  2:
         values[1] = __Pyx_ArgRef_FASTCALL_TPNEW(__pyx_args, 1);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 473, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 588, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  1:
         values[0] = __Pyx_ArgRef_FASTCALL_TPNEW(__pyx_args, 0);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 473, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 588, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  0: break;
         default: goto __pyx_L5_argtuple_error;
       }
       const Py_ssize_t kwd_pos_args = __pyx_nargs;
-      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "__init__", 0) < (0)) __PYX_ERR(0, 473, __pyx_L3_error)
+      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "__init__", 0) < (0)) __PYX_ERR(0, 588, __pyx_L3_error)
       for (Py_ssize_t i = __pyx_nargs; i < 2; i++) {
-        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("__init__", 1, 2, 2, i); __PYX_ERR(0, 473, __pyx_L3_error) }
+        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("__init__", 1, 2, 2, i); __PYX_ERR(0, 588, __pyx_L3_error) }
       }
     } else if (unlikely(__pyx_nargs != 2)) {
       goto __pyx_L5_argtuple_error;
     } else {
       values[0] = __Pyx_ArgRef_FASTCALL_TPNEW(__pyx_args, 0);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 473, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 588, __pyx_L3_error)
       values[1] = __Pyx_ArgRef_FASTCALL_TPNEW(__pyx_args, 1);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 473, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 588, __pyx_L3_error)
     }
     __pyx_v_run = values[0];
     __pyx_v_fn = values[1];
   }
   goto __pyx_L6_skip;
   __pyx_L5_argtuple_error:;
-  __Pyx_RaiseArgtupleInvalid("__init__", 1, 2, 2, __pyx_nargs); __PYX_ERR(0, 473, __pyx_L3_error)
+  __Pyx_RaiseArgtupleInvalid("__init__", 1, 2, 2, __pyx_nargs); __PYX_ERR(0, 588, __pyx_L3_error)
   __pyx_L6_skip:;
   goto __pyx_L4_argument_unpacking_done;
   __pyx_L3_error:;
@@ -15112,7 +17193,7 @@ static int __pyx_pf_7resilio_9_runner_c_5Bound___init__(struct __pyx_obj_7resili
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("__init__", 0);
 
-  /* "resilio/_runner_c.pyx":474
+  /* "resilio/_runner_c.pyx":589
  * 
  *     def __init__(self, run, fn):
  *         self.run = run             # <<<<<<<<<<<<<<
@@ -15124,7 +17205,7 @@ static int __pyx_pf_7resilio_9_runner_c_5Bound___init__(struct __pyx_obj_7resili
   __Pyx_GOTREF(__pyx_v_self->run);
   __Pyx_DECREF_SET(__pyx_v_self->run, __pyx_v_run);
 
-  /* "resilio/_runner_c.pyx":475
+  /* "resilio/_runner_c.pyx":590
  *     def __init__(self, run, fn):
  *         self.run = run
  *         self.fn = fn             # <<<<<<<<<<<<<<
@@ -15136,7 +17217,7 @@ static int __pyx_pf_7resilio_9_runner_c_5Bound___init__(struct __pyx_obj_7resili
   __Pyx_GOTREF(__pyx_v_self->fn);
   __Pyx_DECREF_SET(__pyx_v_self->fn, __pyx_v_fn);
 
-  /* "resilio/_runner_c.pyx":476
+  /* "resilio/_runner_c.pyx":591
  *         self.run = run
  *         self.fn = fn
  *         self.group = run if type(run) is GateGroup else None             # <<<<<<<<<<<<<<
@@ -15145,7 +17226,7 @@ static int __pyx_pf_7resilio_9_runner_c_5Bound___init__(struct __pyx_obj_7resili
 */
   __pyx_t_2 = (((PyObject *)Py_TYPE(__pyx_v_run)) == ((PyObject *)__pyx_mstate_global->__pyx_ptype_7resilio_9_runner_c_GateGroup));
   if (__pyx_t_2) {
-    if (!(likely(((__pyx_v_run) == Py_None) || likely(__Pyx_TypeTest(__pyx_v_run, __pyx_mstate_global->__pyx_ptype_7resilio_9_runner_c_GateGroup))))) __PYX_ERR(0, 476, __pyx_L1_error)
+    if (!(likely(((__pyx_v_run) == Py_None) || likely(__Pyx_TypeTest(__pyx_v_run, __pyx_mstate_global->__pyx_ptype_7resilio_9_runner_c_GateGroup))))) __PYX_ERR(0, 591, __pyx_L1_error)
     __Pyx_INCREF(__pyx_v_run);
     __pyx_t_1 = __pyx_v_run;
   } else {
@@ -15153,13 +17234,13 @@ static int __pyx_pf_7resilio_9_runner_c_5Bound___init__(struct __pyx_obj_7resili
     __pyx_t_1 = Py_None;
   }
 
-  if (!(likely(((__pyx_t_1) == Py_None) || likely(__Pyx_TypeTest(__pyx_t_1, __pyx_mstate_global->__pyx_ptype_7resilio_9_runner_c_GateGroup))))) __PYX_ERR(0, 476, __pyx_L1_error)
+  if (!(likely(((__pyx_t_1) == Py_None) || likely(__Pyx_TypeTest(__pyx_t_1, __pyx_mstate_global->__pyx_ptype_7resilio_9_runner_c_GateGroup))))) __PYX_ERR(0, 591, __pyx_L1_error)
   __Pyx_GIVEREF(__pyx_t_1);
   __Pyx_GOTREF((PyObject *)__pyx_v_self->group);
   __Pyx_DECREF_SET(__pyx_v_self->group, ((struct __pyx_obj_7resilio_9_runner_c_GateGroup *)__pyx_t_1));
   __pyx_t_1 = 0;
 
-  /* "resilio/_runner_c.pyx":473
+  /* "resilio/_runner_c.pyx":588
  *     cdef dict __dict__
  * 
  *     def __init__(self, run, fn):             # <<<<<<<<<<<<<<
@@ -15180,7 +17261,7 @@ static int __pyx_pf_7resilio_9_runner_c_5Bound___init__(struct __pyx_obj_7resili
   return __pyx_r;
 }
 
-/* "resilio/_runner_c.pyx":478
+/* "resilio/_runner_c.pyx":593
  *         self.group = run if type(run) is GateGroup else None
  * 
  *     def __call__(self, *args, **kwargs):             # <<<<<<<<<<<<<<
@@ -15241,7 +17322,7 @@ static PyObject *__pyx_pf_7resilio_9_runner_c_5Bound_2__call__(struct __pyx_obj_
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("__call__", 0);
 
-  /* "resilio/_runner_c.pyx":480
+  /* "resilio/_runner_c.pyx":595
  *     def __call__(self, *args, **kwargs):
  *         cdef GateCall c
  *         if self.group is not None:             # <<<<<<<<<<<<<<
@@ -15252,19 +17333,19 @@ static PyObject *__pyx_pf_7resilio_9_runner_c_5Bound_2__call__(struct __pyx_obj_
   if (__pyx_t_1) {
 
 
-    /* "resilio/_runner_c.pyx":481
+    /* "resilio/_runner_c.pyx":596
  *         cdef GateCall c
  *         if self.group is not None:
  *             c = GateCall.__new__(GateCall)             # <<<<<<<<<<<<<<
  *             c.group = self.group
  *             c.fn = self.fn
 */
-    __pyx_t_2 = ((PyObject *)__pyx_tp_new_7resilio_9_runner_c_GateCall(((PyTypeObject *)__pyx_mstate_global->__pyx_ptype_7resilio_9_runner_c_GateCall), __pyx_mstate_global->__pyx_empty_tuple, NULL)); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 481, __pyx_L1_error)
+    __pyx_t_2 = ((PyObject *)__pyx_tp_new_7resilio_9_runner_c_GateCall(((PyTypeObject *)__pyx_mstate_global->__pyx_ptype_7resilio_9_runner_c_GateCall), __pyx_mstate_global->__pyx_empty_tuple, NULL)); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 596, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_2);
     __pyx_v_c = ((struct __pyx_obj_7resilio_9_runner_c_GateCall *)__pyx_t_2);
     __pyx_t_2 = 0;
 
-    /* "resilio/_runner_c.pyx":482
+    /* "resilio/_runner_c.pyx":597
  *         if self.group is not None:
  *             c = GateCall.__new__(GateCall)
  *             c.group = self.group             # <<<<<<<<<<<<<<
@@ -15278,7 +17359,7 @@ static PyObject *__pyx_pf_7resilio_9_runner_c_5Bound_2__call__(struct __pyx_obj_
     __Pyx_DECREF_SET(__pyx_v_c->group, ((struct __pyx_obj_7resilio_9_runner_c_GateGroup *)__pyx_t_2));
     __pyx_t_2 = 0;
 
-    /* "resilio/_runner_c.pyx":483
+    /* "resilio/_runner_c.pyx":598
  *             c = GateCall.__new__(GateCall)
  *             c.group = self.group
  *             c.fn = self.fn             # <<<<<<<<<<<<<<
@@ -15292,7 +17373,7 @@ static PyObject *__pyx_pf_7resilio_9_runner_c_5Bound_2__call__(struct __pyx_obj_
     __Pyx_DECREF_SET(__pyx_v_c->fn, __pyx_t_2);
     __pyx_t_2 = 0;
 
-    /* "resilio/_runner_c.pyx":484
+    /* "resilio/_runner_c.pyx":599
  *             c.group = self.group
  *             c.fn = self.fn
  *             c.args = args             # <<<<<<<<<<<<<<
@@ -15304,7 +17385,7 @@ static PyObject *__pyx_pf_7resilio_9_runner_c_5Bound_2__call__(struct __pyx_obj_
     __Pyx_GOTREF(__pyx_v_c->args);
     __Pyx_DECREF_SET(__pyx_v_c->args, __pyx_v_args);
 
-    /* "resilio/_runner_c.pyx":485
+    /* "resilio/_runner_c.pyx":600
  *             c.fn = self.fn
  *             c.args = args
  *             c.kwargs = kwargs             # <<<<<<<<<<<<<<
@@ -15316,7 +17397,7 @@ static PyObject *__pyx_pf_7resilio_9_runner_c_5Bound_2__call__(struct __pyx_obj_
     __Pyx_GOTREF(__pyx_v_c->kwargs);
     __Pyx_DECREF_SET(__pyx_v_c->kwargs, __pyx_v_kwargs);
 
-    /* "resilio/_runner_c.pyx":486
+    /* "resilio/_runner_c.pyx":601
  *             c.args = args
  *             c.kwargs = kwargs
  *             return c             # <<<<<<<<<<<<<<
@@ -15334,7 +17415,7 @@ static PyObject *__pyx_pf_7resilio_9_runner_c_5Bound_2__call__(struct __pyx_obj_
     }
     goto __pyx_L0;
 
-    /* "resilio/_runner_c.pyx":480
+    /* "resilio/_runner_c.pyx":595
  *     def __call__(self, *args, **kwargs):
  *         cdef GateCall c
  *         if self.group is not None:             # <<<<<<<<<<<<<<
@@ -15343,7 +17424,7 @@ static PyObject *__pyx_pf_7resilio_9_runner_c_5Bound_2__call__(struct __pyx_obj_
 */
   }
 
-  /* "resilio/_runner_c.pyx":487
+  /* "resilio/_runner_c.pyx":602
  *             c.kwargs = kwargs
  *             return c
  *         return self.run(self.fn, args, kwargs)             # <<<<<<<<<<<<<<
@@ -15370,7 +17451,7 @@ static PyObject *__pyx_pf_7resilio_9_runner_c_5Bound_2__call__(struct __pyx_obj_
     __pyx_t_2 = __Pyx_PyObject_FastCall((PyObject*)__pyx_t_4, __pyx_callargs+__pyx_t_5, (4-__pyx_t_5) | (__pyx_t_5*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
     __Pyx_XDECREF(__pyx_t_3); __pyx_t_3 = 0;
     __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
-    if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 487, __pyx_L1_error)
+    if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 602, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_2);
   }
   {
@@ -15384,7 +17465,7 @@ static PyObject *__pyx_pf_7resilio_9_runner_c_5Bound_2__call__(struct __pyx_obj_
   __pyx_t_2 = 0;
   goto __pyx_L0;
 
-  /* "resilio/_runner_c.pyx":478
+  /* "resilio/_runner_c.pyx":593
  *         self.group = run if type(run) is GateGroup else None
  * 
  *     def __call__(self, *args, **kwargs):             # <<<<<<<<<<<<<<
@@ -15406,7 +17487,7 @@ static PyObject *__pyx_pf_7resilio_9_runner_c_5Bound_2__call__(struct __pyx_obj_
   return __pyx_r;
 }
 
-/* "resilio/_runner_c.pyx":489
+/* "resilio/_runner_c.pyx":604
  *         return self.run(self.fn, args, kwargs)
  * 
  *     def __get__(self, obj, objtype):             # <<<<<<<<<<<<<<
@@ -15442,7 +17523,7 @@ static PyObject *__pyx_pf_7resilio_9_runner_c_5Bound_4__get__(struct __pyx_obj_7
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("__get__", 0);
 
-  /* "resilio/_runner_c.pyx":490
+  /* "resilio/_runner_c.pyx":605
  * 
  *     def __get__(self, obj, objtype):
  *         if obj is None:             # <<<<<<<<<<<<<<
@@ -15453,7 +17534,7 @@ static PyObject *__pyx_pf_7resilio_9_runner_c_5Bound_4__get__(struct __pyx_obj_7
   if (__pyx_t_1) {
 
 
-    /* "resilio/_runner_c.pyx":491
+    /* "resilio/_runner_c.pyx":606
  *     def __get__(self, obj, objtype):
  *         if obj is None:
  *             return self             # <<<<<<<<<<<<<<
@@ -15471,7 +17552,7 @@ static PyObject *__pyx_pf_7resilio_9_runner_c_5Bound_4__get__(struct __pyx_obj_7
     }
     goto __pyx_L0;
 
-    /* "resilio/_runner_c.pyx":490
+    /* "resilio/_runner_c.pyx":605
  * 
  *     def __get__(self, obj, objtype):
  *         if obj is None:             # <<<<<<<<<<<<<<
@@ -15480,7 +17561,7 @@ static PyObject *__pyx_pf_7resilio_9_runner_c_5Bound_4__get__(struct __pyx_obj_7
 */
   }
 
-  /* "resilio/_runner_c.pyx":492
+  /* "resilio/_runner_c.pyx":607
  *         if obj is None:
  *             return self
  *         return _MethodType(self, obj)             # <<<<<<<<<<<<<<
@@ -15488,7 +17569,7 @@ static PyObject *__pyx_pf_7resilio_9_runner_c_5Bound_4__get__(struct __pyx_obj_7
  *     def __repr__(self):
 */
   __pyx_t_3 = NULL;
-  __Pyx_GetModuleGlobalName(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_MethodType); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 492, __pyx_L1_error)
+  __Pyx_GetModuleGlobalName(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_MethodType); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 607, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
   __pyx_t_5 = 1;
   #if CYTHON_UNPACK_METHODS
@@ -15507,7 +17588,7 @@ static PyObject *__pyx_pf_7resilio_9_runner_c_5Bound_4__get__(struct __pyx_obj_7
     __pyx_t_2 = __Pyx_PyObject_FastCall((PyObject*)__pyx_t_4, __pyx_callargs+__pyx_t_5, (3-__pyx_t_5) | (__pyx_t_5*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
     __Pyx_XDECREF(__pyx_t_3); __pyx_t_3 = 0;
     __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
-    if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 492, __pyx_L1_error)
+    if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 607, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_2);
   }
   {
@@ -15521,7 +17602,7 @@ static PyObject *__pyx_pf_7resilio_9_runner_c_5Bound_4__get__(struct __pyx_obj_7
   __pyx_t_2 = 0;
   goto __pyx_L0;
 
-  /* "resilio/_runner_c.pyx":489
+  /* "resilio/_runner_c.pyx":604
  *         return self.run(self.fn, args, kwargs)
  * 
  *     def __get__(self, obj, objtype):             # <<<<<<<<<<<<<<
@@ -15542,7 +17623,7 @@ static PyObject *__pyx_pf_7resilio_9_runner_c_5Bound_4__get__(struct __pyx_obj_7
   return __pyx_r;
 }
 
-/* "resilio/_runner_c.pyx":494
+/* "resilio/_runner_c.pyx":609
  *         return _MethodType(self, obj)
  * 
  *     def __repr__(self):             # <<<<<<<<<<<<<<
@@ -15577,12 +17658,12 @@ static PyObject *__pyx_pf_7resilio_9_runner_c_5Bound_6__repr__(struct __pyx_obj_
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("__repr__", 0);
 
-  /* "resilio/_runner_c.pyx":495
+  /* "resilio/_runner_c.pyx":610
  * 
  *     def __repr__(self):
  *         return f"<resilio pipeline-wrapped {self.fn!r}>"             # <<<<<<<<<<<<<<
 */
-  __pyx_t_1 = __Pyx_PyObject_FormatSimpleAndDecref(PyObject_Repr(__pyx_v_self->fn), __pyx_mstate_global->__pyx_empty_unicode); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 495, __pyx_L1_error)
+  __pyx_t_1 = __Pyx_PyObject_FormatSimpleAndDecref(PyObject_Repr(__pyx_v_self->fn), __pyx_mstate_global->__pyx_empty_unicode); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 610, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
   __pyx_t_2[0] = __pyx_mstate_global->__pyx_kp_u_resilio_pipeline_wrapped;
   __pyx_t_2[1] = __pyx_t_1;
@@ -15596,7 +17677,7 @@ static PyObject *__pyx_pf_7resilio_9_runner_c_5Bound_6__repr__(struct __pyx_obj_
   __pyx_t_4 |= __Pyx_PyUnicode_KIND_04(__pyx_t_2[1]);
   #endif
   __pyx_t_5 = __Pyx_PyUnicode_Join(__pyx_t_2, 3, __pyx_t_3, __pyx_t_4);
-  if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 495, __pyx_L1_error)
+  if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 610, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_5);
   __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
   {
@@ -15610,7 +17691,7 @@ static PyObject *__pyx_pf_7resilio_9_runner_c_5Bound_6__repr__(struct __pyx_obj_
   __pyx_t_5 = 0;
   goto __pyx_L0;
 
-  /* "resilio/_runner_c.pyx":494
+  /* "resilio/_runner_c.pyx":609
  *         return _MethodType(self, obj)
  * 
  *     def __repr__(self):             # <<<<<<<<<<<<<<
@@ -16130,15 +18211,15 @@ static PyObject *__pyx_pf_7resilio_9_runner_c_5Bound_10__setstate_cython__(struc
 */
 
 /* Python wrapper */
-static PyObject *__pyx_pw_7resilio_9_runner_c_1__pyx_unpickle_FastGate(PyObject *__pyx_self, 
+static PyObject *__pyx_pw_7resilio_9_runner_c_3__pyx_unpickle_FastGate(PyObject *__pyx_self, 
 #if CYTHON_VECTORCALL
 PyObject *const *__pyx_args, Py_ssize_t __pyx_nargs, PyObject *__pyx_kwds
 #else
 PyObject *__pyx_args, PyObject *__pyx_kwds
 #endif
 ); /*proto*/
-static PyMethodDef __pyx_mdef_7resilio_9_runner_c_1__pyx_unpickle_FastGate = {"__pyx_unpickle_FastGate", (PyCFunction)(void(*)(void))(__Pyx_PyCFunction_FastCallWithKeywords)__pyx_pw_7resilio_9_runner_c_1__pyx_unpickle_FastGate, __Pyx_METH_FASTCALL|METH_KEYWORDS, 0};
-static PyObject *__pyx_pw_7resilio_9_runner_c_1__pyx_unpickle_FastGate(PyObject *__pyx_self, 
+static PyMethodDef __pyx_mdef_7resilio_9_runner_c_3__pyx_unpickle_FastGate = {"__pyx_unpickle_FastGate", (PyCFunction)(void(*)(void))(__Pyx_PyCFunction_FastCallWithKeywords)__pyx_pw_7resilio_9_runner_c_3__pyx_unpickle_FastGate, __Pyx_METH_FASTCALL|METH_KEYWORDS, 0};
+static PyObject *__pyx_pw_7resilio_9_runner_c_3__pyx_unpickle_FastGate(PyObject *__pyx_self, 
 #if CYTHON_VECTORCALL
 PyObject *const *__pyx_args, Py_ssize_t __pyx_nargs, PyObject *__pyx_kwds
 #else
@@ -16221,7 +18302,7 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   return NULL;
   __pyx_L4_argument_unpacking_done:;
   if (unlikely(!__Pyx_ArgTypeTest(((PyObject *)__pyx_v___pyx_state), (&PyTuple_Type), 1, "__pyx_state", 1))) __PYX_ERR(1, 4, __pyx_L1_error)
-  __pyx_r = __pyx_pf_7resilio_9_runner_c___pyx_unpickle_FastGate(__pyx_self, __pyx_v___pyx_type, __pyx_v___pyx_checksum, __pyx_v___pyx_state);
+  __pyx_r = __pyx_pf_7resilio_9_runner_c_2__pyx_unpickle_FastGate(__pyx_self, __pyx_v___pyx_type, __pyx_v___pyx_checksum, __pyx_v___pyx_state);
 
   /* function exit code */
   goto __pyx_L0;
@@ -16241,7 +18322,7 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   return __pyx_r;
 }
 
-static PyObject *__pyx_pf_7resilio_9_runner_c___pyx_unpickle_FastGate(CYTHON_UNUSED PyObject *__pyx_self, PyObject *__pyx_v___pyx_type, long __pyx_v___pyx_checksum, PyObject *__pyx_v___pyx_state) {
+static PyObject *__pyx_pf_7resilio_9_runner_c_2__pyx_unpickle_FastGate(CYTHON_UNUSED PyObject *__pyx_self, PyObject *__pyx_v___pyx_type, long __pyx_v___pyx_checksum, PyObject *__pyx_v___pyx_state) {
   PyObject *__pyx_v___pyx_result = 0;
   PyObject *__pyx_r = NULL;
   __Pyx_RefNannyDeclarations
@@ -16452,15 +18533,15 @@ static PyObject *__pyx_f_7resilio_9_runner_c___pyx_unpickle_FastGate__set_state(
 */
 
 /* Python wrapper */
-static PyObject *__pyx_pw_7resilio_9_runner_c_3__pyx_unpickle__BreakerGate(PyObject *__pyx_self, 
+static PyObject *__pyx_pw_7resilio_9_runner_c_5__pyx_unpickle__BreakerGate(PyObject *__pyx_self, 
 #if CYTHON_VECTORCALL
 PyObject *const *__pyx_args, Py_ssize_t __pyx_nargs, PyObject *__pyx_kwds
 #else
 PyObject *__pyx_args, PyObject *__pyx_kwds
 #endif
 ); /*proto*/
-static PyMethodDef __pyx_mdef_7resilio_9_runner_c_3__pyx_unpickle__BreakerGate = {"__pyx_unpickle__BreakerGate", (PyCFunction)(void(*)(void))(__Pyx_PyCFunction_FastCallWithKeywords)__pyx_pw_7resilio_9_runner_c_3__pyx_unpickle__BreakerGate, __Pyx_METH_FASTCALL|METH_KEYWORDS, 0};
-static PyObject *__pyx_pw_7resilio_9_runner_c_3__pyx_unpickle__BreakerGate(PyObject *__pyx_self, 
+static PyMethodDef __pyx_mdef_7resilio_9_runner_c_5__pyx_unpickle__BreakerGate = {"__pyx_unpickle__BreakerGate", (PyCFunction)(void(*)(void))(__Pyx_PyCFunction_FastCallWithKeywords)__pyx_pw_7resilio_9_runner_c_5__pyx_unpickle__BreakerGate, __Pyx_METH_FASTCALL|METH_KEYWORDS, 0};
+static PyObject *__pyx_pw_7resilio_9_runner_c_5__pyx_unpickle__BreakerGate(PyObject *__pyx_self, 
 #if CYTHON_VECTORCALL
 PyObject *const *__pyx_args, Py_ssize_t __pyx_nargs, PyObject *__pyx_kwds
 #else
@@ -16543,7 +18624,7 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   return NULL;
   __pyx_L4_argument_unpacking_done:;
   if (unlikely(!__Pyx_ArgTypeTest(((PyObject *)__pyx_v___pyx_state), (&PyTuple_Type), 1, "__pyx_state", 1))) __PYX_ERR(1, 4, __pyx_L1_error)
-  __pyx_r = __pyx_pf_7resilio_9_runner_c_2__pyx_unpickle__BreakerGate(__pyx_self, __pyx_v___pyx_type, __pyx_v___pyx_checksum, __pyx_v___pyx_state);
+  __pyx_r = __pyx_pf_7resilio_9_runner_c_4__pyx_unpickle__BreakerGate(__pyx_self, __pyx_v___pyx_type, __pyx_v___pyx_checksum, __pyx_v___pyx_state);
 
   /* function exit code */
   goto __pyx_L0;
@@ -16563,7 +18644,7 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   return __pyx_r;
 }
 
-static PyObject *__pyx_pf_7resilio_9_runner_c_2__pyx_unpickle__BreakerGate(CYTHON_UNUSED PyObject *__pyx_self, PyObject *__pyx_v___pyx_type, long __pyx_v___pyx_checksum, PyObject *__pyx_v___pyx_state) {
+static PyObject *__pyx_pf_7resilio_9_runner_c_4__pyx_unpickle__BreakerGate(CYTHON_UNUSED PyObject *__pyx_self, PyObject *__pyx_v___pyx_type, long __pyx_v___pyx_checksum, PyObject *__pyx_v___pyx_state) {
   PyObject *__pyx_v___pyx_result = 0;
   PyObject *__pyx_r = NULL;
   __Pyx_RefNannyDeclarations
@@ -16802,15 +18883,15 @@ static PyObject *__pyx_f_7resilio_9_runner_c___pyx_unpickle__BreakerGate__set_st
 */
 
 /* Python wrapper */
-static PyObject *__pyx_pw_7resilio_9_runner_c_5__pyx_unpickle__LimiterGate(PyObject *__pyx_self, 
+static PyObject *__pyx_pw_7resilio_9_runner_c_7__pyx_unpickle__LimiterGate(PyObject *__pyx_self, 
 #if CYTHON_VECTORCALL
 PyObject *const *__pyx_args, Py_ssize_t __pyx_nargs, PyObject *__pyx_kwds
 #else
 PyObject *__pyx_args, PyObject *__pyx_kwds
 #endif
 ); /*proto*/
-static PyMethodDef __pyx_mdef_7resilio_9_runner_c_5__pyx_unpickle__LimiterGate = {"__pyx_unpickle__LimiterGate", (PyCFunction)(void(*)(void))(__Pyx_PyCFunction_FastCallWithKeywords)__pyx_pw_7resilio_9_runner_c_5__pyx_unpickle__LimiterGate, __Pyx_METH_FASTCALL|METH_KEYWORDS, 0};
-static PyObject *__pyx_pw_7resilio_9_runner_c_5__pyx_unpickle__LimiterGate(PyObject *__pyx_self, 
+static PyMethodDef __pyx_mdef_7resilio_9_runner_c_7__pyx_unpickle__LimiterGate = {"__pyx_unpickle__LimiterGate", (PyCFunction)(void(*)(void))(__Pyx_PyCFunction_FastCallWithKeywords)__pyx_pw_7resilio_9_runner_c_7__pyx_unpickle__LimiterGate, __Pyx_METH_FASTCALL|METH_KEYWORDS, 0};
+static PyObject *__pyx_pw_7resilio_9_runner_c_7__pyx_unpickle__LimiterGate(PyObject *__pyx_self, 
 #if CYTHON_VECTORCALL
 PyObject *const *__pyx_args, Py_ssize_t __pyx_nargs, PyObject *__pyx_kwds
 #else
@@ -16893,7 +18974,7 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   return NULL;
   __pyx_L4_argument_unpacking_done:;
   if (unlikely(!__Pyx_ArgTypeTest(((PyObject *)__pyx_v___pyx_state), (&PyTuple_Type), 1, "__pyx_state", 1))) __PYX_ERR(1, 4, __pyx_L1_error)
-  __pyx_r = __pyx_pf_7resilio_9_runner_c_4__pyx_unpickle__LimiterGate(__pyx_self, __pyx_v___pyx_type, __pyx_v___pyx_checksum, __pyx_v___pyx_state);
+  __pyx_r = __pyx_pf_7resilio_9_runner_c_6__pyx_unpickle__LimiterGate(__pyx_self, __pyx_v___pyx_type, __pyx_v___pyx_checksum, __pyx_v___pyx_state);
 
   /* function exit code */
   goto __pyx_L0;
@@ -16913,7 +18994,7 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   return __pyx_r;
 }
 
-static PyObject *__pyx_pf_7resilio_9_runner_c_4__pyx_unpickle__LimiterGate(CYTHON_UNUSED PyObject *__pyx_self, PyObject *__pyx_v___pyx_type, long __pyx_v___pyx_checksum, PyObject *__pyx_v___pyx_state) {
+static PyObject *__pyx_pf_7resilio_9_runner_c_6__pyx_unpickle__LimiterGate(CYTHON_UNUSED PyObject *__pyx_self, PyObject *__pyx_v___pyx_type, long __pyx_v___pyx_checksum, PyObject *__pyx_v___pyx_state) {
   PyObject *__pyx_v___pyx_result = 0;
   PyObject *__pyx_r = NULL;
   __Pyx_RefNannyDeclarations
@@ -17148,15 +19229,15 @@ static PyObject *__pyx_f_7resilio_9_runner_c___pyx_unpickle__LimiterGate__set_st
 */
 
 /* Python wrapper */
-static PyObject *__pyx_pw_7resilio_9_runner_c_7__pyx_unpickle__BulkheadGate(PyObject *__pyx_self, 
+static PyObject *__pyx_pw_7resilio_9_runner_c_9__pyx_unpickle__BulkheadGate(PyObject *__pyx_self, 
 #if CYTHON_VECTORCALL
 PyObject *const *__pyx_args, Py_ssize_t __pyx_nargs, PyObject *__pyx_kwds
 #else
 PyObject *__pyx_args, PyObject *__pyx_kwds
 #endif
 ); /*proto*/
-static PyMethodDef __pyx_mdef_7resilio_9_runner_c_7__pyx_unpickle__BulkheadGate = {"__pyx_unpickle__BulkheadGate", (PyCFunction)(void(*)(void))(__Pyx_PyCFunction_FastCallWithKeywords)__pyx_pw_7resilio_9_runner_c_7__pyx_unpickle__BulkheadGate, __Pyx_METH_FASTCALL|METH_KEYWORDS, 0};
-static PyObject *__pyx_pw_7resilio_9_runner_c_7__pyx_unpickle__BulkheadGate(PyObject *__pyx_self, 
+static PyMethodDef __pyx_mdef_7resilio_9_runner_c_9__pyx_unpickle__BulkheadGate = {"__pyx_unpickle__BulkheadGate", (PyCFunction)(void(*)(void))(__Pyx_PyCFunction_FastCallWithKeywords)__pyx_pw_7resilio_9_runner_c_9__pyx_unpickle__BulkheadGate, __Pyx_METH_FASTCALL|METH_KEYWORDS, 0};
+static PyObject *__pyx_pw_7resilio_9_runner_c_9__pyx_unpickle__BulkheadGate(PyObject *__pyx_self, 
 #if CYTHON_VECTORCALL
 PyObject *const *__pyx_args, Py_ssize_t __pyx_nargs, PyObject *__pyx_kwds
 #else
@@ -17239,7 +19320,7 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   return NULL;
   __pyx_L4_argument_unpacking_done:;
   if (unlikely(!__Pyx_ArgTypeTest(((PyObject *)__pyx_v___pyx_state), (&PyTuple_Type), 1, "__pyx_state", 1))) __PYX_ERR(1, 4, __pyx_L1_error)
-  __pyx_r = __pyx_pf_7resilio_9_runner_c_6__pyx_unpickle__BulkheadGate(__pyx_self, __pyx_v___pyx_type, __pyx_v___pyx_checksum, __pyx_v___pyx_state);
+  __pyx_r = __pyx_pf_7resilio_9_runner_c_8__pyx_unpickle__BulkheadGate(__pyx_self, __pyx_v___pyx_type, __pyx_v___pyx_checksum, __pyx_v___pyx_state);
 
   /* function exit code */
   goto __pyx_L0;
@@ -17259,7 +19340,7 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   return __pyx_r;
 }
 
-static PyObject *__pyx_pf_7resilio_9_runner_c_6__pyx_unpickle__BulkheadGate(CYTHON_UNUSED PyObject *__pyx_self, PyObject *__pyx_v___pyx_type, long __pyx_v___pyx_checksum, PyObject *__pyx_v___pyx_state) {
+static PyObject *__pyx_pf_7resilio_9_runner_c_8__pyx_unpickle__BulkheadGate(CYTHON_UNUSED PyObject *__pyx_self, PyObject *__pyx_v___pyx_type, long __pyx_v___pyx_checksum, PyObject *__pyx_v___pyx_state) {
   PyObject *__pyx_v___pyx_result = 0;
   PyObject *__pyx_r = NULL;
   __Pyx_RefNannyDeclarations
@@ -17489,21 +19570,352 @@ static PyObject *__pyx_f_7resilio_9_runner_c___pyx_unpickle__BulkheadGate__set_s
 /* "(tree fragment)":4
  *     int __Pyx_CheckUnpickleChecksum(long, long, long, long, const char*) except -1
  *     int __Pyx_UpdateUnpickledDict(object, object, Py_ssize_t) except -1
- * def __pyx_unpickle_GateGroup(__pyx_type, long __pyx_checksum, tuple __pyx_state):             # <<<<<<<<<<<<<<
+ * def __pyx_unpickle__TimeoutGate(__pyx_type, long __pyx_checksum, tuple __pyx_state):             # <<<<<<<<<<<<<<
  *     cdef object __pyx_result
- *     __Pyx_CheckUnpickleChecksum(__pyx_checksum, 0x14756e3, 0x53f29d8, 0xea8a4bb, b'g0, g1, g2, g3, gates, inner, n')
+ *     __Pyx_CheckUnpickleChecksum(__pyx_checksum, 0x48734a8, 0xd57bb63, 0x26e5dbb, b'clock_ns, py_enter, py_err, py_ok, py_ok_slow, seconds, strategy')
 */
 
 /* Python wrapper */
-static PyObject *__pyx_pw_7resilio_9_runner_c_9__pyx_unpickle_GateGroup(PyObject *__pyx_self, 
+static PyObject *__pyx_pw_7resilio_9_runner_c_11__pyx_unpickle__TimeoutGate(PyObject *__pyx_self, 
 #if CYTHON_VECTORCALL
 PyObject *const *__pyx_args, Py_ssize_t __pyx_nargs, PyObject *__pyx_kwds
 #else
 PyObject *__pyx_args, PyObject *__pyx_kwds
 #endif
 ); /*proto*/
-static PyMethodDef __pyx_mdef_7resilio_9_runner_c_9__pyx_unpickle_GateGroup = {"__pyx_unpickle_GateGroup", (PyCFunction)(void(*)(void))(__Pyx_PyCFunction_FastCallWithKeywords)__pyx_pw_7resilio_9_runner_c_9__pyx_unpickle_GateGroup, __Pyx_METH_FASTCALL|METH_KEYWORDS, 0};
-static PyObject *__pyx_pw_7resilio_9_runner_c_9__pyx_unpickle_GateGroup(PyObject *__pyx_self, 
+static PyMethodDef __pyx_mdef_7resilio_9_runner_c_11__pyx_unpickle__TimeoutGate = {"__pyx_unpickle__TimeoutGate", (PyCFunction)(void(*)(void))(__Pyx_PyCFunction_FastCallWithKeywords)__pyx_pw_7resilio_9_runner_c_11__pyx_unpickle__TimeoutGate, __Pyx_METH_FASTCALL|METH_KEYWORDS, 0};
+static PyObject *__pyx_pw_7resilio_9_runner_c_11__pyx_unpickle__TimeoutGate(PyObject *__pyx_self, 
+#if CYTHON_VECTORCALL
+PyObject *const *__pyx_args, Py_ssize_t __pyx_nargs, PyObject *__pyx_kwds
+#else
+PyObject *__pyx_args, PyObject *__pyx_kwds
+#endif
+) {
+  PyObject *__pyx_v___pyx_type = 0;
+  long __pyx_v___pyx_checksum;
+  PyObject *__pyx_v___pyx_state = 0;
+  #if !CYTHON_VECTORCALL
+  CYTHON_UNUSED Py_ssize_t __pyx_nargs;
+  #endif
+  CYTHON_UNUSED PyObject *const *__pyx_kwvalues;
+  PyObject* values[3] = {0,0,0};
+  int __pyx_lineno = 0;
+  const char *__pyx_filename = NULL;
+  int __pyx_clineno = 0;
+  PyObject *__pyx_r = 0;
+  __Pyx_RefNannyDeclarations
+  __Pyx_RefNannySetupContext("__pyx_unpickle__TimeoutGate (wrapper)", 0);
+  #if !CYTHON_VECTORCALL
+  #if CYTHON_ASSUME_SAFE_SIZE
+  __pyx_nargs = PyTuple_GET_SIZE(__pyx_args);
+  #else
+  __pyx_nargs = PyTuple_Size(__pyx_args); if (unlikely(__pyx_nargs < 0)) return NULL;
+  #endif
+  #endif
+  __pyx_kwvalues = __Pyx_KwValues_FASTCALL(__pyx_args, __pyx_nargs);
+  {
+    PyObject ** const __pyx_pyargnames[] = {&__pyx_mstate_global->__pyx_n_u_pyx_type,&__pyx_mstate_global->__pyx_n_u_pyx_checksum,&__pyx_mstate_global->__pyx_n_u_pyx_state,0};
+    const Py_ssize_t __pyx_kwds_len = (__pyx_kwds) ? __Pyx_NumKwargs_FASTCALL(__pyx_kwds) : 0;
+    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(1, 4, __pyx_L3_error)
+    if (__pyx_kwds_len > 0) {
+      switch (__pyx_nargs) {
+        case  3:
+        values[2] = __Pyx_ArgRef_FASTCALL(__pyx_args, 2);
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[2])) __PYX_ERR(1, 4, __pyx_L3_error)
+        CYTHON_FALLTHROUGH;
+        case  2:
+        values[1] = __Pyx_ArgRef_FASTCALL(__pyx_args, 1);
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(1, 4, __pyx_L3_error)
+        CYTHON_FALLTHROUGH;
+        case  1:
+        values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(1, 4, __pyx_L3_error)
+        CYTHON_FALLTHROUGH;
+        case  0: break;
+        default: goto __pyx_L5_argtuple_error;
+      }
+      const Py_ssize_t kwd_pos_args = __pyx_nargs;
+      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "__pyx_unpickle__TimeoutGate", 0) < (0)) __PYX_ERR(1, 4, __pyx_L3_error)
+      for (Py_ssize_t i = __pyx_nargs; i < 3; i++) {
+        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("__pyx_unpickle__TimeoutGate", 1, 3, 3, i); __PYX_ERR(1, 4, __pyx_L3_error) }
+      }
+    } else if (unlikely(__pyx_nargs != 3)) {
+      goto __pyx_L5_argtuple_error;
+    } else {
+      values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(1, 4, __pyx_L3_error)
+      values[1] = __Pyx_ArgRef_FASTCALL(__pyx_args, 1);
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(1, 4, __pyx_L3_error)
+      values[2] = __Pyx_ArgRef_FASTCALL(__pyx_args, 2);
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[2])) __PYX_ERR(1, 4, __pyx_L3_error)
+    }
+    __pyx_v___pyx_type = values[0];
+    __pyx_v___pyx_checksum = __Pyx_PyLong_As_long(values[1]); if (unlikely((__pyx_v___pyx_checksum == (long)-1) && PyErr_Occurred())) __PYX_ERR(1, 4, __pyx_L3_error)
+    __pyx_v___pyx_state = ((PyObject*)values[2]);
+  }
+  goto __pyx_L6_skip;
+  __pyx_L5_argtuple_error:;
+  __Pyx_RaiseArgtupleInvalid("__pyx_unpickle__TimeoutGate", 1, 3, 3, __pyx_nargs); __PYX_ERR(1, 4, __pyx_L3_error)
+  __pyx_L6_skip:;
+  goto __pyx_L4_argument_unpacking_done;
+  __pyx_L3_error:;
+  for (Py_ssize_t __pyx_temp=0; __pyx_temp < (Py_ssize_t)(sizeof(values)/sizeof(values[0])); ++__pyx_temp) {
+    Py_XDECREF(values[__pyx_temp]);
+  }
+  __Pyx_AddTraceback("resilio._runner_c.__pyx_unpickle__TimeoutGate", __pyx_clineno, __pyx_lineno, __pyx_filename);
+  __Pyx_RefNannyFinishContext();
+  return NULL;
+  __pyx_L4_argument_unpacking_done:;
+  if (unlikely(!__Pyx_ArgTypeTest(((PyObject *)__pyx_v___pyx_state), (&PyTuple_Type), 1, "__pyx_state", 1))) __PYX_ERR(1, 4, __pyx_L1_error)
+  __pyx_r = __pyx_pf_7resilio_9_runner_c_10__pyx_unpickle__TimeoutGate(__pyx_self, __pyx_v___pyx_type, __pyx_v___pyx_checksum, __pyx_v___pyx_state);
+
+  /* function exit code */
+  goto __pyx_L0;
+  __pyx_L1_error:;
+  __pyx_r = NULL;
+  for (Py_ssize_t __pyx_temp=0; __pyx_temp < (Py_ssize_t)(sizeof(values)/sizeof(values[0])); ++__pyx_temp) {
+    Py_XDECREF(values[__pyx_temp]);
+  }
+  goto __pyx_L7_cleaned_up;
+  __pyx_L0:;
+  for (Py_ssize_t __pyx_temp=0; __pyx_temp < (Py_ssize_t)(sizeof(values)/sizeof(values[0])); ++__pyx_temp) {
+    Py_XDECREF(values[__pyx_temp]);
+  }
+  __pyx_L7_cleaned_up:;
+
+  __Pyx_RefNannyFinishContext();
+  return __pyx_r;
+}
+
+static PyObject *__pyx_pf_7resilio_9_runner_c_10__pyx_unpickle__TimeoutGate(CYTHON_UNUSED PyObject *__pyx_self, PyObject *__pyx_v___pyx_type, long __pyx_v___pyx_checksum, PyObject *__pyx_v___pyx_state) {
+  PyObject *__pyx_v___pyx_result = 0;
+  PyObject *__pyx_r = NULL;
+  __Pyx_RefNannyDeclarations
+  int __pyx_t_1;
+  PyObject *__pyx_t_2 = NULL;
+  PyObject *__pyx_t_3 = NULL;
+  size_t __pyx_t_4;
+  int __pyx_t_5;
+  int __pyx_lineno = 0;
+  const char *__pyx_filename = NULL;
+  int __pyx_clineno = 0;
+  __Pyx_RefNannySetupContext("__pyx_unpickle__TimeoutGate", 0);
+
+  /* "(tree fragment)":6
+ * def __pyx_unpickle__TimeoutGate(__pyx_type, long __pyx_checksum, tuple __pyx_state):
+ *     cdef object __pyx_result
+ *     __Pyx_CheckUnpickleChecksum(__pyx_checksum, 0x48734a8, 0xd57bb63, 0x26e5dbb, b'clock_ns, py_enter, py_err, py_ok, py_ok_slow, seconds, strategy')             # <<<<<<<<<<<<<<
+ *     __pyx_result = _TimeoutGate.__new__(__pyx_type)
+ *     if __pyx_state is not None:
+*/
+  __pyx_t_1 = __Pyx_CheckUnpickleChecksum(__pyx_v___pyx_checksum, 0x48734a8, 0xd57bb63, 0x26e5dbb, __pyx_k_clock_ns_py_enter_py_err_py_ok_p); if (unlikely(__pyx_t_1 == ((int)-1))) __PYX_ERR(1, 6, __pyx_L1_error)
+
+
+  /* "(tree fragment)":7
+ *     cdef object __pyx_result
+ *     __Pyx_CheckUnpickleChecksum(__pyx_checksum, 0x48734a8, 0xd57bb63, 0x26e5dbb, b'clock_ns, py_enter, py_err, py_ok, py_ok_slow, seconds, strategy')
+ *     __pyx_result = _TimeoutGate.__new__(__pyx_type)             # <<<<<<<<<<<<<<
+ *     if __pyx_state is not None:
+ *         __pyx_unpickle__TimeoutGate__set_state(<_TimeoutGate> __pyx_result, __pyx_state)
+*/
+  __pyx_t_3 = ((PyObject *)__pyx_mstate_global->__pyx_ptype_7resilio_9_runner_c__TimeoutGate);
+  __Pyx_INCREF(__pyx_t_3);
+  __pyx_t_4 = 0;
+  {
+    PyObject *__pyx_callargs[2] = {__pyx_t_3, __pyx_v___pyx_type};
+    __pyx_t_2 = __Pyx_PyObject_FastCallMethod((PyObject*)__pyx_mstate_global->__pyx_n_u_new, __pyx_callargs+__pyx_t_4, (2-__pyx_t_4) | (1*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
+    __Pyx_XDECREF(__pyx_t_3); __pyx_t_3 = 0;
+    if (unlikely(!__pyx_t_2)) __PYX_ERR(1, 7, __pyx_L1_error)
+    __Pyx_GOTREF(__pyx_t_2);
+  }
+  __pyx_v___pyx_result = __pyx_t_2;
+  __pyx_t_2 = 0;
+
+  /* "(tree fragment)":8
+ *     __Pyx_CheckUnpickleChecksum(__pyx_checksum, 0x48734a8, 0xd57bb63, 0x26e5dbb, b'clock_ns, py_enter, py_err, py_ok, py_ok_slow, seconds, strategy')
+ *     __pyx_result = _TimeoutGate.__new__(__pyx_type)
+ *     if __pyx_state is not None:             # <<<<<<<<<<<<<<
+ *         __pyx_unpickle__TimeoutGate__set_state(<_TimeoutGate> __pyx_result, __pyx_state)
+ *     return __pyx_result
+*/
+  __pyx_t_5 = (__pyx_v___pyx_state != ((PyObject*)Py_None));
+  if (__pyx_t_5) {
+
+
+    /* "(tree fragment)":9
+ *     __pyx_result = _TimeoutGate.__new__(__pyx_type)
+ *     if __pyx_state is not None:
+ *         __pyx_unpickle__TimeoutGate__set_state(<_TimeoutGate> __pyx_result, __pyx_state)             # <<<<<<<<<<<<<<
+ *     return __pyx_result
+ * cdef __pyx_unpickle__TimeoutGate__set_state(_TimeoutGate __pyx_result, __pyx_state: tuple):
+*/
+    if (unlikely(__pyx_v___pyx_state == Py_None)) {
+      PyErr_SetString(PyExc_TypeError, "cannot pass None into a C function argument that is declared \047not None\047");
+      __PYX_ERR(1, 9, __pyx_L1_error)
+    }
+    __pyx_t_2 = __pyx_f_7resilio_9_runner_c___pyx_unpickle__TimeoutGate__set_state(((struct __pyx_obj_7resilio_9_runner_c__TimeoutGate *)__pyx_v___pyx_result), __pyx_v___pyx_state); if (unlikely(!__pyx_t_2)) __PYX_ERR(1, 9, __pyx_L1_error)
+    __Pyx_GOTREF(__pyx_t_2);
+    __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
+
+    /* "(tree fragment)":8
+ *     __Pyx_CheckUnpickleChecksum(__pyx_checksum, 0x48734a8, 0xd57bb63, 0x26e5dbb, b'clock_ns, py_enter, py_err, py_ok, py_ok_slow, seconds, strategy')
+ *     __pyx_result = _TimeoutGate.__new__(__pyx_type)
+ *     if __pyx_state is not None:             # <<<<<<<<<<<<<<
+ *         __pyx_unpickle__TimeoutGate__set_state(<_TimeoutGate> __pyx_result, __pyx_state)
+ *     return __pyx_result
+*/
+  }
+
+  /* "(tree fragment)":10
+ *     if __pyx_state is not None:
+ *         __pyx_unpickle__TimeoutGate__set_state(<_TimeoutGate> __pyx_result, __pyx_state)
+ *     return __pyx_result             # <<<<<<<<<<<<<<
+ * cdef __pyx_unpickle__TimeoutGate__set_state(_TimeoutGate __pyx_result, __pyx_state: tuple):
+ *     __pyx_result.clock_ns = __pyx_state[0]; __pyx_result.py_enter = __pyx_state[1]; __pyx_result.py_err = __pyx_state[2]; __pyx_result.py_ok = __pyx_state[3]; __pyx_result.py_ok_slow = __pyx_state[4]; __pyx_result.seconds = __pyx_state[5]; __pyx_result.strategy = __pyx_state[6]
+*/
+  {
+    PyObject *__pyx_temp;
+    {
+      __pyx_temp = __pyx_r;
+      __Pyx_INCREF(__pyx_v___pyx_result);
+      __pyx_r = __pyx_v___pyx_result;
+    }
+    __Pyx_XDECREF(__pyx_temp);
+  }
+  goto __pyx_L0;
+
+  /* "(tree fragment)":4
+ *     int __Pyx_CheckUnpickleChecksum(long, long, long, long, const char*) except -1
+ *     int __Pyx_UpdateUnpickledDict(object, object, Py_ssize_t) except -1
+ * def __pyx_unpickle__TimeoutGate(__pyx_type, long __pyx_checksum, tuple __pyx_state):             # <<<<<<<<<<<<<<
+ *     cdef object __pyx_result
+ *     __Pyx_CheckUnpickleChecksum(__pyx_checksum, 0x48734a8, 0xd57bb63, 0x26e5dbb, b'clock_ns, py_enter, py_err, py_ok, py_ok_slow, seconds, strategy')
+*/
+
+  /* function exit code */
+  __pyx_L1_error:;
+  __Pyx_XDECREF(__pyx_t_2);
+  __Pyx_XDECREF(__pyx_t_3);
+  __Pyx_AddTraceback("resilio._runner_c.__pyx_unpickle__TimeoutGate", __pyx_clineno, __pyx_lineno, __pyx_filename);
+  __pyx_r = NULL;
+  __pyx_L0:;
+  __Pyx_XDECREF(__pyx_v___pyx_result);
+  __Pyx_XGIVEREF(__pyx_r);
+  __Pyx_RefNannyFinishContext();
+  return __pyx_r;
+}
+
+/* "(tree fragment)":11
+ *         __pyx_unpickle__TimeoutGate__set_state(<_TimeoutGate> __pyx_result, __pyx_state)
+ *     return __pyx_result
+ * cdef __pyx_unpickle__TimeoutGate__set_state(_TimeoutGate __pyx_result, __pyx_state: tuple):             # <<<<<<<<<<<<<<
+ *     __pyx_result.clock_ns = __pyx_state[0]; __pyx_result.py_enter = __pyx_state[1]; __pyx_result.py_err = __pyx_state[2]; __pyx_result.py_ok = __pyx_state[3]; __pyx_result.py_ok_slow = __pyx_state[4]; __pyx_result.seconds = __pyx_state[5]; __pyx_result.strategy = __pyx_state[6]
+ *     __Pyx_UpdateUnpickledDict(__pyx_result, __pyx_state, 7)
+*/
+
+static PyObject *__pyx_f_7resilio_9_runner_c___pyx_unpickle__TimeoutGate__set_state(struct __pyx_obj_7resilio_9_runner_c__TimeoutGate *__pyx_v___pyx_result, PyObject *__pyx_v___pyx_state) {
+  PyObject *__pyx_r = NULL;
+  __Pyx_RefNannyDeclarations
+  PyObject *__pyx_t_1 = NULL;
+  double __pyx_t_2;
+  int __pyx_t_3;
+  int __pyx_lineno = 0;
+  const char *__pyx_filename = NULL;
+  int __pyx_clineno = 0;
+  __Pyx_RefNannySetupContext("__pyx_unpickle__TimeoutGate__set_state", 0);
+
+  /* "(tree fragment)":12
+ *     return __pyx_result
+ * cdef __pyx_unpickle__TimeoutGate__set_state(_TimeoutGate __pyx_result, __pyx_state: tuple):
+ *     __pyx_result.clock_ns = __pyx_state[0]; __pyx_result.py_enter = __pyx_state[1]; __pyx_result.py_err = __pyx_state[2]; __pyx_result.py_ok = __pyx_state[3]; __pyx_result.py_ok_slow = __pyx_state[4]; __pyx_result.seconds = __pyx_state[5]; __pyx_result.strategy = __pyx_state[6]             # <<<<<<<<<<<<<<
+ *     __Pyx_UpdateUnpickledDict(__pyx_result, __pyx_state, 7)
+*/
+  __pyx_t_1 = __Pyx_PyTuple_GET_ITEM(__pyx_v___pyx_state, 0);
+  __Pyx_INCREF(__pyx_t_1);
+  __Pyx_GIVEREF(__pyx_t_1);
+  __Pyx_GOTREF(__pyx_v___pyx_result->__pyx_base.clock_ns);
+  __Pyx_DECREF_SET(__pyx_v___pyx_result->__pyx_base.clock_ns, __pyx_t_1);
+  __pyx_t_1 = 0;
+  __pyx_t_1 = __Pyx_PyTuple_GET_ITEM(__pyx_v___pyx_state, 1);
+  __Pyx_INCREF(__pyx_t_1);
+  __Pyx_GIVEREF(__pyx_t_1);
+  __Pyx_GOTREF(__pyx_v___pyx_result->__pyx_base.py_enter);
+  __Pyx_DECREF_SET(__pyx_v___pyx_result->__pyx_base.py_enter, __pyx_t_1);
+  __pyx_t_1 = 0;
+  __pyx_t_1 = __Pyx_PyTuple_GET_ITEM(__pyx_v___pyx_state, 2);
+  __Pyx_INCREF(__pyx_t_1);
+  __Pyx_GIVEREF(__pyx_t_1);
+  __Pyx_GOTREF(__pyx_v___pyx_result->__pyx_base.py_err);
+  __Pyx_DECREF_SET(__pyx_v___pyx_result->__pyx_base.py_err, __pyx_t_1);
+  __pyx_t_1 = 0;
+  __pyx_t_1 = __Pyx_PyTuple_GET_ITEM(__pyx_v___pyx_state, 3);
+  __Pyx_INCREF(__pyx_t_1);
+  __Pyx_GIVEREF(__pyx_t_1);
+  __Pyx_GOTREF(__pyx_v___pyx_result->__pyx_base.py_ok);
+  __Pyx_DECREF_SET(__pyx_v___pyx_result->__pyx_base.py_ok, __pyx_t_1);
+  __pyx_t_1 = 0;
+  __pyx_t_1 = __Pyx_PyTuple_GET_ITEM(__pyx_v___pyx_state, 4);
+  __Pyx_INCREF(__pyx_t_1);
+  __Pyx_GIVEREF(__pyx_t_1);
+  __Pyx_GOTREF(__pyx_v___pyx_result->py_ok_slow);
+  __Pyx_DECREF_SET(__pyx_v___pyx_result->py_ok_slow, __pyx_t_1);
+  __pyx_t_1 = 0;
+  __pyx_t_2 = __Pyx_PyFloat_AsDouble(__Pyx_PyTuple_GET_ITEM(__pyx_v___pyx_state, 5)); if (unlikely((__pyx_t_2 == (double)-1) && PyErr_Occurred())) __PYX_ERR(1, 12, __pyx_L1_error)
+  __pyx_v___pyx_result->seconds = __pyx_t_2;
+  __pyx_t_1 = __Pyx_PyTuple_GET_ITEM(__pyx_v___pyx_state, 6);
+  __Pyx_INCREF(__pyx_t_1);
+  __Pyx_GIVEREF(__pyx_t_1);
+  __Pyx_GOTREF(__pyx_v___pyx_result->__pyx_base.strategy);
+  __Pyx_DECREF_SET(__pyx_v___pyx_result->__pyx_base.strategy, __pyx_t_1);
+  __pyx_t_1 = 0;
+
+  /* "(tree fragment)":13
+ * cdef __pyx_unpickle__TimeoutGate__set_state(_TimeoutGate __pyx_result, __pyx_state: tuple):
+ *     __pyx_result.clock_ns = __pyx_state[0]; __pyx_result.py_enter = __pyx_state[1]; __pyx_result.py_err = __pyx_state[2]; __pyx_result.py_ok = __pyx_state[3]; __pyx_result.py_ok_slow = __pyx_state[4]; __pyx_result.seconds = __pyx_state[5]; __pyx_result.strategy = __pyx_state[6]
+ *     __Pyx_UpdateUnpickledDict(__pyx_result, __pyx_state, 7)             # <<<<<<<<<<<<<<
+*/
+  __pyx_t_3 = __Pyx_UpdateUnpickledDict(((PyObject *)__pyx_v___pyx_result), __pyx_v___pyx_state, 7); if (unlikely(__pyx_t_3 == ((int)-1))) __PYX_ERR(1, 13, __pyx_L1_error)
+
+
+  /* "(tree fragment)":11
+ *         __pyx_unpickle__TimeoutGate__set_state(<_TimeoutGate> __pyx_result, __pyx_state)
+ *     return __pyx_result
+ * cdef __pyx_unpickle__TimeoutGate__set_state(_TimeoutGate __pyx_result, __pyx_state: tuple):             # <<<<<<<<<<<<<<
+ *     __pyx_result.clock_ns = __pyx_state[0]; __pyx_result.py_enter = __pyx_state[1]; __pyx_result.py_err = __pyx_state[2]; __pyx_result.py_ok = __pyx_state[3]; __pyx_result.py_ok_slow = __pyx_state[4]; __pyx_result.seconds = __pyx_state[5]; __pyx_result.strategy = __pyx_state[6]
+ *     __Pyx_UpdateUnpickledDict(__pyx_result, __pyx_state, 7)
+*/
+
+  /* function exit code */
+  __pyx_r = Py_None; __Pyx_INCREF(Py_None);
+  goto __pyx_L0;
+  __pyx_L1_error:;
+  __Pyx_XDECREF(__pyx_t_1);
+  __Pyx_AddTraceback("resilio._runner_c.__pyx_unpickle__TimeoutGate__set_state", __pyx_clineno, __pyx_lineno, __pyx_filename);
+  __pyx_r = 0;
+  __pyx_L0:;
+  __Pyx_XGIVEREF(__pyx_r);
+  __Pyx_RefNannyFinishContext();
+  return __pyx_r;
+}
+
+/* "(tree fragment)":4
+ *     int __Pyx_CheckUnpickleChecksum(long, long, long, long, const char*) except -1
+ *     int __Pyx_UpdateUnpickledDict(object, object, Py_ssize_t) except -1
+ * def __pyx_unpickle_GateGroup(__pyx_type, long __pyx_checksum, tuple __pyx_state):             # <<<<<<<<<<<<<<
+ *     cdef object __pyx_result
+ *     __Pyx_CheckUnpickleChecksum(__pyx_checksum, 0x14756e3, 0x53f29d8, 0xea8a4bb, b'g0, g1, g2, g3, gates, inner, n')
+*/
+
+/* Python wrapper */
+static PyObject *__pyx_pw_7resilio_9_runner_c_13__pyx_unpickle_GateGroup(PyObject *__pyx_self, 
+#if CYTHON_VECTORCALL
+PyObject *const *__pyx_args, Py_ssize_t __pyx_nargs, PyObject *__pyx_kwds
+#else
+PyObject *__pyx_args, PyObject *__pyx_kwds
+#endif
+); /*proto*/
+static PyMethodDef __pyx_mdef_7resilio_9_runner_c_13__pyx_unpickle_GateGroup = {"__pyx_unpickle_GateGroup", (PyCFunction)(void(*)(void))(__Pyx_PyCFunction_FastCallWithKeywords)__pyx_pw_7resilio_9_runner_c_13__pyx_unpickle_GateGroup, __Pyx_METH_FASTCALL|METH_KEYWORDS, 0};
+static PyObject *__pyx_pw_7resilio_9_runner_c_13__pyx_unpickle_GateGroup(PyObject *__pyx_self, 
 #if CYTHON_VECTORCALL
 PyObject *const *__pyx_args, Py_ssize_t __pyx_nargs, PyObject *__pyx_kwds
 #else
@@ -17586,7 +19998,7 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   return NULL;
   __pyx_L4_argument_unpacking_done:;
   if (unlikely(!__Pyx_ArgTypeTest(((PyObject *)__pyx_v___pyx_state), (&PyTuple_Type), 1, "__pyx_state", 1))) __PYX_ERR(1, 4, __pyx_L1_error)
-  __pyx_r = __pyx_pf_7resilio_9_runner_c_8__pyx_unpickle_GateGroup(__pyx_self, __pyx_v___pyx_type, __pyx_v___pyx_checksum, __pyx_v___pyx_state);
+  __pyx_r = __pyx_pf_7resilio_9_runner_c_12__pyx_unpickle_GateGroup(__pyx_self, __pyx_v___pyx_type, __pyx_v___pyx_checksum, __pyx_v___pyx_state);
 
   /* function exit code */
   goto __pyx_L0;
@@ -17606,7 +20018,7 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   return __pyx_r;
 }
 
-static PyObject *__pyx_pf_7resilio_9_runner_c_8__pyx_unpickle_GateGroup(CYTHON_UNUSED PyObject *__pyx_self, PyObject *__pyx_v___pyx_type, long __pyx_v___pyx_checksum, PyObject *__pyx_v___pyx_state) {
+static PyObject *__pyx_pf_7resilio_9_runner_c_12__pyx_unpickle_GateGroup(CYTHON_UNUSED PyObject *__pyx_self, PyObject *__pyx_v___pyx_type, long __pyx_v___pyx_checksum, PyObject *__pyx_v___pyx_state) {
   PyObject *__pyx_v___pyx_result = 0;
   PyObject *__pyx_r = NULL;
   __Pyx_RefNannyDeclarations
@@ -17831,15 +20243,15 @@ static PyObject *__pyx_f_7resilio_9_runner_c___pyx_unpickle_GateGroup__set_state
 */
 
 /* Python wrapper */
-static PyObject *__pyx_pw_7resilio_9_runner_c_11__pyx_unpickle_GateCall(PyObject *__pyx_self, 
+static PyObject *__pyx_pw_7resilio_9_runner_c_15__pyx_unpickle_GateCall(PyObject *__pyx_self, 
 #if CYTHON_VECTORCALL
 PyObject *const *__pyx_args, Py_ssize_t __pyx_nargs, PyObject *__pyx_kwds
 #else
 PyObject *__pyx_args, PyObject *__pyx_kwds
 #endif
 ); /*proto*/
-static PyMethodDef __pyx_mdef_7resilio_9_runner_c_11__pyx_unpickle_GateCall = {"__pyx_unpickle_GateCall", (PyCFunction)(void(*)(void))(__Pyx_PyCFunction_FastCallWithKeywords)__pyx_pw_7resilio_9_runner_c_11__pyx_unpickle_GateCall, __Pyx_METH_FASTCALL|METH_KEYWORDS, 0};
-static PyObject *__pyx_pw_7resilio_9_runner_c_11__pyx_unpickle_GateCall(PyObject *__pyx_self, 
+static PyMethodDef __pyx_mdef_7resilio_9_runner_c_15__pyx_unpickle_GateCall = {"__pyx_unpickle_GateCall", (PyCFunction)(void(*)(void))(__Pyx_PyCFunction_FastCallWithKeywords)__pyx_pw_7resilio_9_runner_c_15__pyx_unpickle_GateCall, __Pyx_METH_FASTCALL|METH_KEYWORDS, 0};
+static PyObject *__pyx_pw_7resilio_9_runner_c_15__pyx_unpickle_GateCall(PyObject *__pyx_self, 
 #if CYTHON_VECTORCALL
 PyObject *const *__pyx_args, Py_ssize_t __pyx_nargs, PyObject *__pyx_kwds
 #else
@@ -17922,7 +20334,7 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   return NULL;
   __pyx_L4_argument_unpacking_done:;
   if (unlikely(!__Pyx_ArgTypeTest(((PyObject *)__pyx_v___pyx_state), (&PyTuple_Type), 1, "__pyx_state", 1))) __PYX_ERR(1, 4, __pyx_L1_error)
-  __pyx_r = __pyx_pf_7resilio_9_runner_c_10__pyx_unpickle_GateCall(__pyx_self, __pyx_v___pyx_type, __pyx_v___pyx_checksum, __pyx_v___pyx_state);
+  __pyx_r = __pyx_pf_7resilio_9_runner_c_14__pyx_unpickle_GateCall(__pyx_self, __pyx_v___pyx_type, __pyx_v___pyx_checksum, __pyx_v___pyx_state);
 
   /* function exit code */
   goto __pyx_L0;
@@ -17942,7 +20354,7 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   return __pyx_r;
 }
 
-static PyObject *__pyx_pf_7resilio_9_runner_c_10__pyx_unpickle_GateCall(CYTHON_UNUSED PyObject *__pyx_self, PyObject *__pyx_v___pyx_type, long __pyx_v___pyx_checksum, PyObject *__pyx_v___pyx_state) {
+static PyObject *__pyx_pf_7resilio_9_runner_c_14__pyx_unpickle_GateCall(CYTHON_UNUSED PyObject *__pyx_self, PyObject *__pyx_v___pyx_type, long __pyx_v___pyx_checksum, PyObject *__pyx_v___pyx_state) {
   PyObject *__pyx_v___pyx_result = 0;
   PyObject *__pyx_r = NULL;
   __Pyx_RefNannyDeclarations
@@ -18189,15 +20601,15 @@ static PyObject *__pyx_f_7resilio_9_runner_c___pyx_unpickle_GateCall__set_state(
 */
 
 /* Python wrapper */
-static PyObject *__pyx_pw_7resilio_9_runner_c_13__pyx_unpickle_Bound(PyObject *__pyx_self, 
+static PyObject *__pyx_pw_7resilio_9_runner_c_17__pyx_unpickle_Bound(PyObject *__pyx_self, 
 #if CYTHON_VECTORCALL
 PyObject *const *__pyx_args, Py_ssize_t __pyx_nargs, PyObject *__pyx_kwds
 #else
 PyObject *__pyx_args, PyObject *__pyx_kwds
 #endif
 ); /*proto*/
-static PyMethodDef __pyx_mdef_7resilio_9_runner_c_13__pyx_unpickle_Bound = {"__pyx_unpickle_Bound", (PyCFunction)(void(*)(void))(__Pyx_PyCFunction_FastCallWithKeywords)__pyx_pw_7resilio_9_runner_c_13__pyx_unpickle_Bound, __Pyx_METH_FASTCALL|METH_KEYWORDS, 0};
-static PyObject *__pyx_pw_7resilio_9_runner_c_13__pyx_unpickle_Bound(PyObject *__pyx_self, 
+static PyMethodDef __pyx_mdef_7resilio_9_runner_c_17__pyx_unpickle_Bound = {"__pyx_unpickle_Bound", (PyCFunction)(void(*)(void))(__Pyx_PyCFunction_FastCallWithKeywords)__pyx_pw_7resilio_9_runner_c_17__pyx_unpickle_Bound, __Pyx_METH_FASTCALL|METH_KEYWORDS, 0};
+static PyObject *__pyx_pw_7resilio_9_runner_c_17__pyx_unpickle_Bound(PyObject *__pyx_self, 
 #if CYTHON_VECTORCALL
 PyObject *const *__pyx_args, Py_ssize_t __pyx_nargs, PyObject *__pyx_kwds
 #else
@@ -18280,7 +20692,7 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   return NULL;
   __pyx_L4_argument_unpacking_done:;
   if (unlikely(!__Pyx_ArgTypeTest(((PyObject *)__pyx_v___pyx_state), (&PyTuple_Type), 1, "__pyx_state", 1))) __PYX_ERR(1, 4, __pyx_L1_error)
-  __pyx_r = __pyx_pf_7resilio_9_runner_c_12__pyx_unpickle_Bound(__pyx_self, __pyx_v___pyx_type, __pyx_v___pyx_checksum, __pyx_v___pyx_state);
+  __pyx_r = __pyx_pf_7resilio_9_runner_c_16__pyx_unpickle_Bound(__pyx_self, __pyx_v___pyx_type, __pyx_v___pyx_checksum, __pyx_v___pyx_state);
 
   /* function exit code */
   goto __pyx_L0;
@@ -18300,7 +20712,7 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   return __pyx_r;
 }
 
-static PyObject *__pyx_pf_7resilio_9_runner_c_12__pyx_unpickle_Bound(CYTHON_UNUSED PyObject *__pyx_self, PyObject *__pyx_v___pyx_type, long __pyx_v___pyx_checksum, PyObject *__pyx_v___pyx_state) {
+static PyObject *__pyx_pf_7resilio_9_runner_c_16__pyx_unpickle_Bound(CYTHON_UNUSED PyObject *__pyx_self, PyObject *__pyx_v___pyx_type, long __pyx_v___pyx_checksum, PyObject *__pyx_v___pyx_state) {
   PyObject *__pyx_v___pyx_result = 0;
   PyObject *__pyx_r = NULL;
   __Pyx_RefNannyDeclarations
@@ -19430,6 +21842,215 @@ static PyTypeObject __pyx_type_7resilio_9_runner_c__BulkheadGate = {
   #endif
 };
 #endif
+static struct __pyx_vtabstruct_7resilio_9_runner_c__TimeoutGate __pyx_vtable_7resilio_9_runner_c__TimeoutGate;
+
+static PyObject *__pyx_tp_new__initialisation_7resilio_9_runner_c__TimeoutGate(PyObject *o, 
+#if CYTHON_VECTORCALL_TPNEW
+    CYTHON_UNUSED PyObject *const *args, CYTHON_UNUSED Py_ssize_t nargs, CYTHON_UNUSED PyObject *kwnames
+#else
+    CYTHON_UNUSED PyObject *a, CYTHON_UNUSED PyObject *k
+#endif
+) {
+  struct __pyx_obj_7resilio_9_runner_c__TimeoutGate *p = ((struct __pyx_obj_7resilio_9_runner_c__TimeoutGate *)o);
+  p->__pyx_base.__pyx_vtab = (struct __pyx_vtabstruct_7resilio_9_runner_c_FastGate*)__pyx_vtabptr_7resilio_9_runner_c__TimeoutGate;
+  p->py_ok_slow = Py_None; Py_INCREF(Py_None);
+  return o;
+}
+
+static PyObject *__pyx_tp_new_vectorcall_7resilio_9_runner_c__TimeoutGate(PyTypeObject *t, 
+#if CYTHON_VECTORCALL_TPNEW
+    PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames
+#else
+    PyObject *a, PyObject *k
+#endif
+) {
+  PyObject *o;
+  o = __pyx_tp_new_vectorcall_7resilio_9_runner_c_FastGate(t, 
+#if CYTHON_VECTORCALL_TPNEW
+    args, nargs, kwnames
+#else
+    a, k
+#endif
+);
+  if (unlikely(!o)) return 0;
+  return __pyx_tp_new__initialisation_7resilio_9_runner_c__TimeoutGate(o, 
+#if CYTHON_VECTORCALL_TPNEW
+    args, nargs, kwnames
+#else
+    a, k
+#endif
+);
+}
+
+#if CYTHON_VECTORCALL_TPNEW
+static PyObject *__pyx_tp_new_7resilio_9_runner_c__TimeoutGate(PyTypeObject *t, PyObject *a, PyObject *k) {
+  return __Pyx_CallTpnewAsVectorcall(__pyx_tp_new_vectorcall_7resilio_9_runner_c__TimeoutGate, t, a, k);
+}
+#endif
+
+#if CYTHON_VECTORCALL_TPNEW
+static PyObject *__pyx_tp_vectorcall_7resilio_9_runner_c__TimeoutGate(PyObject *t, PyObject *const *args, size_t nargsf, PyObject *kwnames) {
+  if (unlikely((PyTypeObject*)t != __pyx_mstate_global->__pyx_ptype_7resilio_9_runner_c__TimeoutGate || __Pyx_PyType_HasFeature((PyTypeObject*)t, Py_TPFLAGS_IS_ABSTRACT))) {
+    return __Pyx_CallNewInitFromVectorcall((PyTypeObject*)t, args, nargsf, kwnames);
+  }
+  Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
+  PyObject *o = __pyx_tp_new_vectorcall_7resilio_9_runner_c__TimeoutGate((PyTypeObject*)t, args, nargs, kwnames);
+  if (likely(o)) {
+    assert(Py_TYPE(o) == (PyTypeObject*)t);
+    if (unlikely(__pyx_pw_7resilio_9_runner_c_12_TimeoutGate_1__init__(o, args, nargs, kwnames) < 0)) {
+      Py_CLEAR(o);
+    }
+  }
+  return o;
+}
+#endif
+
+#if CYTHON_VECTORCALL_TPNEW
+static int __pyx_tp_init_7resilio_9_runner_c__TimeoutGate(PyObject *o, PyObject *args, PyObject *kwds) {
+  return __Pyx_CallTpinitAsVectorcall(__pyx_pw_7resilio_9_runner_c_12_TimeoutGate_1__init__, o, args, kwds);
+}
+#endif
+
+static void __pyx_tp_dealloc_7resilio_9_runner_c__TimeoutGate(PyObject *o) {
+  struct __pyx_obj_7resilio_9_runner_c__TimeoutGate *p = (struct __pyx_obj_7resilio_9_runner_c__TimeoutGate *)o;
+  #if CYTHON_USE_TP_FINALIZE
+  if (unlikely(__Pyx_PyObject_GetSlot(o, tp_finalize, destructor)) && !__Pyx_PyObject_GC_IsFinalized(o)) {
+    if (__Pyx_PyObject_GetSlot(o, tp_dealloc, destructor) == __pyx_tp_dealloc_7resilio_9_runner_c__TimeoutGate) {
+      if (PyObject_CallFinalizerFromDealloc(o)) return;
+    }
+  }
+  #endif
+  PyObject_GC_UnTrack(o);
+  Py_CLEAR(p->py_ok_slow);
+  PyObject_GC_Track(o);
+  __pyx_tp_dealloc_7resilio_9_runner_c_FastGate(o);
+}
+
+static int __pyx_tp_traverse_7resilio_9_runner_c__TimeoutGate(PyObject *o, visitproc v, void *a) {
+  int e;
+  struct __pyx_obj_7resilio_9_runner_c__TimeoutGate *p = (struct __pyx_obj_7resilio_9_runner_c__TimeoutGate *)o;
+  e = __pyx_tp_traverse_7resilio_9_runner_c_FastGate(o, v, a); if (e) return e;
+  if (p->py_ok_slow) {
+    e = (*v)(p->py_ok_slow, a); if (e) return e;
+  }
+  return 0;
+}
+
+static int __pyx_tp_clear_7resilio_9_runner_c__TimeoutGate(PyObject *o) {
+  PyObject* tmp;
+  struct __pyx_obj_7resilio_9_runner_c__TimeoutGate *p = (struct __pyx_obj_7resilio_9_runner_c__TimeoutGate *)o;
+  __pyx_tp_clear_7resilio_9_runner_c_FastGate(o);
+  tmp = ((PyObject*)p->py_ok_slow);
+  p->py_ok_slow = Py_None; Py_INCREF(Py_None);
+  Py_XDECREF(tmp);
+  return 0;
+}
+
+static PyMethodDef __pyx_methods_7resilio_9_runner_c__TimeoutGate[] = {
+  {"__reduce_cython__", (PyCFunction)(void(*)(void))(__Pyx_PyCFunction_FastCallWithKeywords)__pyx_pw_7resilio_9_runner_c_12_TimeoutGate_3__reduce_cython__, __Pyx_METH_FASTCALL|METH_KEYWORDS, 0},
+  {"__setstate_cython__", (PyCFunction)(void(*)(void))(__Pyx_PyCFunction_FastCallWithKeywords)__pyx_pw_7resilio_9_runner_c_12_TimeoutGate_5__setstate_cython__, __Pyx_METH_FASTCALL|METH_KEYWORDS, 0},
+  {0, 0, 0, 0}
+};
+#if CYTHON_USE_TYPE_SPECS
+static PyType_Slot __pyx_type_7resilio_9_runner_c__TimeoutGate_slots[] = {
+  {Py_tp_dealloc, (void *)__pyx_tp_dealloc_7resilio_9_runner_c__TimeoutGate},
+  {Py_tp_traverse, (void *)__pyx_tp_traverse_7resilio_9_runner_c__TimeoutGate},
+  {Py_tp_clear, (void *)__pyx_tp_clear_7resilio_9_runner_c__TimeoutGate},
+  {Py_tp_methods, (void *)__pyx_methods_7resilio_9_runner_c__TimeoutGate},
+  {Py_tp_init, (void *)__pyx_tp_init_7resilio_9_runner_c__TimeoutGate},
+  {Py_tp_new, (void *)__pyx_tp_new_7resilio_9_runner_c__TimeoutGate},
+  #if (!CYTHON_COMPILING_IN_PYPY || PYPY_VERSION_NUM >= 0x07030800) && (!CYTHON_COMPILING_IN_LIMITED_API || __PYX_LIMITED_VERSION_HEX >= 0x030E0000)
+  #if CYTHON_VECTORCALL_TPNEW
+  {Py_tp_vectorcall, (void *)__pyx_tp_vectorcall_7resilio_9_runner_c__TimeoutGate},
+  #endif
+  #endif
+  {0, 0},
+};
+static PyType_Spec __pyx_type_7resilio_9_runner_c__TimeoutGate_spec = {
+  "resilio._runner_c._TimeoutGate",
+  sizeof(struct __pyx_obj_7resilio_9_runner_c__TimeoutGate),
+  0,
+  Py_TPFLAGS_DEFAULT|Py_TPFLAGS_HAVE_VERSION_TAG|Py_TPFLAGS_BASETYPE|Py_TPFLAGS_HAVE_GC,
+  __pyx_type_7resilio_9_runner_c__TimeoutGate_slots,
+};
+#else
+
+static PyTypeObject __pyx_type_7resilio_9_runner_c__TimeoutGate = {
+  PyVarObject_HEAD_INIT(0, 0)
+  "resilio._runner_c.""_TimeoutGate", /*tp_name*/
+  sizeof(struct __pyx_obj_7resilio_9_runner_c__TimeoutGate), /*tp_basicsize*/
+  0, /*tp_itemsize*/
+  __pyx_tp_dealloc_7resilio_9_runner_c__TimeoutGate, /*tp_dealloc*/
+  0, /*tp_vectorcall_offset*/
+  0, /*tp_getattr*/
+  0, /*tp_setattr*/
+  0, /*tp_as_async*/
+  0, /*tp_repr*/
+  0, /*tp_as_number*/
+  0, /*tp_as_sequence*/
+  0, /*tp_as_mapping*/
+  0, /*tp_hash*/
+  0, /*tp_call*/
+  0, /*tp_str*/
+  0, /*tp_getattro*/
+  0, /*tp_setattro*/
+  0, /*tp_as_buffer*/
+  Py_TPFLAGS_DEFAULT|Py_TPFLAGS_HAVE_VERSION_TAG|Py_TPFLAGS_BASETYPE|Py_TPFLAGS_HAVE_GC, /*tp_flags*/
+  0, /*tp_doc*/
+  __pyx_tp_traverse_7resilio_9_runner_c__TimeoutGate, /*tp_traverse*/
+  __pyx_tp_clear_7resilio_9_runner_c__TimeoutGate, /*tp_clear*/
+  0, /*tp_richcompare*/
+  0, /*tp_weaklistoffset*/
+  0, /*tp_iter*/
+  0, /*tp_iternext*/
+  __pyx_methods_7resilio_9_runner_c__TimeoutGate, /*tp_methods*/
+  0, /*tp_members*/
+  0, /*tp_getset*/
+  0, /*tp_base*/
+  0, /*tp_dict*/
+  0, /*tp_descr_get*/
+  0, /*tp_descr_set*/
+  #if !CYTHON_USE_TYPE_SPECS
+  0, /*tp_dictoffset*/
+  #endif
+  __pyx_tp_init_7resilio_9_runner_c__TimeoutGate, /*tp_init*/
+  0, /*tp_alloc*/
+  __pyx_tp_new_7resilio_9_runner_c__TimeoutGate, /*tp_new*/
+  0, /*tp_free*/
+  0, /*tp_is_gc*/
+  0, /*tp_bases*/
+  0, /*tp_mro*/
+  0, /*tp_cache*/
+  0, /*tp_subclasses*/
+  0, /*tp_weaklist*/
+  0, /*tp_del*/
+  0, /*tp_version_tag*/
+  #if CYTHON_USE_TP_FINALIZE
+  0, /*tp_finalize*/
+  #else
+  NULL, /*tp_finalize*/
+  #endif
+  #if (!CYTHON_COMPILING_IN_PYPY || PYPY_VERSION_NUM >= 0x07030800) && (!CYTHON_COMPILING_IN_LIMITED_API || __PYX_LIMITED_VERSION_HEX >= 0x030E0000)
+  #if CYTHON_VECTORCALL_TPNEW
+  __pyx_tp_vectorcall_7resilio_9_runner_c__TimeoutGate, /*tp_vectorcall*/
+  #else
+  NULL, /*tp_vectorcall*/
+  #endif
+  #endif
+  #if __PYX_NEED_TP_PRINT_SLOT == 1
+  0, /*tp_print*/
+  #endif
+  #if PY_VERSION_HEX >= 0x030C0000
+  0, /*tp_watched*/
+  #endif
+  #if PY_VERSION_HEX >= 0x030d00A4
+  0, /*tp_versions_used*/
+  #endif
+  #if CYTHON_COMPILING_IN_PYPY && PY_VERSION_HEX < 0x030a0000
+  0, /*tp_pypy_flags*/
+  #endif
+};
+#endif
 static struct __pyx_vtabstruct_7resilio_9_runner_c_GateGroup __pyx_vtable_7resilio_9_runner_c_GateGroup;
 
 static PyObject *__pyx_tp_new__initialisation_7resilio_9_runner_c_GateGroup(PyObject *o, 
@@ -20328,6 +22949,7 @@ static CYTHON_SMALL_CODE int __Pyx_modinit_Exttype___pyx_obj_7resilio_9_runner_c
 static CYTHON_SMALL_CODE int __Pyx_modinit_Exttype___pyx_obj_7resilio_9_runner_c__BreakerGate(__pyx_mstatetype *__pyx_mstate); /*proto*/
 static CYTHON_SMALL_CODE int __Pyx_modinit_Exttype___pyx_obj_7resilio_9_runner_c__LimiterGate(__pyx_mstatetype *__pyx_mstate); /*proto*/
 static CYTHON_SMALL_CODE int __Pyx_modinit_Exttype___pyx_obj_7resilio_9_runner_c__BulkheadGate(__pyx_mstatetype *__pyx_mstate); /*proto*/
+static CYTHON_SMALL_CODE int __Pyx_modinit_Exttype___pyx_obj_7resilio_9_runner_c__TimeoutGate(__pyx_mstatetype *__pyx_mstate); /*proto*/
 static CYTHON_SMALL_CODE int __Pyx_modinit_Exttype___pyx_obj_7resilio_9_runner_c_GateGroup(__pyx_mstatetype *__pyx_mstate); /*proto*/
 static CYTHON_SMALL_CODE int __Pyx_modinit_Exttype___pyx_obj_7resilio_9_runner_c_GateCall(__pyx_mstatetype *__pyx_mstate); /*proto*/
 static CYTHON_SMALL_CODE int __Pyx_modinit_Exttype___pyx_obj_7resilio_9_runner_c_Bound(__pyx_mstatetype *__pyx_mstate); /*proto*/
@@ -20344,6 +22966,12 @@ static int __Pyx_modinit_Global_init_code(__pyx_mstatetype *__pyx_mstate) {
   /*--- Global init code ---*/
   __pyx_v_7resilio_9_runner_c_WAIT = Py_None; Py_INCREF(Py_None);
   __pyx_v_7resilio_9_runner_c__GeneratorExit = Py_None; Py_INCREF(Py_None);
+  __pyx_v_7resilio_9_runner_c__DEADLINE = Py_None; Py_INCREF(Py_None);
+  __pyx_v_7resilio_9_runner_c__current_tasks = Py_None; Py_INCREF(Py_None);
+  __pyx_v_7resilio_9_runner_c__get_running_loop = Py_None; Py_INCREF(Py_None);
+  __pyx_v_7resilio_9_runner_c__wheel_for = Py_None; Py_INCREF(Py_None);
+  __pyx_v_7resilio_9_runner_c__cached_loop = Py_None; Py_INCREF(Py_None);
+  __pyx_v_7resilio_9_runner_c__cached_wheel = Py_None; Py_INCREF(Py_None);
   __Pyx_RefNannyFinishContext();
   return 0;
 }
@@ -20380,14 +23008,14 @@ static int __Pyx_modinit_Exttype___pyx_obj_7resilio_9_runner_c_FastGate(__pyx_ms
   __pyx_vtable_7resilio_9_runner_c_FastGate.ok = (int (*)(struct __pyx_obj_7resilio_9_runner_c_FastGate *, PyObject *, PyObject *))__pyx_f_7resilio_9_runner_c_8FastGate_ok;
   __pyx_vtable_7resilio_9_runner_c_FastGate.err = (int (*)(struct __pyx_obj_7resilio_9_runner_c_FastGate *, PyObject *, PyObject *))__pyx_f_7resilio_9_runner_c_8FastGate_err;
   #if CYTHON_USE_TYPE_SPECS
-  __pyx_mstate->__pyx_ptype_7resilio_9_runner_c_FastGate = (PyTypeObject *) __Pyx_PyType_FromModuleAndSpec(__pyx_m, &__pyx_type_7resilio_9_runner_c_FastGate_spec, NULL); if (unlikely(!__pyx_mstate->__pyx_ptype_7resilio_9_runner_c_FastGate)) __PYX_ERR(0, 55, __pyx_L1_error)
+  __pyx_mstate->__pyx_ptype_7resilio_9_runner_c_FastGate = (PyTypeObject *) __Pyx_PyType_FromModuleAndSpec(__pyx_m, &__pyx_type_7resilio_9_runner_c_FastGate_spec, NULL); if (unlikely(!__pyx_mstate->__pyx_ptype_7resilio_9_runner_c_FastGate)) __PYX_ERR(0, 73, __pyx_L1_error)
   #else
   __pyx_mstate->__pyx_ptype_7resilio_9_runner_c_FastGate = &__pyx_type_7resilio_9_runner_c_FastGate;
   #endif
   #if !CYTHON_COMPILING_IN_LIMITED_API
   #endif
   #if !CYTHON_USE_TYPE_SPECS
-  if (__Pyx_PyType_Ready(__pyx_mstate->__pyx_ptype_7resilio_9_runner_c_FastGate) < (0)) __PYX_ERR(0, 55, __pyx_L1_error)
+  if (__Pyx_PyType_Ready(__pyx_mstate->__pyx_ptype_7resilio_9_runner_c_FastGate) < (0)) __PYX_ERR(0, 73, __pyx_L1_error)
   #endif
   #if CYTHON_COMPILING_IN_CPYTHON && PY_VERSION_HEX >= 0x030E0000
   PyUnstable_Object_EnableDeferredRefcount((PyObject*)__pyx_mstate->__pyx_ptype_7resilio_9_runner_c_FastGate);
@@ -20397,9 +23025,9 @@ static int __Pyx_modinit_Exttype___pyx_obj_7resilio_9_runner_c_FastGate(__pyx_ms
     __pyx_mstate->__pyx_ptype_7resilio_9_runner_c_FastGate->tp_getattro = PyObject_GenericGetAttr;
   }
   #endif
-  if (__Pyx_SetVtable(__pyx_mstate->__pyx_ptype_7resilio_9_runner_c_FastGate, __pyx_vtabptr_7resilio_9_runner_c_FastGate) < (0)) __PYX_ERR(0, 55, __pyx_L1_error)
-  if (PyObject_SetAttr(__pyx_m, __pyx_mstate_global->__pyx_n_u_FastGate, (PyObject *) __pyx_mstate->__pyx_ptype_7resilio_9_runner_c_FastGate) < (0)) __PYX_ERR(0, 55, __pyx_L1_error)
-  if (__Pyx_setup_reduce((PyObject *) __pyx_mstate->__pyx_ptype_7resilio_9_runner_c_FastGate) < (0)) __PYX_ERR(0, 55, __pyx_L1_error)
+  if (__Pyx_SetVtable(__pyx_mstate->__pyx_ptype_7resilio_9_runner_c_FastGate, __pyx_vtabptr_7resilio_9_runner_c_FastGate) < (0)) __PYX_ERR(0, 73, __pyx_L1_error)
+  if (PyObject_SetAttr(__pyx_m, __pyx_mstate_global->__pyx_n_u_FastGate, (PyObject *) __pyx_mstate->__pyx_ptype_7resilio_9_runner_c_FastGate) < (0)) __PYX_ERR(0, 73, __pyx_L1_error)
+  if (__Pyx_setup_reduce((PyObject *) __pyx_mstate->__pyx_ptype_7resilio_9_runner_c_FastGate) < (0)) __PYX_ERR(0, 73, __pyx_L1_error)
   __Pyx_RefNannyFinishContext();
   return 0;
   __pyx_L1_error:;
@@ -20421,11 +23049,11 @@ static int __Pyx_modinit_Exttype___pyx_obj_7resilio_9_runner_c__BreakerGate(__py
   __pyx_vtable_7resilio_9_runner_c__BreakerGate.__pyx_base.enter = (PyObject *(*)(struct __pyx_obj_7resilio_9_runner_c_FastGate *))__pyx_f_7resilio_9_runner_c_12_BreakerGate_enter;
   __pyx_vtable_7resilio_9_runner_c__BreakerGate.__pyx_base.ok = (int (*)(struct __pyx_obj_7resilio_9_runner_c_FastGate *, PyObject *, PyObject *))__pyx_f_7resilio_9_runner_c_12_BreakerGate_ok;
   #if CYTHON_USE_TYPE_SPECS
-  __pyx_t_1 = PyTuple_Pack(1, (PyObject *)__pyx_mstate_global->__pyx_ptype_7resilio_9_runner_c_FastGate); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 87, __pyx_L1_error)
+  __pyx_t_1 = PyTuple_Pack(1, (PyObject *)__pyx_mstate_global->__pyx_ptype_7resilio_9_runner_c_FastGate); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 105, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
   __pyx_mstate->__pyx_ptype_7resilio_9_runner_c__BreakerGate = (PyTypeObject *) __Pyx_PyType_FromModuleAndSpec(__pyx_m, &__pyx_type_7resilio_9_runner_c__BreakerGate_spec, __pyx_t_1);
   __Pyx_XDECREF(__pyx_t_1); __pyx_t_1 = 0;
-  if (unlikely(!__pyx_mstate->__pyx_ptype_7resilio_9_runner_c__BreakerGate)) __PYX_ERR(0, 87, __pyx_L1_error)
+  if (unlikely(!__pyx_mstate->__pyx_ptype_7resilio_9_runner_c__BreakerGate)) __PYX_ERR(0, 105, __pyx_L1_error)
   #else
   __pyx_mstate->__pyx_ptype_7resilio_9_runner_c__BreakerGate = &__pyx_type_7resilio_9_runner_c__BreakerGate;
   #endif
@@ -20433,7 +23061,7 @@ static int __Pyx_modinit_Exttype___pyx_obj_7resilio_9_runner_c__BreakerGate(__py
   __pyx_mstate_global->__pyx_ptype_7resilio_9_runner_c__BreakerGate->tp_base = __pyx_mstate_global->__pyx_ptype_7resilio_9_runner_c_FastGate;
   #endif
   #if !CYTHON_USE_TYPE_SPECS
-  if (__Pyx_PyType_Ready(__pyx_mstate->__pyx_ptype_7resilio_9_runner_c__BreakerGate) < (0)) __PYX_ERR(0, 87, __pyx_L1_error)
+  if (__Pyx_PyType_Ready(__pyx_mstate->__pyx_ptype_7resilio_9_runner_c__BreakerGate) < (0)) __PYX_ERR(0, 105, __pyx_L1_error)
   #endif
   #if CYTHON_COMPILING_IN_CPYTHON && PY_VERSION_HEX >= 0x030E0000
   PyUnstable_Object_EnableDeferredRefcount((PyObject*)__pyx_mstate->__pyx_ptype_7resilio_9_runner_c__BreakerGate);
@@ -20443,9 +23071,9 @@ static int __Pyx_modinit_Exttype___pyx_obj_7resilio_9_runner_c__BreakerGate(__py
     __pyx_mstate->__pyx_ptype_7resilio_9_runner_c__BreakerGate->tp_getattro = PyObject_GenericGetAttr;
   }
   #endif
-  if (__Pyx_SetVtable(__pyx_mstate->__pyx_ptype_7resilio_9_runner_c__BreakerGate, __pyx_vtabptr_7resilio_9_runner_c__BreakerGate) < (0)) __PYX_ERR(0, 87, __pyx_L1_error)
-  if (PyObject_SetAttr(__pyx_m, __pyx_mstate_global->__pyx_n_u_BreakerGate, (PyObject *) __pyx_mstate->__pyx_ptype_7resilio_9_runner_c__BreakerGate) < (0)) __PYX_ERR(0, 87, __pyx_L1_error)
-  if (__Pyx_setup_reduce((PyObject *) __pyx_mstate->__pyx_ptype_7resilio_9_runner_c__BreakerGate) < (0)) __PYX_ERR(0, 87, __pyx_L1_error)
+  if (__Pyx_SetVtable(__pyx_mstate->__pyx_ptype_7resilio_9_runner_c__BreakerGate, __pyx_vtabptr_7resilio_9_runner_c__BreakerGate) < (0)) __PYX_ERR(0, 105, __pyx_L1_error)
+  if (PyObject_SetAttr(__pyx_m, __pyx_mstate_global->__pyx_n_u_BreakerGate, (PyObject *) __pyx_mstate->__pyx_ptype_7resilio_9_runner_c__BreakerGate) < (0)) __PYX_ERR(0, 105, __pyx_L1_error)
+  if (__Pyx_setup_reduce((PyObject *) __pyx_mstate->__pyx_ptype_7resilio_9_runner_c__BreakerGate) < (0)) __PYX_ERR(0, 105, __pyx_L1_error)
   __Pyx_RefNannyFinishContext();
   return 0;
   __pyx_L1_error:;
@@ -20469,11 +23097,11 @@ static int __Pyx_modinit_Exttype___pyx_obj_7resilio_9_runner_c__LimiterGate(__py
   __pyx_vtable_7resilio_9_runner_c__LimiterGate.__pyx_base.ok = (int (*)(struct __pyx_obj_7resilio_9_runner_c_FastGate *, PyObject *, PyObject *))__pyx_f_7resilio_9_runner_c_12_LimiterGate_ok;
   __pyx_vtable_7resilio_9_runner_c__LimiterGate.__pyx_base.err = (int (*)(struct __pyx_obj_7resilio_9_runner_c_FastGate *, PyObject *, PyObject *))__pyx_f_7resilio_9_runner_c_12_LimiterGate_err;
   #if CYTHON_USE_TYPE_SPECS
-  __pyx_t_1 = PyTuple_Pack(1, (PyObject *)__pyx_mstate_global->__pyx_ptype_7resilio_9_runner_c_FastGate); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 115, __pyx_L1_error)
+  __pyx_t_1 = PyTuple_Pack(1, (PyObject *)__pyx_mstate_global->__pyx_ptype_7resilio_9_runner_c_FastGate); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 133, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
   __pyx_mstate->__pyx_ptype_7resilio_9_runner_c__LimiterGate = (PyTypeObject *) __Pyx_PyType_FromModuleAndSpec(__pyx_m, &__pyx_type_7resilio_9_runner_c__LimiterGate_spec, __pyx_t_1);
   __Pyx_XDECREF(__pyx_t_1); __pyx_t_1 = 0;
-  if (unlikely(!__pyx_mstate->__pyx_ptype_7resilio_9_runner_c__LimiterGate)) __PYX_ERR(0, 115, __pyx_L1_error)
+  if (unlikely(!__pyx_mstate->__pyx_ptype_7resilio_9_runner_c__LimiterGate)) __PYX_ERR(0, 133, __pyx_L1_error)
   #else
   __pyx_mstate->__pyx_ptype_7resilio_9_runner_c__LimiterGate = &__pyx_type_7resilio_9_runner_c__LimiterGate;
   #endif
@@ -20481,7 +23109,7 @@ static int __Pyx_modinit_Exttype___pyx_obj_7resilio_9_runner_c__LimiterGate(__py
   __pyx_mstate_global->__pyx_ptype_7resilio_9_runner_c__LimiterGate->tp_base = __pyx_mstate_global->__pyx_ptype_7resilio_9_runner_c_FastGate;
   #endif
   #if !CYTHON_USE_TYPE_SPECS
-  if (__Pyx_PyType_Ready(__pyx_mstate->__pyx_ptype_7resilio_9_runner_c__LimiterGate) < (0)) __PYX_ERR(0, 115, __pyx_L1_error)
+  if (__Pyx_PyType_Ready(__pyx_mstate->__pyx_ptype_7resilio_9_runner_c__LimiterGate) < (0)) __PYX_ERR(0, 133, __pyx_L1_error)
   #endif
   #if CYTHON_COMPILING_IN_CPYTHON && PY_VERSION_HEX >= 0x030E0000
   PyUnstable_Object_EnableDeferredRefcount((PyObject*)__pyx_mstate->__pyx_ptype_7resilio_9_runner_c__LimiterGate);
@@ -20491,9 +23119,9 @@ static int __Pyx_modinit_Exttype___pyx_obj_7resilio_9_runner_c__LimiterGate(__py
     __pyx_mstate->__pyx_ptype_7resilio_9_runner_c__LimiterGate->tp_getattro = PyObject_GenericGetAttr;
   }
   #endif
-  if (__Pyx_SetVtable(__pyx_mstate->__pyx_ptype_7resilio_9_runner_c__LimiterGate, __pyx_vtabptr_7resilio_9_runner_c__LimiterGate) < (0)) __PYX_ERR(0, 115, __pyx_L1_error)
-  if (PyObject_SetAttr(__pyx_m, __pyx_mstate_global->__pyx_n_u_LimiterGate, (PyObject *) __pyx_mstate->__pyx_ptype_7resilio_9_runner_c__LimiterGate) < (0)) __PYX_ERR(0, 115, __pyx_L1_error)
-  if (__Pyx_setup_reduce((PyObject *) __pyx_mstate->__pyx_ptype_7resilio_9_runner_c__LimiterGate) < (0)) __PYX_ERR(0, 115, __pyx_L1_error)
+  if (__Pyx_SetVtable(__pyx_mstate->__pyx_ptype_7resilio_9_runner_c__LimiterGate, __pyx_vtabptr_7resilio_9_runner_c__LimiterGate) < (0)) __PYX_ERR(0, 133, __pyx_L1_error)
+  if (PyObject_SetAttr(__pyx_m, __pyx_mstate_global->__pyx_n_u_LimiterGate, (PyObject *) __pyx_mstate->__pyx_ptype_7resilio_9_runner_c__LimiterGate) < (0)) __PYX_ERR(0, 133, __pyx_L1_error)
+  if (__Pyx_setup_reduce((PyObject *) __pyx_mstate->__pyx_ptype_7resilio_9_runner_c__LimiterGate) < (0)) __PYX_ERR(0, 133, __pyx_L1_error)
   __Pyx_RefNannyFinishContext();
   return 0;
   __pyx_L1_error:;
@@ -20517,11 +23145,11 @@ static int __Pyx_modinit_Exttype___pyx_obj_7resilio_9_runner_c__BulkheadGate(__p
   __pyx_vtable_7resilio_9_runner_c__BulkheadGate.__pyx_base.ok = (int (*)(struct __pyx_obj_7resilio_9_runner_c_FastGate *, PyObject *, PyObject *))__pyx_f_7resilio_9_runner_c_13_BulkheadGate_ok;
   __pyx_vtable_7resilio_9_runner_c__BulkheadGate.__pyx_base.err = (int (*)(struct __pyx_obj_7resilio_9_runner_c_FastGate *, PyObject *, PyObject *))__pyx_f_7resilio_9_runner_c_13_BulkheadGate_err;
   #if CYTHON_USE_TYPE_SPECS
-  __pyx_t_1 = PyTuple_Pack(1, (PyObject *)__pyx_mstate_global->__pyx_ptype_7resilio_9_runner_c_FastGate); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 150, __pyx_L1_error)
+  __pyx_t_1 = PyTuple_Pack(1, (PyObject *)__pyx_mstate_global->__pyx_ptype_7resilio_9_runner_c_FastGate); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 168, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
   __pyx_mstate->__pyx_ptype_7resilio_9_runner_c__BulkheadGate = (PyTypeObject *) __Pyx_PyType_FromModuleAndSpec(__pyx_m, &__pyx_type_7resilio_9_runner_c__BulkheadGate_spec, __pyx_t_1);
   __Pyx_XDECREF(__pyx_t_1); __pyx_t_1 = 0;
-  if (unlikely(!__pyx_mstate->__pyx_ptype_7resilio_9_runner_c__BulkheadGate)) __PYX_ERR(0, 150, __pyx_L1_error)
+  if (unlikely(!__pyx_mstate->__pyx_ptype_7resilio_9_runner_c__BulkheadGate)) __PYX_ERR(0, 168, __pyx_L1_error)
   #else
   __pyx_mstate->__pyx_ptype_7resilio_9_runner_c__BulkheadGate = &__pyx_type_7resilio_9_runner_c__BulkheadGate;
   #endif
@@ -20529,7 +23157,7 @@ static int __Pyx_modinit_Exttype___pyx_obj_7resilio_9_runner_c__BulkheadGate(__p
   __pyx_mstate_global->__pyx_ptype_7resilio_9_runner_c__BulkheadGate->tp_base = __pyx_mstate_global->__pyx_ptype_7resilio_9_runner_c_FastGate;
   #endif
   #if !CYTHON_USE_TYPE_SPECS
-  if (__Pyx_PyType_Ready(__pyx_mstate->__pyx_ptype_7resilio_9_runner_c__BulkheadGate) < (0)) __PYX_ERR(0, 150, __pyx_L1_error)
+  if (__Pyx_PyType_Ready(__pyx_mstate->__pyx_ptype_7resilio_9_runner_c__BulkheadGate) < (0)) __PYX_ERR(0, 168, __pyx_L1_error)
   #endif
   #if CYTHON_COMPILING_IN_CPYTHON && PY_VERSION_HEX >= 0x030E0000
   PyUnstable_Object_EnableDeferredRefcount((PyObject*)__pyx_mstate->__pyx_ptype_7resilio_9_runner_c__BulkheadGate);
@@ -20539,9 +23167,56 @@ static int __Pyx_modinit_Exttype___pyx_obj_7resilio_9_runner_c__BulkheadGate(__p
     __pyx_mstate->__pyx_ptype_7resilio_9_runner_c__BulkheadGate->tp_getattro = PyObject_GenericGetAttr;
   }
   #endif
-  if (__Pyx_SetVtable(__pyx_mstate->__pyx_ptype_7resilio_9_runner_c__BulkheadGate, __pyx_vtabptr_7resilio_9_runner_c__BulkheadGate) < (0)) __PYX_ERR(0, 150, __pyx_L1_error)
-  if (PyObject_SetAttr(__pyx_m, __pyx_mstate_global->__pyx_n_u_BulkheadGate, (PyObject *) __pyx_mstate->__pyx_ptype_7resilio_9_runner_c__BulkheadGate) < (0)) __PYX_ERR(0, 150, __pyx_L1_error)
-  if (__Pyx_setup_reduce((PyObject *) __pyx_mstate->__pyx_ptype_7resilio_9_runner_c__BulkheadGate) < (0)) __PYX_ERR(0, 150, __pyx_L1_error)
+  if (__Pyx_SetVtable(__pyx_mstate->__pyx_ptype_7resilio_9_runner_c__BulkheadGate, __pyx_vtabptr_7resilio_9_runner_c__BulkheadGate) < (0)) __PYX_ERR(0, 168, __pyx_L1_error)
+  if (PyObject_SetAttr(__pyx_m, __pyx_mstate_global->__pyx_n_u_BulkheadGate, (PyObject *) __pyx_mstate->__pyx_ptype_7resilio_9_runner_c__BulkheadGate) < (0)) __PYX_ERR(0, 168, __pyx_L1_error)
+  if (__Pyx_setup_reduce((PyObject *) __pyx_mstate->__pyx_ptype_7resilio_9_runner_c__BulkheadGate) < (0)) __PYX_ERR(0, 168, __pyx_L1_error)
+  __Pyx_RefNannyFinishContext();
+  return 0;
+  __pyx_L1_error:;
+  __Pyx_XDECREF(__pyx_t_1);
+  __Pyx_RefNannyFinishContext();
+  return -1;
+}
+
+static int __Pyx_modinit_Exttype___pyx_obj_7resilio_9_runner_c__TimeoutGate(__pyx_mstatetype *__pyx_mstate) {
+  __Pyx_RefNannyDeclarations
+  PyObject *__pyx_t_1 = NULL;
+  int __pyx_lineno = 0;
+  const char *__pyx_filename = NULL;
+  int __pyx_clineno = 0;
+  CYTHON_UNUSED_VAR(__pyx_mstate);
+  __Pyx_RefNannySetupContext("__Pyx_modinit_Exttype___pyx_obj_7resilio_9_runner_c__TimeoutGate", 0);
+  /*--- Exttype __pyx_obj_7resilio_9_runner_c__TimeoutGate ---*/
+  __pyx_vtabptr_7resilio_9_runner_c__TimeoutGate = &__pyx_vtable_7resilio_9_runner_c__TimeoutGate;
+  __pyx_vtable_7resilio_9_runner_c__TimeoutGate.__pyx_base = *__pyx_vtabptr_7resilio_9_runner_c_FastGate;
+  __pyx_vtable_7resilio_9_runner_c__TimeoutGate.__pyx_base.enter = (PyObject *(*)(struct __pyx_obj_7resilio_9_runner_c_FastGate *))__pyx_f_7resilio_9_runner_c_12_TimeoutGate_enter;
+  __pyx_vtable_7resilio_9_runner_c__TimeoutGate.__pyx_base.ok = (int (*)(struct __pyx_obj_7resilio_9_runner_c_FastGate *, PyObject *, PyObject *))__pyx_f_7resilio_9_runner_c_12_TimeoutGate_ok;
+  #if CYTHON_USE_TYPE_SPECS
+  __pyx_t_1 = PyTuple_Pack(1, (PyObject *)__pyx_mstate_global->__pyx_ptype_7resilio_9_runner_c_FastGate); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 239, __pyx_L1_error)
+  __Pyx_GOTREF(__pyx_t_1);
+  __pyx_mstate->__pyx_ptype_7resilio_9_runner_c__TimeoutGate = (PyTypeObject *) __Pyx_PyType_FromModuleAndSpec(__pyx_m, &__pyx_type_7resilio_9_runner_c__TimeoutGate_spec, __pyx_t_1);
+  __Pyx_XDECREF(__pyx_t_1); __pyx_t_1 = 0;
+  if (unlikely(!__pyx_mstate->__pyx_ptype_7resilio_9_runner_c__TimeoutGate)) __PYX_ERR(0, 239, __pyx_L1_error)
+  #else
+  __pyx_mstate->__pyx_ptype_7resilio_9_runner_c__TimeoutGate = &__pyx_type_7resilio_9_runner_c__TimeoutGate;
+  #endif
+  #if !CYTHON_COMPILING_IN_LIMITED_API
+  __pyx_mstate_global->__pyx_ptype_7resilio_9_runner_c__TimeoutGate->tp_base = __pyx_mstate_global->__pyx_ptype_7resilio_9_runner_c_FastGate;
+  #endif
+  #if !CYTHON_USE_TYPE_SPECS
+  if (__Pyx_PyType_Ready(__pyx_mstate->__pyx_ptype_7resilio_9_runner_c__TimeoutGate) < (0)) __PYX_ERR(0, 239, __pyx_L1_error)
+  #endif
+  #if CYTHON_COMPILING_IN_CPYTHON && PY_VERSION_HEX >= 0x030E0000
+  PyUnstable_Object_EnableDeferredRefcount((PyObject*)__pyx_mstate->__pyx_ptype_7resilio_9_runner_c__TimeoutGate);
+  #endif
+  #if !CYTHON_COMPILING_IN_LIMITED_API
+  if ((CYTHON_USE_TYPE_SLOTS && CYTHON_USE_PYTYPE_LOOKUP) && likely(!__pyx_mstate->__pyx_ptype_7resilio_9_runner_c__TimeoutGate->tp_dictoffset && __pyx_mstate->__pyx_ptype_7resilio_9_runner_c__TimeoutGate->tp_getattro == PyObject_GenericGetAttr)) {
+    __pyx_mstate->__pyx_ptype_7resilio_9_runner_c__TimeoutGate->tp_getattro = PyObject_GenericGetAttr;
+  }
+  #endif
+  if (__Pyx_SetVtable(__pyx_mstate->__pyx_ptype_7resilio_9_runner_c__TimeoutGate, __pyx_vtabptr_7resilio_9_runner_c__TimeoutGate) < (0)) __PYX_ERR(0, 239, __pyx_L1_error)
+  if (PyObject_SetAttr(__pyx_m, __pyx_mstate_global->__pyx_n_u_TimeoutGate, (PyObject *) __pyx_mstate->__pyx_ptype_7resilio_9_runner_c__TimeoutGate) < (0)) __PYX_ERR(0, 239, __pyx_L1_error)
+  if (__Pyx_setup_reduce((PyObject *) __pyx_mstate->__pyx_ptype_7resilio_9_runner_c__TimeoutGate) < (0)) __PYX_ERR(0, 239, __pyx_L1_error)
   __Pyx_RefNannyFinishContext();
   return 0;
   __pyx_L1_error:;
@@ -20564,14 +23239,14 @@ static int __Pyx_modinit_Exttype___pyx_obj_7resilio_9_runner_c_GateGroup(__pyx_m
   __pyx_vtable_7resilio_9_runner_c_GateGroup._ok = (PyObject *(*)(struct __pyx_obj_7resilio_9_runner_c_GateGroup *, Py_ssize_t, PyObject *, PyObject *))__pyx_f_7resilio_9_runner_c_9GateGroup__ok;
   __pyx_vtable_7resilio_9_runner_c_GateGroup._err = (PyObject *(*)(struct __pyx_obj_7resilio_9_runner_c_GateGroup *, Py_ssize_t, PyObject *, PyObject *))__pyx_f_7resilio_9_runner_c_9GateGroup__err;
   #if CYTHON_USE_TYPE_SPECS
-  __pyx_mstate->__pyx_ptype_7resilio_9_runner_c_GateGroup = (PyTypeObject *) __Pyx_PyType_FromModuleAndSpec(__pyx_m, &__pyx_type_7resilio_9_runner_c_GateGroup_spec, NULL); if (unlikely(!__pyx_mstate->__pyx_ptype_7resilio_9_runner_c_GateGroup)) __PYX_ERR(0, 196, __pyx_L1_error)
+  __pyx_mstate->__pyx_ptype_7resilio_9_runner_c_GateGroup = (PyTypeObject *) __Pyx_PyType_FromModuleAndSpec(__pyx_m, &__pyx_type_7resilio_9_runner_c_GateGroup_spec, NULL); if (unlikely(!__pyx_mstate->__pyx_ptype_7resilio_9_runner_c_GateGroup)) __PYX_ERR(0, 311, __pyx_L1_error)
   #else
   __pyx_mstate->__pyx_ptype_7resilio_9_runner_c_GateGroup = &__pyx_type_7resilio_9_runner_c_GateGroup;
   #endif
   #if !CYTHON_COMPILING_IN_LIMITED_API
   #endif
   #if !CYTHON_USE_TYPE_SPECS
-  if (__Pyx_PyType_Ready(__pyx_mstate->__pyx_ptype_7resilio_9_runner_c_GateGroup) < (0)) __PYX_ERR(0, 196, __pyx_L1_error)
+  if (__Pyx_PyType_Ready(__pyx_mstate->__pyx_ptype_7resilio_9_runner_c_GateGroup) < (0)) __PYX_ERR(0, 311, __pyx_L1_error)
   #endif
   #if CYTHON_COMPILING_IN_CPYTHON && PY_VERSION_HEX >= 0x030E0000
   PyUnstable_Object_EnableDeferredRefcount((PyObject*)__pyx_mstate->__pyx_ptype_7resilio_9_runner_c_GateGroup);
@@ -20581,9 +23256,9 @@ static int __Pyx_modinit_Exttype___pyx_obj_7resilio_9_runner_c_GateGroup(__pyx_m
     __pyx_mstate->__pyx_ptype_7resilio_9_runner_c_GateGroup->tp_getattro = PyObject_GenericGetAttr;
   }
   #endif
-  if (__Pyx_SetVtable(__pyx_mstate->__pyx_ptype_7resilio_9_runner_c_GateGroup, __pyx_vtabptr_7resilio_9_runner_c_GateGroup) < (0)) __PYX_ERR(0, 196, __pyx_L1_error)
-  if (PyObject_SetAttr(__pyx_m, __pyx_mstate_global->__pyx_n_u_GateGroup, (PyObject *) __pyx_mstate->__pyx_ptype_7resilio_9_runner_c_GateGroup) < (0)) __PYX_ERR(0, 196, __pyx_L1_error)
-  if (__Pyx_setup_reduce((PyObject *) __pyx_mstate->__pyx_ptype_7resilio_9_runner_c_GateGroup) < (0)) __PYX_ERR(0, 196, __pyx_L1_error)
+  if (__Pyx_SetVtable(__pyx_mstate->__pyx_ptype_7resilio_9_runner_c_GateGroup, __pyx_vtabptr_7resilio_9_runner_c_GateGroup) < (0)) __PYX_ERR(0, 311, __pyx_L1_error)
+  if (PyObject_SetAttr(__pyx_m, __pyx_mstate_global->__pyx_n_u_GateGroup, (PyObject *) __pyx_mstate->__pyx_ptype_7resilio_9_runner_c_GateGroup) < (0)) __PYX_ERR(0, 311, __pyx_L1_error)
+  if (__Pyx_setup_reduce((PyObject *) __pyx_mstate->__pyx_ptype_7resilio_9_runner_c_GateGroup) < (0)) __PYX_ERR(0, 311, __pyx_L1_error)
   __Pyx_RefNannyFinishContext();
   return 0;
   __pyx_L1_error:;
@@ -20610,14 +23285,14 @@ static int __Pyx_modinit_Exttype___pyx_obj_7resilio_9_runner_c_GateCall(__pyx_ms
   __pyx_vtable_7resilio_9_runner_c_GateCall._send = (int (*)(struct __pyx_obj_7resilio_9_runner_c_GateCall *, PyObject *))__pyx_f_7resilio_9_runner_c_8GateCall__send;
   __pyx_vtable_7resilio_9_runner_c_GateCall._throw = (int (*)(struct __pyx_obj_7resilio_9_runner_c_GateCall *, PyObject *, PyObject *, PyObject *))__pyx_f_7resilio_9_runner_c_8GateCall__throw;
   #if CYTHON_USE_TYPE_SPECS
-  __pyx_mstate->__pyx_ptype_7resilio_9_runner_c_GateCall = (PyTypeObject *) __Pyx_PyType_FromModuleAndSpec(__pyx_m, &__pyx_type_7resilio_9_runner_c_GateCall_spec, NULL); if (unlikely(!__pyx_mstate->__pyx_ptype_7resilio_9_runner_c_GateCall)) __PYX_ERR(0, 246, __pyx_L1_error)
+  __pyx_mstate->__pyx_ptype_7resilio_9_runner_c_GateCall = (PyTypeObject *) __Pyx_PyType_FromModuleAndSpec(__pyx_m, &__pyx_type_7resilio_9_runner_c_GateCall_spec, NULL); if (unlikely(!__pyx_mstate->__pyx_ptype_7resilio_9_runner_c_GateCall)) __PYX_ERR(0, 361, __pyx_L1_error)
   #else
   __pyx_mstate->__pyx_ptype_7resilio_9_runner_c_GateCall = &__pyx_type_7resilio_9_runner_c_GateCall;
   #endif
   #if !CYTHON_COMPILING_IN_LIMITED_API
   #endif
   #if !CYTHON_USE_TYPE_SPECS
-  if (__Pyx_PyType_Ready(__pyx_mstate->__pyx_ptype_7resilio_9_runner_c_GateCall) < (0)) __PYX_ERR(0, 246, __pyx_L1_error)
+  if (__Pyx_PyType_Ready(__pyx_mstate->__pyx_ptype_7resilio_9_runner_c_GateCall) < (0)) __PYX_ERR(0, 361, __pyx_L1_error)
   #endif
   #if CYTHON_COMPILING_IN_CPYTHON && PY_VERSION_HEX >= 0x030E0000
   PyUnstable_Object_EnableDeferredRefcount((PyObject*)__pyx_mstate->__pyx_ptype_7resilio_9_runner_c_GateCall);
@@ -20627,9 +23302,9 @@ static int __Pyx_modinit_Exttype___pyx_obj_7resilio_9_runner_c_GateCall(__pyx_ms
     __pyx_mstate->__pyx_ptype_7resilio_9_runner_c_GateCall->tp_getattro = PyObject_GenericGetAttr;
   }
   #endif
-  if (__Pyx_SetVtable(__pyx_mstate->__pyx_ptype_7resilio_9_runner_c_GateCall, __pyx_vtabptr_7resilio_9_runner_c_GateCall) < (0)) __PYX_ERR(0, 246, __pyx_L1_error)
-  if (PyObject_SetAttr(__pyx_m, __pyx_mstate_global->__pyx_n_u_GateCall, (PyObject *) __pyx_mstate->__pyx_ptype_7resilio_9_runner_c_GateCall) < (0)) __PYX_ERR(0, 246, __pyx_L1_error)
-  if (__Pyx_setup_reduce((PyObject *) __pyx_mstate->__pyx_ptype_7resilio_9_runner_c_GateCall) < (0)) __PYX_ERR(0, 246, __pyx_L1_error)
+  if (__Pyx_SetVtable(__pyx_mstate->__pyx_ptype_7resilio_9_runner_c_GateCall, __pyx_vtabptr_7resilio_9_runner_c_GateCall) < (0)) __PYX_ERR(0, 361, __pyx_L1_error)
+  if (PyObject_SetAttr(__pyx_m, __pyx_mstate_global->__pyx_n_u_GateCall, (PyObject *) __pyx_mstate->__pyx_ptype_7resilio_9_runner_c_GateCall) < (0)) __PYX_ERR(0, 361, __pyx_L1_error)
+  if (__Pyx_setup_reduce((PyObject *) __pyx_mstate->__pyx_ptype_7resilio_9_runner_c_GateCall) < (0)) __PYX_ERR(0, 361, __pyx_L1_error)
   __Pyx_RefNannyFinishContext();
   return 0;
   __pyx_L1_error:;
@@ -20646,20 +23321,20 @@ static int __Pyx_modinit_Exttype___pyx_obj_7resilio_9_runner_c_Bound(__pyx_mstat
   __Pyx_RefNannySetupContext("__Pyx_modinit_Exttype___pyx_obj_7resilio_9_runner_c_Bound", 0);
   /*--- Exttype __pyx_obj_7resilio_9_runner_c_Bound ---*/
   #if CYTHON_USE_TYPE_SPECS
-  __pyx_mstate->__pyx_ptype_7resilio_9_runner_c_Bound = (PyTypeObject *) __Pyx_PyType_FromModuleAndSpec(__pyx_m, &__pyx_type_7resilio_9_runner_c_Bound_spec, NULL); if (unlikely(!__pyx_mstate->__pyx_ptype_7resilio_9_runner_c_Bound)) __PYX_ERR(0, 463, __pyx_L1_error)
+  __pyx_mstate->__pyx_ptype_7resilio_9_runner_c_Bound = (PyTypeObject *) __Pyx_PyType_FromModuleAndSpec(__pyx_m, &__pyx_type_7resilio_9_runner_c_Bound_spec, NULL); if (unlikely(!__pyx_mstate->__pyx_ptype_7resilio_9_runner_c_Bound)) __PYX_ERR(0, 578, __pyx_L1_error)
   #else
   __pyx_mstate->__pyx_ptype_7resilio_9_runner_c_Bound = &__pyx_type_7resilio_9_runner_c_Bound;
   #endif
   #if !CYTHON_COMPILING_IN_LIMITED_API
   #endif
   #if !CYTHON_USE_TYPE_SPECS
-  if (__Pyx_PyType_Ready(__pyx_mstate->__pyx_ptype_7resilio_9_runner_c_Bound) < (0)) __PYX_ERR(0, 463, __pyx_L1_error)
+  if (__Pyx_PyType_Ready(__pyx_mstate->__pyx_ptype_7resilio_9_runner_c_Bound) < (0)) __PYX_ERR(0, 578, __pyx_L1_error)
   #endif
   #if CYTHON_COMPILING_IN_CPYTHON && PY_VERSION_HEX >= 0x030E0000
   PyUnstable_Object_EnableDeferredRefcount((PyObject*)__pyx_mstate->__pyx_ptype_7resilio_9_runner_c_Bound);
   #endif
-  if (PyObject_SetAttr(__pyx_m, __pyx_mstate_global->__pyx_n_u_Bound, (PyObject *) __pyx_mstate->__pyx_ptype_7resilio_9_runner_c_Bound) < (0)) __PYX_ERR(0, 463, __pyx_L1_error)
-  if (__Pyx_setup_reduce((PyObject *) __pyx_mstate->__pyx_ptype_7resilio_9_runner_c_Bound) < (0)) __PYX_ERR(0, 463, __pyx_L1_error)
+  if (PyObject_SetAttr(__pyx_m, __pyx_mstate_global->__pyx_n_u_Bound, (PyObject *) __pyx_mstate->__pyx_ptype_7resilio_9_runner_c_Bound) < (0)) __PYX_ERR(0, 578, __pyx_L1_error)
+  if (__Pyx_setup_reduce((PyObject *) __pyx_mstate->__pyx_ptype_7resilio_9_runner_c_Bound) < (0)) __PYX_ERR(0, 578, __pyx_L1_error)
   __Pyx_RefNannyFinishContext();
   return 0;
   __pyx_L1_error:;
@@ -20688,7 +23363,7 @@ static int __Pyx_modinit_Type_import_code(__pyx_mstatetype *__pyx_mstate) {
   #endif
   __Pyx_ImportType_CheckSize_Warn_3_3_1); if (!__pyx_mstate->__pyx_ptype_7cpython_4type_type) __PYX_ERR(2, 9, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
-  __pyx_t_1 = PyImport_ImportModule("resilio._core_c"); if (unlikely(!__pyx_t_1)) __PYX_ERR(3, 264, __pyx_L1_error)
+  __pyx_t_1 = PyImport_ImportModule("resilio._core_c"); if (unlikely(!__pyx_t_1)) __PYX_ERR(3, 266, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
   __pyx_mstate->__pyx_ptype_7resilio_7_core_c_TokenBucket = __Pyx_ImportType_3_3_1(__pyx_t_1, "resilio._core_c", "TokenBucket",
   #if defined(PYPY_VERSION_NUM) && PYPY_VERSION_NUM < 0x050B0000
@@ -20698,7 +23373,7 @@ static int __Pyx_modinit_Type_import_code(__pyx_mstatetype *__pyx_mstate) {
   #else
   sizeof(struct __pyx_obj_7resilio_7_core_c_TokenBucket), __PYX_GET_STRUCT_ALIGNMENT_3_3_1(struct __pyx_obj_7resilio_7_core_c_TokenBucket),
   #endif
-  __Pyx_ImportType_CheckSize_Warn_3_3_1); if (!__pyx_mstate->__pyx_ptype_7resilio_7_core_c_TokenBucket) __PYX_ERR(3, 264, __pyx_L1_error)
+  __Pyx_ImportType_CheckSize_Warn_3_3_1); if (!__pyx_mstate->__pyx_ptype_7resilio_7_core_c_TokenBucket) __PYX_ERR(3, 266, __pyx_L1_error)
   __pyx_mstate->__pyx_ptype_7resilio_7_core_c_TimeWindow = __Pyx_ImportType_3_3_1(__pyx_t_1, "resilio._core_c", "TimeWindow",
   #if defined(PYPY_VERSION_NUM) && PYPY_VERSION_NUM < 0x050B0000
   sizeof(struct __pyx_obj_7resilio_7_core_c_TimeWindow), __PYX_GET_STRUCT_ALIGNMENT_3_3_1(struct __pyx_obj_7resilio_7_core_c_TimeWindow),
@@ -20707,7 +23382,7 @@ static int __Pyx_modinit_Type_import_code(__pyx_mstatetype *__pyx_mstate) {
   #else
   sizeof(struct __pyx_obj_7resilio_7_core_c_TimeWindow), __PYX_GET_STRUCT_ALIGNMENT_3_3_1(struct __pyx_obj_7resilio_7_core_c_TimeWindow),
   #endif
-  __Pyx_ImportType_CheckSize_Warn_3_3_1); if (!__pyx_mstate->__pyx_ptype_7resilio_7_core_c_TimeWindow) __PYX_ERR(3, 270, __pyx_L1_error)
+  __Pyx_ImportType_CheckSize_Warn_3_3_1); if (!__pyx_mstate->__pyx_ptype_7resilio_7_core_c_TimeWindow) __PYX_ERR(3, 273, __pyx_L1_error)
   __pyx_mstate->__pyx_ptype_7resilio_7_core_c_CountWindow = __Pyx_ImportType_3_3_1(__pyx_t_1, "resilio._core_c", "CountWindow",
   #if defined(PYPY_VERSION_NUM) && PYPY_VERSION_NUM < 0x050B0000
   sizeof(struct __pyx_obj_7resilio_7_core_c_CountWindow), __PYX_GET_STRUCT_ALIGNMENT_3_3_1(struct __pyx_obj_7resilio_7_core_c_CountWindow),
@@ -20716,7 +23391,7 @@ static int __Pyx_modinit_Type_import_code(__pyx_mstatetype *__pyx_mstate) {
   #else
   sizeof(struct __pyx_obj_7resilio_7_core_c_CountWindow), __PYX_GET_STRUCT_ALIGNMENT_3_3_1(struct __pyx_obj_7resilio_7_core_c_CountWindow),
   #endif
-  __Pyx_ImportType_CheckSize_Warn_3_3_1); if (!__pyx_mstate->__pyx_ptype_7resilio_7_core_c_CountWindow) __PYX_ERR(3, 275, __pyx_L1_error)
+  __Pyx_ImportType_CheckSize_Warn_3_3_1); if (!__pyx_mstate->__pyx_ptype_7resilio_7_core_c_CountWindow) __PYX_ERR(3, 279, __pyx_L1_error)
   __pyx_mstate->__pyx_ptype_7resilio_7_core_c_Circuit = __Pyx_ImportType_3_3_1(__pyx_t_1, "resilio._core_c", "Circuit",
   #if defined(PYPY_VERSION_NUM) && PYPY_VERSION_NUM < 0x050B0000
   sizeof(struct __pyx_obj_7resilio_7_core_c_Circuit), __PYX_GET_STRUCT_ALIGNMENT_3_3_1(struct __pyx_obj_7resilio_7_core_c_Circuit),
@@ -20725,7 +23400,7 @@ static int __Pyx_modinit_Type_import_code(__pyx_mstatetype *__pyx_mstate) {
   #else
   sizeof(struct __pyx_obj_7resilio_7_core_c_Circuit), __PYX_GET_STRUCT_ALIGNMENT_3_3_1(struct __pyx_obj_7resilio_7_core_c_Circuit),
   #endif
-  __Pyx_ImportType_CheckSize_Warn_3_3_1); if (!__pyx_mstate->__pyx_ptype_7resilio_7_core_c_Circuit) __PYX_ERR(3, 280, __pyx_L1_error)
+  __Pyx_ImportType_CheckSize_Warn_3_3_1); if (!__pyx_mstate->__pyx_ptype_7resilio_7_core_c_Circuit) __PYX_ERR(3, 285, __pyx_L1_error)
   __pyx_mstate->__pyx_ptype_7resilio_7_core_c_Gate = __Pyx_ImportType_3_3_1(__pyx_t_1, "resilio._core_c", "Gate",
   #if defined(PYPY_VERSION_NUM) && PYPY_VERSION_NUM < 0x050B0000
   sizeof(struct __pyx_obj_7resilio_7_core_c_Gate), __PYX_GET_STRUCT_ALIGNMENT_3_3_1(struct __pyx_obj_7resilio_7_core_c_Gate),
@@ -20734,7 +23409,7 @@ static int __Pyx_modinit_Type_import_code(__pyx_mstatetype *__pyx_mstate) {
   #else
   sizeof(struct __pyx_obj_7resilio_7_core_c_Gate), __PYX_GET_STRUCT_ALIGNMENT_3_3_1(struct __pyx_obj_7resilio_7_core_c_Gate),
   #endif
-  __Pyx_ImportType_CheckSize_Warn_3_3_1); if (!__pyx_mstate->__pyx_ptype_7resilio_7_core_c_Gate) __PYX_ERR(3, 285, __pyx_L1_error)
+  __Pyx_ImportType_CheckSize_Warn_3_3_1); if (!__pyx_mstate->__pyx_ptype_7resilio_7_core_c_Gate) __PYX_ERR(3, 291, __pyx_L1_error)
   __pyx_mstate->__pyx_ptype_7resilio_7_core_c_Counters = __Pyx_ImportType_3_3_1(__pyx_t_1, "resilio._core_c", "Counters",
   #if defined(PYPY_VERSION_NUM) && PYPY_VERSION_NUM < 0x050B0000
   sizeof(struct __pyx_obj_7resilio_7_core_c_Counters), __PYX_GET_STRUCT_ALIGNMENT_3_3_1(struct __pyx_obj_7resilio_7_core_c_Counters),
@@ -20743,7 +23418,7 @@ static int __Pyx_modinit_Type_import_code(__pyx_mstatetype *__pyx_mstate) {
   #else
   sizeof(struct __pyx_obj_7resilio_7_core_c_Counters), __PYX_GET_STRUCT_ALIGNMENT_3_3_1(struct __pyx_obj_7resilio_7_core_c_Counters),
   #endif
-  __Pyx_ImportType_CheckSize_Warn_3_3_1); if (!__pyx_mstate->__pyx_ptype_7resilio_7_core_c_Counters) __PYX_ERR(3, 290, __pyx_L1_error)
+  __Pyx_ImportType_CheckSize_Warn_3_3_1); if (!__pyx_mstate->__pyx_ptype_7resilio_7_core_c_Counters) __PYX_ERR(3, 297, __pyx_L1_error)
   __pyx_mstate->__pyx_ptype_7resilio_7_core_c_KeyedBuckets = __Pyx_ImportType_3_3_1(__pyx_t_1, "resilio._core_c", "KeyedBuckets",
   #if defined(PYPY_VERSION_NUM) && PYPY_VERSION_NUM < 0x050B0000
   sizeof(struct __pyx_obj_7resilio_7_core_c_KeyedBuckets), __PYX_GET_STRUCT_ALIGNMENT_3_3_1(struct __pyx_obj_7resilio_7_core_c_KeyedBuckets),
@@ -20752,7 +23427,7 @@ static int __Pyx_modinit_Type_import_code(__pyx_mstatetype *__pyx_mstate) {
   #else
   sizeof(struct __pyx_obj_7resilio_7_core_c_KeyedBuckets), __PYX_GET_STRUCT_ALIGNMENT_3_3_1(struct __pyx_obj_7resilio_7_core_c_KeyedBuckets),
   #endif
-  __Pyx_ImportType_CheckSize_Warn_3_3_1); if (!__pyx_mstate->__pyx_ptype_7resilio_7_core_c_KeyedBuckets) __PYX_ERR(3, 295, __pyx_L1_error)
+  __Pyx_ImportType_CheckSize_Warn_3_3_1); if (!__pyx_mstate->__pyx_ptype_7resilio_7_core_c_KeyedBuckets) __PYX_ERR(3, 303, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
   __Pyx_RefNannyFinishContext();
   return 0;
@@ -20973,9 +23648,11 @@ static CYTHON_SMALL_CODE int __pyx_pymod_exec__runner_c(PyObject *__pyx_pyinit_m
   PyObject *__pyx_t_2 = NULL;
   Py_ssize_t __pyx_t_3;
   PyObject *__pyx_t_4 = NULL;
-  PyObject *__pyx_t_5 = NULL;
+  int __pyx_t_5;
   PyObject *__pyx_t_6 = NULL;
-  size_t __pyx_t_7;
+  PyObject *__pyx_t_7 = NULL;
+  size_t __pyx_t_8;
+  PyObject *__pyx_t_9 = NULL;
   int __pyx_lineno = 0;
   const char *__pyx_filename = NULL;
   int __pyx_clineno = 0;
@@ -21063,6 +23740,7 @@ __Pyx_RefNannySetupContext("PyInit__runner_c", 0);
   if (unlikely((__Pyx_modinit_Exttype___pyx_obj_7resilio_9_runner_c__BreakerGate(__pyx_mstate) < 0))) __PYX_ERR(0, 1, __pyx_L1_error)
   if (unlikely((__Pyx_modinit_Exttype___pyx_obj_7resilio_9_runner_c__LimiterGate(__pyx_mstate) < 0))) __PYX_ERR(0, 1, __pyx_L1_error)
   if (unlikely((__Pyx_modinit_Exttype___pyx_obj_7resilio_9_runner_c__BulkheadGate(__pyx_mstate) < 0))) __PYX_ERR(0, 1, __pyx_L1_error)
+  if (unlikely((__Pyx_modinit_Exttype___pyx_obj_7resilio_9_runner_c__TimeoutGate(__pyx_mstate) < 0))) __PYX_ERR(0, 1, __pyx_L1_error)
   if (unlikely((__Pyx_modinit_Exttype___pyx_obj_7resilio_9_runner_c_GateGroup(__pyx_mstate) < 0))) __PYX_ERR(0, 1, __pyx_L1_error)
   if (unlikely((__Pyx_modinit_Exttype___pyx_obj_7resilio_9_runner_c_GateCall(__pyx_mstate) < 0))) __PYX_ERR(0, 1, __pyx_L1_error)
   if (unlikely((__Pyx_modinit_Exttype___pyx_obj_7resilio_9_runner_c_Bound(__pyx_mstate) < 0))) __PYX_ERR(0, 1, __pyx_L1_error)
@@ -21075,37 +23753,76 @@ __Pyx_RefNannySetupContext("PyInit__runner_c", 0);
   /* "resilio/_runner_c.pyx":26
  * )
  * 
- * import collections.abc             # <<<<<<<<<<<<<<
- * from types import MethodType as _MethodType
- * 
+ * import asyncio             # <<<<<<<<<<<<<<
+ * import asyncio.tasks
+ * import collections.abc
 */
-  __pyx_t_1 = __Pyx_Import(__pyx_mstate_global->__pyx_n_u_collections_abc, 0, 0, NULL, 0); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 26, __pyx_L1_error)
+  __pyx_t_1 = __Pyx_Import(__pyx_mstate_global->__pyx_n_u_asyncio, 0, 0, NULL, 0); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 26, __pyx_L1_error)
   __pyx_t_2 = __pyx_t_1;
   __Pyx_GOTREF(__pyx_t_2);
-  if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_collections, __pyx_t_2) < (0)) __PYX_ERR(0, 26, __pyx_L1_error)
+  if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_asyncio, __pyx_t_2) < (0)) __PYX_ERR(0, 26, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
 
   /* "resilio/_runner_c.pyx":27
  * 
+ * import asyncio
+ * import asyncio.tasks             # <<<<<<<<<<<<<<
  * import collections.abc
+ * import os
+*/
+  __pyx_t_1 = __Pyx_Import(__pyx_mstate_global->__pyx_n_u_asyncio_tasks, 0, 0, NULL, 0); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 27, __pyx_L1_error)
+  __pyx_t_2 = __pyx_t_1;
+  __Pyx_GOTREF(__pyx_t_2);
+  if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_asyncio, __pyx_t_2) < (0)) __PYX_ERR(0, 27, __pyx_L1_error)
+  __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
+
+  /* "resilio/_runner_c.pyx":28
+ * import asyncio
+ * import asyncio.tasks
+ * import collections.abc             # <<<<<<<<<<<<<<
+ * import os
+ * from types import MethodType as _MethodType
+*/
+  __pyx_t_1 = __Pyx_Import(__pyx_mstate_global->__pyx_n_u_collections_abc, 0, 0, NULL, 0); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 28, __pyx_L1_error)
+  __pyx_t_2 = __pyx_t_1;
+  __Pyx_GOTREF(__pyx_t_2);
+  if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_collections, __pyx_t_2) < (0)) __PYX_ERR(0, 28, __pyx_L1_error)
+  __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
+
+  /* "resilio/_runner_c.pyx":29
+ * import asyncio.tasks
+ * import collections.abc
+ * import os             # <<<<<<<<<<<<<<
+ * from types import MethodType as _MethodType
+ * 
+*/
+  __pyx_t_1 = __Pyx_Import(__pyx_mstate_global->__pyx_n_u_os, 0, 0, NULL, 0); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 29, __pyx_L1_error)
+  __pyx_t_2 = __pyx_t_1;
+  __Pyx_GOTREF(__pyx_t_2);
+  if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_os, __pyx_t_2) < (0)) __PYX_ERR(0, 29, __pyx_L1_error)
+  __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
+
+  /* "resilio/_runner_c.pyx":30
+ * import collections.abc
+ * import os
  * from types import MethodType as _MethodType             # <<<<<<<<<<<<<<
  * 
- * from resilio import _core_c
+ * from resilio import context as _ctx_mod
 */
   {
     PyObject* const __pyx_imported_names[] = {__pyx_mstate_global->__pyx_n_u_MethodType_2};
-    __pyx_t_1 = __Pyx_Import(__pyx_mstate_global->__pyx_n_u_types, __pyx_imported_names, 1, NULL, 0); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 27, __pyx_L1_error)
+    __pyx_t_1 = __Pyx_Import(__pyx_mstate_global->__pyx_n_u_types, __pyx_imported_names, 1, NULL, 0); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 30, __pyx_L1_error)
   }
   __pyx_t_2 = __pyx_t_1;
   __Pyx_GOTREF(__pyx_t_2);
   {
     PyObject* const __pyx_imported_names[] = {__pyx_mstate_global->__pyx_n_u_MethodType_2};
     __pyx_t_3 = 0; {
-      __pyx_t_4 = __Pyx_ImportFrom(__pyx_t_2, __pyx_imported_names[__pyx_t_3]); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 27, __pyx_L1_error)
+      __pyx_t_4 = __Pyx_ImportFrom(__pyx_t_2, __pyx_imported_names[__pyx_t_3]); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 30, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_4);
       switch (__pyx_t_3) {
         case 0:
-        if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_MethodType, __pyx_t_4) < (0)) __PYX_ERR(0, 27, __pyx_L1_error)
+        if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_MethodType, __pyx_t_4) < (0)) __PYX_ERR(0, 30, __pyx_L1_error)
         break;
         default:;
       }
@@ -21114,8 +23831,66 @@ __Pyx_RefNannySetupContext("PyInit__runner_c", 0);
   }
   __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
 
-  /* "resilio/_runner_c.pyx":29
+  /* "resilio/_runner_c.pyx":32
  * from types import MethodType as _MethodType
+ * 
+ * from resilio import context as _ctx_mod             # <<<<<<<<<<<<<<
+ * from resilio.strategies import timeout as _timeout_mod
+ * 
+*/
+  {
+    PyObject* const __pyx_imported_names[] = {__pyx_mstate_global->__pyx_n_u_context};
+    __pyx_t_1 = __Pyx_Import(__pyx_mstate_global->__pyx_n_u_resilio, __pyx_imported_names, 1, NULL, 0); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 32, __pyx_L1_error)
+  }
+  __pyx_t_2 = __pyx_t_1;
+  __Pyx_GOTREF(__pyx_t_2);
+  {
+    PyObject* const __pyx_imported_names[] = {__pyx_mstate_global->__pyx_n_u_context};
+    __pyx_t_3 = 0; {
+      __pyx_t_4 = __Pyx_ImportFrom(__pyx_t_2, __pyx_imported_names[__pyx_t_3]); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 32, __pyx_L1_error)
+      __Pyx_GOTREF(__pyx_t_4);
+      switch (__pyx_t_3) {
+        case 0:
+        if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_ctx_mod, __pyx_t_4) < (0)) __PYX_ERR(0, 32, __pyx_L1_error)
+        break;
+        default:;
+      }
+      __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
+    }
+  }
+  __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
+
+  /* "resilio/_runner_c.pyx":33
+ * 
+ * from resilio import context as _ctx_mod
+ * from resilio.strategies import timeout as _timeout_mod             # <<<<<<<<<<<<<<
+ * 
+ * from resilio import _core_c
+*/
+  {
+    PyObject* const __pyx_imported_names[] = {__pyx_mstate_global->__pyx_n_u_timeout};
+    __pyx_t_1 = __Pyx_Import(__pyx_mstate_global->__pyx_n_u_resilio_strategies, __pyx_imported_names, 1, NULL, 0); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 33, __pyx_L1_error)
+  }
+  __pyx_t_2 = __pyx_t_1;
+  __Pyx_GOTREF(__pyx_t_2);
+  {
+    PyObject* const __pyx_imported_names[] = {__pyx_mstate_global->__pyx_n_u_timeout};
+    __pyx_t_3 = 0; {
+      __pyx_t_4 = __Pyx_ImportFrom(__pyx_t_2, __pyx_imported_names[__pyx_t_3]); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 33, __pyx_L1_error)
+      __Pyx_GOTREF(__pyx_t_4);
+      switch (__pyx_t_3) {
+        case 0:
+        if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_timeout_mod, __pyx_t_4) < (0)) __PYX_ERR(0, 33, __pyx_L1_error)
+        break;
+        default:;
+      }
+      __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
+    }
+  }
+  __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
+
+  /* "resilio/_runner_c.pyx":35
+ * from resilio.strategies import timeout as _timeout_mod
  * 
  * from resilio import _core_c             # <<<<<<<<<<<<<<
  * from resilio.clock import SYSTEM_CLOCK as _SYSTEM_CLOCK
@@ -21123,22 +23898,22 @@ __Pyx_RefNannySetupContext("PyInit__runner_c", 0);
 */
   {
     PyObject* const __pyx_imported_names[] = {__pyx_mstate_global->__pyx_n_u_core_c};
-    __pyx_t_1 = __Pyx_Import(__pyx_mstate_global->__pyx_n_u_resilio, __pyx_imported_names, 1, NULL, 0); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 29, __pyx_L1_error)
+    __pyx_t_1 = __Pyx_Import(__pyx_mstate_global->__pyx_n_u_resilio, __pyx_imported_names, 1, NULL, 0); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 35, __pyx_L1_error)
   }
   __pyx_t_2 = __pyx_t_1;
   __Pyx_GOTREF(__pyx_t_2);
   {
     PyObject* const __pyx_imported_names[] = {__pyx_mstate_global->__pyx_n_u_core_c};
     __pyx_t_3 = 0; {
-      __pyx_t_4 = __Pyx_ImportFrom(__pyx_t_2, __pyx_imported_names[__pyx_t_3]); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 29, __pyx_L1_error)
+      __pyx_t_4 = __Pyx_ImportFrom(__pyx_t_2, __pyx_imported_names[__pyx_t_3]); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 35, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_4);
-      if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_imported_names[__pyx_t_3], __pyx_t_4) < (0)) __PYX_ERR(0, 29, __pyx_L1_error)
+      if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_imported_names[__pyx_t_3], __pyx_t_4) < (0)) __PYX_ERR(0, 35, __pyx_L1_error)
       __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
     }
   }
   __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
 
-  /* "resilio/_runner_c.pyx":30
+  /* "resilio/_runner_c.pyx":36
  * 
  * from resilio import _core_c
  * from resilio.clock import SYSTEM_CLOCK as _SYSTEM_CLOCK             # <<<<<<<<<<<<<<
@@ -21147,18 +23922,18 @@ __Pyx_RefNannySetupContext("PyInit__runner_c", 0);
 */
   {
     PyObject* const __pyx_imported_names[] = {__pyx_mstate_global->__pyx_n_u_SYSTEM_CLOCK_2};
-    __pyx_t_1 = __Pyx_Import(__pyx_mstate_global->__pyx_n_u_resilio_clock, __pyx_imported_names, 1, NULL, 0); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 30, __pyx_L1_error)
+    __pyx_t_1 = __Pyx_Import(__pyx_mstate_global->__pyx_n_u_resilio_clock, __pyx_imported_names, 1, NULL, 0); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 36, __pyx_L1_error)
   }
   __pyx_t_2 = __pyx_t_1;
   __Pyx_GOTREF(__pyx_t_2);
   {
     PyObject* const __pyx_imported_names[] = {__pyx_mstate_global->__pyx_n_u_SYSTEM_CLOCK_2};
     __pyx_t_3 = 0; {
-      __pyx_t_4 = __Pyx_ImportFrom(__pyx_t_2, __pyx_imported_names[__pyx_t_3]); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 30, __pyx_L1_error)
+      __pyx_t_4 = __Pyx_ImportFrom(__pyx_t_2, __pyx_imported_names[__pyx_t_3]); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 36, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_4);
       switch (__pyx_t_3) {
         case 0:
-        if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_SYSTEM_CLOCK, __pyx_t_4) < (0)) __PYX_ERR(0, 30, __pyx_L1_error)
+        if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_SYSTEM_CLOCK, __pyx_t_4) < (0)) __PYX_ERR(0, 36, __pyx_L1_error)
         break;
         default:;
       }
@@ -21167,7 +23942,7 @@ __Pyx_RefNannySetupContext("PyInit__runner_c", 0);
   }
   __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
 
-  /* "resilio/_runner_c.pyx":31
+  /* "resilio/_runner_c.pyx":37
  * from resilio import _core_c
  * from resilio.clock import SYSTEM_CLOCK as _SYSTEM_CLOCK
  * from resilio.strategies._base import WAIT as _WAIT_OBJ             # <<<<<<<<<<<<<<
@@ -21176,18 +23951,18 @@ __Pyx_RefNannySetupContext("PyInit__runner_c", 0);
 */
   {
     PyObject* const __pyx_imported_names[] = {__pyx_mstate_global->__pyx_n_u_WAIT};
-    __pyx_t_1 = __Pyx_Import(__pyx_mstate_global->__pyx_n_u_resilio_strategies__base, __pyx_imported_names, 1, NULL, 0); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 31, __pyx_L1_error)
+    __pyx_t_1 = __Pyx_Import(__pyx_mstate_global->__pyx_n_u_resilio_strategies__base, __pyx_imported_names, 1, NULL, 0); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 37, __pyx_L1_error)
   }
   __pyx_t_2 = __pyx_t_1;
   __Pyx_GOTREF(__pyx_t_2);
   {
     PyObject* const __pyx_imported_names[] = {__pyx_mstate_global->__pyx_n_u_WAIT};
     __pyx_t_3 = 0; {
-      __pyx_t_4 = __Pyx_ImportFrom(__pyx_t_2, __pyx_imported_names[__pyx_t_3]); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 31, __pyx_L1_error)
+      __pyx_t_4 = __Pyx_ImportFrom(__pyx_t_2, __pyx_imported_names[__pyx_t_3]); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 37, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_4);
       switch (__pyx_t_3) {
         case 0:
-        if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_WAIT_OBJ, __pyx_t_4) < (0)) __PYX_ERR(0, 31, __pyx_L1_error)
+        if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_WAIT_OBJ, __pyx_t_4) < (0)) __PYX_ERR(0, 37, __pyx_L1_error)
         break;
         default:;
       }
@@ -21196,21 +23971,21 @@ __Pyx_RefNannySetupContext("PyInit__runner_c", 0);
   }
   __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
 
-  /* "resilio/_runner_c.pyx":44
- *     int64_t rs_monotonic_ns() nogil
+  /* "resilio/_runner_c.pyx":62
+ *     unsigned long PyThread_get_thread_ident()
  * 
  * cdef object WAIT = _WAIT_OBJ             # <<<<<<<<<<<<<<
  * cdef object _GeneratorExit = GeneratorExit
  * 
 */
-  __Pyx_GetModuleGlobalName(__pyx_t_2, __pyx_mstate_global->__pyx_n_u_WAIT_OBJ); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 44, __pyx_L1_error)
+  __Pyx_GetModuleGlobalName(__pyx_t_2, __pyx_mstate_global->__pyx_n_u_WAIT_OBJ); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 62, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_2);
   __Pyx_XGOTREF(__pyx_v_7resilio_9_runner_c_WAIT);
   __Pyx_DECREF_SET(__pyx_v_7resilio_9_runner_c_WAIT, __pyx_t_2);
   __Pyx_GIVEREF(__pyx_t_2);
   __pyx_t_2 = 0;
 
-  /* "resilio/_runner_c.pyx":45
+  /* "resilio/_runner_c.pyx":63
  * 
  * cdef object WAIT = _WAIT_OBJ
  * cdef object _GeneratorExit = GeneratorExit             # <<<<<<<<<<<<<<
@@ -21330,18 +24105,231 @@ __Pyx_RefNannySetupContext("PyInit__runner_c", 0);
   if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_7resilio_9_runner_c__BulkheadGate, __pyx_mstate_global->__pyx_n_u_setstate_cython, __pyx_t_2) < (0)) __PYX_ERR(1, 17, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
 
+  /* "resilio/_runner_c.pyx":199
+ * 
+ * 
+ * cdef object _DEADLINE = _ctx_mod._DEADLINE             # <<<<<<<<<<<<<<
+ * cdef object _current_tasks = getattr(asyncio.tasks, "_current_tasks", None)
+ * cdef object _get_running_loop = asyncio._get_running_loop
+*/
+  __Pyx_GetModuleGlobalName(__pyx_t_2, __pyx_mstate_global->__pyx_n_u_ctx_mod); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 199, __pyx_L1_error)
+  __Pyx_GOTREF(__pyx_t_2);
+  __pyx_t_4 = __Pyx_PyObject_GetAttrStr(__pyx_t_2, __pyx_mstate_global->__pyx_n_u_DEADLINE); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 199, __pyx_L1_error)
+  __Pyx_GOTREF(__pyx_t_4);
+  __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
+  __Pyx_XGOTREF(__pyx_v_7resilio_9_runner_c__DEADLINE);
+  __Pyx_DECREF_SET(__pyx_v_7resilio_9_runner_c__DEADLINE, __pyx_t_4);
+  __Pyx_GIVEREF(__pyx_t_4);
+  __pyx_t_4 = 0;
+
+  /* "resilio/_runner_c.pyx":200
+ * 
+ * cdef object _DEADLINE = _ctx_mod._DEADLINE
+ * cdef object _current_tasks = getattr(asyncio.tasks, "_current_tasks", None)             # <<<<<<<<<<<<<<
+ * cdef object _get_running_loop = asyncio._get_running_loop
+ * cdef object _wheel_for = _timeout_mod._wheel
+*/
+  __Pyx_GetModuleGlobalName(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_asyncio); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 200, __pyx_L1_error)
+  __Pyx_GOTREF(__pyx_t_4);
+  __pyx_t_2 = __Pyx_PyObject_GetAttrStr(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_tasks); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 200, __pyx_L1_error)
+  __Pyx_GOTREF(__pyx_t_2);
+  __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
+  __pyx_t_4 = __Pyx_GetAttr3(__pyx_t_2, __pyx_mstate_global->__pyx_n_u_current_tasks, Py_None); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 200, __pyx_L1_error)
+  __Pyx_GOTREF(__pyx_t_4);
+  __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
+  __Pyx_XGOTREF(__pyx_v_7resilio_9_runner_c__current_tasks);
+  __Pyx_DECREF_SET(__pyx_v_7resilio_9_runner_c__current_tasks, __pyx_t_4);
+  __Pyx_GIVEREF(__pyx_t_4);
+  __pyx_t_4 = 0;
+
+  /* "resilio/_runner_c.pyx":201
+ * cdef object _DEADLINE = _ctx_mod._DEADLINE
+ * cdef object _current_tasks = getattr(asyncio.tasks, "_current_tasks", None)
+ * cdef object _get_running_loop = asyncio._get_running_loop             # <<<<<<<<<<<<<<
+ * cdef object _wheel_for = _timeout_mod._wheel
+ * 
+*/
+  __Pyx_GetModuleGlobalName(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_asyncio); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 201, __pyx_L1_error)
+  __Pyx_GOTREF(__pyx_t_4);
+  __pyx_t_2 = __Pyx_PyObject_GetAttrStr(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_get_running_loop); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 201, __pyx_L1_error)
+  __Pyx_GOTREF(__pyx_t_2);
+  __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
+  __Pyx_XGOTREF(__pyx_v_7resilio_9_runner_c__get_running_loop);
+  __Pyx_DECREF_SET(__pyx_v_7resilio_9_runner_c__get_running_loop, __pyx_t_2);
+  __Pyx_GIVEREF(__pyx_t_2);
+  __pyx_t_2 = 0;
+
+  /* "resilio/_runner_c.pyx":202
+ * cdef object _current_tasks = getattr(asyncio.tasks, "_current_tasks", None)
+ * cdef object _get_running_loop = asyncio._get_running_loop
+ * cdef object _wheel_for = _timeout_mod._wheel             # <<<<<<<<<<<<<<
+ * 
+ * # One-slot cache of the running loop for the thread that used it last. On
+*/
+  __Pyx_GetModuleGlobalName(__pyx_t_2, __pyx_mstate_global->__pyx_n_u_timeout_mod); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 202, __pyx_L1_error)
+  __Pyx_GOTREF(__pyx_t_2);
+  __pyx_t_4 = __Pyx_PyObject_GetAttrStr(__pyx_t_2, __pyx_mstate_global->__pyx_n_u_wheel); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 202, __pyx_L1_error)
+  __Pyx_GOTREF(__pyx_t_4);
+  __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
+  __Pyx_XGOTREF(__pyx_v_7resilio_9_runner_c__wheel_for);
+  __Pyx_DECREF_SET(__pyx_v_7resilio_9_runner_c__wheel_for, __pyx_t_4);
+  __Pyx_GIVEREF(__pyx_t_4);
+  __pyx_t_4 = 0;
+
+  /* "resilio/_runner_c.pyx":207
+ * # Python 3.11 asyncio's own lookup makes a getpid() system call per call; a
+ * # BaseEventLoop records the thread it runs in, which is enough to validate.
+ * cdef object _cached_loop = None             # <<<<<<<<<<<<<<
+ * cdef unsigned long _cached_tid = 0
+ * cdef object _cached_wheel = None
+*/
+  __Pyx_INCREF(Py_None);
+  __Pyx_XGOTREF(__pyx_v_7resilio_9_runner_c__cached_loop);
+  __Pyx_DECREF_SET(__pyx_v_7resilio_9_runner_c__cached_loop, Py_None);
+  __Pyx_GIVEREF(Py_None);
+
+  /* "resilio/_runner_c.pyx":208
+ * # BaseEventLoop records the thread it runs in, which is enough to validate.
+ * cdef object _cached_loop = None
+ * cdef unsigned long _cached_tid = 0             # <<<<<<<<<<<<<<
+ * cdef object _cached_wheel = None
+ * 
+*/
+  __pyx_v_7resilio_9_runner_c__cached_tid = 0;
+
+  /* "resilio/_runner_c.pyx":209
+ * cdef object _cached_loop = None
+ * cdef unsigned long _cached_tid = 0
+ * cdef object _cached_wheel = None             # <<<<<<<<<<<<<<
+ * 
+ * 
+*/
+  __Pyx_INCREF(Py_None);
+  __Pyx_XGOTREF(__pyx_v_7resilio_9_runner_c__cached_wheel);
+  __Pyx_DECREF_SET(__pyx_v_7resilio_9_runner_c__cached_wheel, Py_None);
+  __Pyx_GIVEREF(Py_None);
+
+  /* "resilio/_runner_c.pyx":212
+ * 
+ * 
+ * def _forget_loop():             # <<<<<<<<<<<<<<
+ *     global _cached_loop, _cached_tid, _cached_wheel
+ *     _cached_loop = None
+*/
+  __pyx_t_4 = __Pyx_CyFunction_New(&__pyx_mdef_7resilio_9_runner_c_1_forget_loop, 0, __pyx_mstate_global->__pyx_n_u_forget_loop, NULL, __pyx_mstate_global->__pyx_n_u_resilio__runner_c, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[8])); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 212, __pyx_L1_error)
+  __Pyx_GOTREF(__pyx_t_4);
+  #if CYTHON_COMPILING_IN_CPYTHON && PY_VERSION_HEX >= 0x030E0000
+  PyUnstable_Object_EnableDeferredRefcount(__pyx_t_4);
+  #endif
+  if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_forget_loop, __pyx_t_4) < (0)) __PYX_ERR(0, 212, __pyx_L1_error)
+  __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
+
+  /* "resilio/_runner_c.pyx":219
+ * 
+ * 
+ * if hasattr(os, "register_at_fork"):             # <<<<<<<<<<<<<<
+ *     os.register_at_fork(after_in_child=_forget_loop)
+ * 
+*/
+  __Pyx_GetModuleGlobalName(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_os); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 219, __pyx_L1_error)
+  __Pyx_GOTREF(__pyx_t_4);
+  __pyx_t_5 = __Pyx_HasAttr(__pyx_t_4, __pyx_mstate_global->__pyx_n_u_register_at_fork); if (unlikely(__pyx_t_5 == ((int)-1))) __PYX_ERR(0, 219, __pyx_L1_error)
+  __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
+  if (__pyx_t_5) {
+
+
+    /* "resilio/_runner_c.pyx":220
+ * 
+ * if hasattr(os, "register_at_fork"):
+ *     os.register_at_fork(after_in_child=_forget_loop)             # <<<<<<<<<<<<<<
+ * 
+ * 
+*/
+    __pyx_t_2 = NULL;
+    __Pyx_GetModuleGlobalName(__pyx_t_6, __pyx_mstate_global->__pyx_n_u_os); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 220, __pyx_L1_error)
+    __Pyx_GOTREF(__pyx_t_6);
+    __pyx_t_7 = __Pyx_PyObject_GetAttrStr(__pyx_t_6, __pyx_mstate_global->__pyx_n_u_register_at_fork); if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 220, __pyx_L1_error)
+    __Pyx_GOTREF(__pyx_t_7);
+    __Pyx_DECREF(__pyx_t_6); __pyx_t_6 = 0;
+    __Pyx_GetModuleGlobalName(__pyx_t_6, __pyx_mstate_global->__pyx_n_u_forget_loop); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 220, __pyx_L1_error)
+    __Pyx_GOTREF(__pyx_t_6);
+    #if CYTHON_VECTORCALL
+    #endif
+    __pyx_t_8 = 1;
+    {
+      PyObject *__pyx_callargs[2] = {__pyx_t_2, __pyx_t_6};
+      #if CYTHON_VECTORCALL
+      __pyx_t_9 = __pyx_mstate_global->__pyx_tuple[0];
+      if (unlikely(!__pyx_t_9)) __PYX_ERR(0, 220, __pyx_L1_error)
+      __Pyx_INCREF(__pyx_t_9);
+      #else
+      {
+        PyObject *__pyx_temp[1] = {__pyx_mstate_global->__pyx_n_u_after_in_child};
+        __pyx_t_9 = __Pyx_MakeKwargDict(__pyx_temp, __pyx_callargs+1, 1);
+        if (unlikely(!__pyx_t_9)) __PYX_ERR(0, 220, __pyx_L1_error)
+        __Pyx_GOTREF(__pyx_t_9);
+      }
+      #endif
+      __pyx_t_4 = __Pyx_Object_VectorcallKwds((PyObject*)__pyx_t_7, __pyx_callargs+__pyx_t_8, (1-__pyx_t_8) | (__pyx_t_8*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET), __pyx_t_9);
+      __Pyx_XDECREF(__pyx_t_2); __pyx_t_2 = 0;
+      #if CYTHON_VECTORCALL
+      #endif
+      __Pyx_DECREF(__pyx_t_6); __pyx_t_6 = 0;
+      __Pyx_DECREF(__pyx_t_9); __pyx_t_9 = 0;
+      __Pyx_DECREF(__pyx_t_7); __pyx_t_7 = 0;
+      if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 220, __pyx_L1_error)
+      __Pyx_GOTREF(__pyx_t_4);
+    }
+    __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
+
+    /* "resilio/_runner_c.pyx":219
+ * 
+ * 
+ * if hasattr(os, "register_at_fork"):             # <<<<<<<<<<<<<<
+ *     os.register_at_fork(after_in_child=_forget_loop)
+ * 
+*/
+  }
+
   /* "(tree fragment)":1
  * def __reduce_cython__(self):             # <<<<<<<<<<<<<<
  *     cdef tuple state
  *     cdef object _dict
 */
-  __pyx_t_2 = __Pyx_CyFunction_New(&__pyx_mdef_7resilio_9_runner_c_9GateGroup_5__reduce_cython__, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_GateGroup___reduce_cython, NULL, __pyx_mstate_global->__pyx_n_u_resilio__runner_c, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[8])); if (unlikely(!__pyx_t_2)) __PYX_ERR(1, 1, __pyx_L1_error)
-  __Pyx_GOTREF(__pyx_t_2);
+  __pyx_t_4 = __Pyx_CyFunction_New(&__pyx_mdef_7resilio_9_runner_c_12_TimeoutGate_3__reduce_cython__, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_TimeoutGate___reduce_cython, NULL, __pyx_mstate_global->__pyx_n_u_resilio__runner_c, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[9])); if (unlikely(!__pyx_t_4)) __PYX_ERR(1, 1, __pyx_L1_error)
+  __Pyx_GOTREF(__pyx_t_4);
   #if CYTHON_COMPILING_IN_CPYTHON && PY_VERSION_HEX >= 0x030E0000
-  PyUnstable_Object_EnableDeferredRefcount(__pyx_t_2);
+  PyUnstable_Object_EnableDeferredRefcount(__pyx_t_4);
   #endif
-  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_7resilio_9_runner_c_GateGroup, __pyx_mstate_global->__pyx_n_u_reduce_cython, __pyx_t_2) < (0)) __PYX_ERR(1, 1, __pyx_L1_error)
-  __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
+  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_7resilio_9_runner_c__TimeoutGate, __pyx_mstate_global->__pyx_n_u_reduce_cython, __pyx_t_4) < (0)) __PYX_ERR(1, 1, __pyx_L1_error)
+  __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
+
+  /* "(tree fragment)":17
+ *     else:
+ *         return __pyx_unpickle__TimeoutGate, (type(self), 0x48734a8, state)
+ * def __setstate_cython__(self, __pyx_state):             # <<<<<<<<<<<<<<
+ *     __pyx_unpickle__TimeoutGate__set_state(self, __pyx_state)
+*/
+  __pyx_t_4 = __Pyx_CyFunction_New(&__pyx_mdef_7resilio_9_runner_c_12_TimeoutGate_5__setstate_cython__, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_TimeoutGate___setstate_cython, NULL, __pyx_mstate_global->__pyx_n_u_resilio__runner_c, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[10])); if (unlikely(!__pyx_t_4)) __PYX_ERR(1, 17, __pyx_L1_error)
+  __Pyx_GOTREF(__pyx_t_4);
+  #if CYTHON_COMPILING_IN_CPYTHON && PY_VERSION_HEX >= 0x030E0000
+  PyUnstable_Object_EnableDeferredRefcount(__pyx_t_4);
+  #endif
+  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_7resilio_9_runner_c__TimeoutGate, __pyx_mstate_global->__pyx_n_u_setstate_cython, __pyx_t_4) < (0)) __PYX_ERR(1, 17, __pyx_L1_error)
+  __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
+
+  /* "(tree fragment)":1
+ * def __reduce_cython__(self):             # <<<<<<<<<<<<<<
+ *     cdef tuple state
+ *     cdef object _dict
+*/
+  __pyx_t_4 = __Pyx_CyFunction_New(&__pyx_mdef_7resilio_9_runner_c_9GateGroup_5__reduce_cython__, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_GateGroup___reduce_cython, NULL, __pyx_mstate_global->__pyx_n_u_resilio__runner_c, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[11])); if (unlikely(!__pyx_t_4)) __PYX_ERR(1, 1, __pyx_L1_error)
+  __Pyx_GOTREF(__pyx_t_4);
+  #if CYTHON_COMPILING_IN_CPYTHON && PY_VERSION_HEX >= 0x030E0000
+  PyUnstable_Object_EnableDeferredRefcount(__pyx_t_4);
+  #endif
+  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_7resilio_9_runner_c_GateGroup, __pyx_mstate_global->__pyx_n_u_reduce_cython, __pyx_t_4) < (0)) __PYX_ERR(1, 1, __pyx_L1_error)
+  __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
 
   /* "(tree fragment)":17
  *     else:
@@ -21349,72 +24337,72 @@ __Pyx_RefNannySetupContext("PyInit__runner_c", 0);
  * def __setstate_cython__(self, __pyx_state):             # <<<<<<<<<<<<<<
  *     __pyx_unpickle_GateGroup__set_state(self, __pyx_state)
 */
-  __pyx_t_2 = __Pyx_CyFunction_New(&__pyx_mdef_7resilio_9_runner_c_9GateGroup_7__setstate_cython__, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_GateGroup___setstate_cython, NULL, __pyx_mstate_global->__pyx_n_u_resilio__runner_c, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[9])); if (unlikely(!__pyx_t_2)) __PYX_ERR(1, 17, __pyx_L1_error)
-  __Pyx_GOTREF(__pyx_t_2);
+  __pyx_t_4 = __Pyx_CyFunction_New(&__pyx_mdef_7resilio_9_runner_c_9GateGroup_7__setstate_cython__, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_GateGroup___setstate_cython, NULL, __pyx_mstate_global->__pyx_n_u_resilio__runner_c, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[12])); if (unlikely(!__pyx_t_4)) __PYX_ERR(1, 17, __pyx_L1_error)
+  __Pyx_GOTREF(__pyx_t_4);
   #if CYTHON_COMPILING_IN_CPYTHON && PY_VERSION_HEX >= 0x030E0000
-  PyUnstable_Object_EnableDeferredRefcount(__pyx_t_2);
+  PyUnstable_Object_EnableDeferredRefcount(__pyx_t_4);
   #endif
-  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_7resilio_9_runner_c_GateGroup, __pyx_mstate_global->__pyx_n_u_setstate_cython, __pyx_t_2) < (0)) __PYX_ERR(1, 17, __pyx_L1_error)
-  __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
+  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_7resilio_9_runner_c_GateGroup, __pyx_mstate_global->__pyx_n_u_setstate_cython, __pyx_t_4) < (0)) __PYX_ERR(1, 17, __pyx_L1_error)
+  __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
 
-  /* "resilio/_runner_c.pyx":412
+  /* "resilio/_runner_c.pyx":527
  *         raise StopIteration(r)
  * 
  *     def send(self, value):             # <<<<<<<<<<<<<<
  *         if self._send(value):
  *             r, self.out = self.out, None
 */
-  __pyx_t_2 = __Pyx_CyFunction_New(&__pyx_mdef_7resilio_9_runner_c_8GateCall_7send, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_GateCall_send, NULL, __pyx_mstate_global->__pyx_n_u_resilio__runner_c, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[10])); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 412, __pyx_L1_error)
-  __Pyx_GOTREF(__pyx_t_2);
+  __pyx_t_4 = __Pyx_CyFunction_New(&__pyx_mdef_7resilio_9_runner_c_8GateCall_7send, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_GateCall_send, NULL, __pyx_mstate_global->__pyx_n_u_resilio__runner_c, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[13])); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 527, __pyx_L1_error)
+  __Pyx_GOTREF(__pyx_t_4);
   #if CYTHON_COMPILING_IN_CPYTHON && PY_VERSION_HEX >= 0x030E0000
-  PyUnstable_Object_EnableDeferredRefcount(__pyx_t_2);
+  PyUnstable_Object_EnableDeferredRefcount(__pyx_t_4);
   #endif
-  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_7resilio_9_runner_c_GateCall, __pyx_mstate_global->__pyx_n_u_send, __pyx_t_2) < (0)) __PYX_ERR(0, 412, __pyx_L1_error)
-  __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
+  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_7resilio_9_runner_c_GateCall, __pyx_mstate_global->__pyx_n_u_send, __pyx_t_4) < (0)) __PYX_ERR(0, 527, __pyx_L1_error)
+  __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
 
-  /* "resilio/_runner_c.pyx":419
+  /* "resilio/_runner_c.pyx":534
  *         raise StopIteration(r)
  * 
  *     def throw(self, typ, val=None, tb=None):             # <<<<<<<<<<<<<<
  *         if self._throw(typ, val, tb):
  *             r, self.out = self.out, None
 */
-  __pyx_t_2 = __Pyx_CyFunction_New(&__pyx_mdef_7resilio_9_runner_c_8GateCall_9throw, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_GateCall_throw, NULL, __pyx_mstate_global->__pyx_n_u_resilio__runner_c, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[11])); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 419, __pyx_L1_error)
-  __Pyx_GOTREF(__pyx_t_2);
+  __pyx_t_4 = __Pyx_CyFunction_New(&__pyx_mdef_7resilio_9_runner_c_8GateCall_9throw, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_GateCall_throw, NULL, __pyx_mstate_global->__pyx_n_u_resilio__runner_c, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[14])); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 534, __pyx_L1_error)
+  __Pyx_GOTREF(__pyx_t_4);
   #if CYTHON_COMPILING_IN_CPYTHON && PY_VERSION_HEX >= 0x030E0000
-  PyUnstable_Object_EnableDeferredRefcount(__pyx_t_2);
+  PyUnstable_Object_EnableDeferredRefcount(__pyx_t_4);
   #endif
-  __Pyx_CyFunction_SetDefaultsTuple(__pyx_t_2, __pyx_mstate_global->__pyx_tuple[0]);
-  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_7resilio_9_runner_c_GateCall, __pyx_mstate_global->__pyx_n_u_throw, __pyx_t_2) < (0)) __PYX_ERR(0, 419, __pyx_L1_error)
-  __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
+  __Pyx_CyFunction_SetDefaultsTuple(__pyx_t_4, __pyx_mstate_global->__pyx_tuple[1]);
+  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_7resilio_9_runner_c_GateCall, __pyx_mstate_global->__pyx_n_u_throw, __pyx_t_4) < (0)) __PYX_ERR(0, 534, __pyx_L1_error)
+  __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
 
-  /* "resilio/_runner_c.pyx":426
+  /* "resilio/_runner_c.pyx":541
  *         raise StopIteration(r)
  * 
  *     def close(self):             # <<<<<<<<<<<<<<
  *         if self.state == S_DONE or self.it is None and self.entered == 0:
  *             self.state = S_DONE
 */
-  __pyx_t_2 = __Pyx_CyFunction_New(&__pyx_mdef_7resilio_9_runner_c_8GateCall_11close, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_GateCall_close, NULL, __pyx_mstate_global->__pyx_n_u_resilio__runner_c, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[12])); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 426, __pyx_L1_error)
-  __Pyx_GOTREF(__pyx_t_2);
+  __pyx_t_4 = __Pyx_CyFunction_New(&__pyx_mdef_7resilio_9_runner_c_8GateCall_11close, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_GateCall_close, NULL, __pyx_mstate_global->__pyx_n_u_resilio__runner_c, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[15])); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 541, __pyx_L1_error)
+  __Pyx_GOTREF(__pyx_t_4);
   #if CYTHON_COMPILING_IN_CPYTHON && PY_VERSION_HEX >= 0x030E0000
-  PyUnstable_Object_EnableDeferredRefcount(__pyx_t_2);
+  PyUnstable_Object_EnableDeferredRefcount(__pyx_t_4);
   #endif
-  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_7resilio_9_runner_c_GateCall, __pyx_mstate_global->__pyx_n_u_close, __pyx_t_2) < (0)) __PYX_ERR(0, 426, __pyx_L1_error)
-  __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
+  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_7resilio_9_runner_c_GateCall, __pyx_mstate_global->__pyx_n_u_close, __pyx_t_4) < (0)) __PYX_ERR(0, 541, __pyx_L1_error)
+  __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
 
   /* "(tree fragment)":1
  * def __reduce_cython__(self):             # <<<<<<<<<<<<<<
  *     cdef tuple state
  *     cdef object _dict
 */
-  __pyx_t_2 = __Pyx_CyFunction_New(&__pyx_mdef_7resilio_9_runner_c_8GateCall_15__reduce_cython__, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_GateCall___reduce_cython, NULL, __pyx_mstate_global->__pyx_n_u_resilio__runner_c, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[13])); if (unlikely(!__pyx_t_2)) __PYX_ERR(1, 1, __pyx_L1_error)
-  __Pyx_GOTREF(__pyx_t_2);
+  __pyx_t_4 = __Pyx_CyFunction_New(&__pyx_mdef_7resilio_9_runner_c_8GateCall_15__reduce_cython__, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_GateCall___reduce_cython, NULL, __pyx_mstate_global->__pyx_n_u_resilio__runner_c, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[16])); if (unlikely(!__pyx_t_4)) __PYX_ERR(1, 1, __pyx_L1_error)
+  __Pyx_GOTREF(__pyx_t_4);
   #if CYTHON_COMPILING_IN_CPYTHON && PY_VERSION_HEX >= 0x030E0000
-  PyUnstable_Object_EnableDeferredRefcount(__pyx_t_2);
+  PyUnstable_Object_EnableDeferredRefcount(__pyx_t_4);
   #endif
-  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_7resilio_9_runner_c_GateCall, __pyx_mstate_global->__pyx_n_u_reduce_cython, __pyx_t_2) < (0)) __PYX_ERR(1, 1, __pyx_L1_error)
-  __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
+  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_7resilio_9_runner_c_GateCall, __pyx_mstate_global->__pyx_n_u_reduce_cython, __pyx_t_4) < (0)) __PYX_ERR(1, 1, __pyx_L1_error)
+  __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
 
   /* "(tree fragment)":17
  *     else:
@@ -21422,15 +24410,15 @@ __Pyx_RefNannySetupContext("PyInit__runner_c", 0);
  * def __setstate_cython__(self, __pyx_state):             # <<<<<<<<<<<<<<
  *     __pyx_unpickle_GateCall__set_state(self, __pyx_state)
 */
-  __pyx_t_2 = __Pyx_CyFunction_New(&__pyx_mdef_7resilio_9_runner_c_8GateCall_17__setstate_cython__, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_GateCall___setstate_cython, NULL, __pyx_mstate_global->__pyx_n_u_resilio__runner_c, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[14])); if (unlikely(!__pyx_t_2)) __PYX_ERR(1, 17, __pyx_L1_error)
-  __Pyx_GOTREF(__pyx_t_2);
+  __pyx_t_4 = __Pyx_CyFunction_New(&__pyx_mdef_7resilio_9_runner_c_8GateCall_17__setstate_cython__, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_GateCall___setstate_cython, NULL, __pyx_mstate_global->__pyx_n_u_resilio__runner_c, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[17])); if (unlikely(!__pyx_t_4)) __PYX_ERR(1, 17, __pyx_L1_error)
+  __Pyx_GOTREF(__pyx_t_4);
   #if CYTHON_COMPILING_IN_CPYTHON && PY_VERSION_HEX >= 0x030E0000
-  PyUnstable_Object_EnableDeferredRefcount(__pyx_t_2);
+  PyUnstable_Object_EnableDeferredRefcount(__pyx_t_4);
   #endif
-  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_7resilio_9_runner_c_GateCall, __pyx_mstate_global->__pyx_n_u_setstate_cython, __pyx_t_2) < (0)) __PYX_ERR(1, 17, __pyx_L1_error)
-  __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
+  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_7resilio_9_runner_c_GateCall, __pyx_mstate_global->__pyx_n_u_setstate_cython, __pyx_t_4) < (0)) __PYX_ERR(1, 17, __pyx_L1_error)
+  __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
 
-  /* "resilio/_runner_c.pyx":459
+  /* "resilio/_runner_c.pyx":574
  * 
  * 
  * rs_install_am_send(GateCall, <void*>_gatecall_am_send)             # <<<<<<<<<<<<<<
@@ -21439,46 +24427,46 @@ __Pyx_RefNannySetupContext("PyInit__runner_c", 0);
 */
   rs_install_am_send(((PyObject *)__pyx_mstate_global->__pyx_ptype_7resilio_9_runner_c_GateCall), ((void *)__pyx_f_7resilio_9_runner_c__gatecall_am_send));
 
-  /* "resilio/_runner_c.pyx":460
+  /* "resilio/_runner_c.pyx":575
  * 
  * rs_install_am_send(GateCall, <void*>_gatecall_am_send)
  * collections.abc.Coroutine.register(GateCall)             # <<<<<<<<<<<<<<
  * 
  * 
 */
-  __Pyx_GetModuleGlobalName(__pyx_t_5, __pyx_mstate_global->__pyx_n_u_collections); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 460, __pyx_L1_error)
-  __Pyx_GOTREF(__pyx_t_5);
-  __pyx_t_6 = __Pyx_PyObject_GetAttrStr(__pyx_t_5, __pyx_mstate_global->__pyx_n_u_abc); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 460, __pyx_L1_error)
+  __Pyx_GetModuleGlobalName(__pyx_t_9, __pyx_mstate_global->__pyx_n_u_collections); if (unlikely(!__pyx_t_9)) __PYX_ERR(0, 575, __pyx_L1_error)
+  __Pyx_GOTREF(__pyx_t_9);
+  __pyx_t_6 = __Pyx_PyObject_GetAttrStr(__pyx_t_9, __pyx_mstate_global->__pyx_n_u_abc); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 575, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_6);
-  __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
-  __pyx_t_5 = __Pyx_PyObject_GetAttrStr(__pyx_t_6, __pyx_mstate_global->__pyx_n_u_Coroutine); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 460, __pyx_L1_error)
-  __Pyx_GOTREF(__pyx_t_5);
+  __Pyx_DECREF(__pyx_t_9); __pyx_t_9 = 0;
+  __pyx_t_9 = __Pyx_PyObject_GetAttrStr(__pyx_t_6, __pyx_mstate_global->__pyx_n_u_Coroutine); if (unlikely(!__pyx_t_9)) __PYX_ERR(0, 575, __pyx_L1_error)
+  __Pyx_GOTREF(__pyx_t_9);
   __Pyx_DECREF(__pyx_t_6); __pyx_t_6 = 0;
-  __pyx_t_4 = __pyx_t_5;
-  __Pyx_INCREF(__pyx_t_4);
-  __pyx_t_7 = 0;
+  __pyx_t_7 = __pyx_t_9;
+  __Pyx_INCREF(__pyx_t_7);
+  __pyx_t_8 = 0;
   {
-    PyObject *__pyx_callargs[2] = {__pyx_t_4, ((PyObject *)__pyx_mstate_global->__pyx_ptype_7resilio_9_runner_c_GateCall)};
-    __pyx_t_2 = __Pyx_PyObject_FastCallMethod((PyObject*)__pyx_mstate_global->__pyx_n_u_register, __pyx_callargs+__pyx_t_7, (2-__pyx_t_7) | (1*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
-    __Pyx_XDECREF(__pyx_t_4); __pyx_t_4 = 0;
-    __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
-    if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 460, __pyx_L1_error)
-    __Pyx_GOTREF(__pyx_t_2);
+    PyObject *__pyx_callargs[2] = {__pyx_t_7, ((PyObject *)__pyx_mstate_global->__pyx_ptype_7resilio_9_runner_c_GateCall)};
+    __pyx_t_4 = __Pyx_PyObject_FastCallMethod((PyObject*)__pyx_mstate_global->__pyx_n_u_register, __pyx_callargs+__pyx_t_8, (2-__pyx_t_8) | (1*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
+    __Pyx_XDECREF(__pyx_t_7); __pyx_t_7 = 0;
+    __Pyx_DECREF(__pyx_t_9); __pyx_t_9 = 0;
+    if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 575, __pyx_L1_error)
+    __Pyx_GOTREF(__pyx_t_4);
   }
-  __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
+  __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
 
   /* "(tree fragment)":1
  * def __reduce_cython__(self):             # <<<<<<<<<<<<<<
  *     cdef tuple state
  *     cdef object _dict
 */
-  __pyx_t_2 = __Pyx_CyFunction_New(&__pyx_mdef_7resilio_9_runner_c_5Bound_9__reduce_cython__, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_Bound___reduce_cython, NULL, __pyx_mstate_global->__pyx_n_u_resilio__runner_c, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[15])); if (unlikely(!__pyx_t_2)) __PYX_ERR(1, 1, __pyx_L1_error)
-  __Pyx_GOTREF(__pyx_t_2);
+  __pyx_t_4 = __Pyx_CyFunction_New(&__pyx_mdef_7resilio_9_runner_c_5Bound_9__reduce_cython__, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_Bound___reduce_cython, NULL, __pyx_mstate_global->__pyx_n_u_resilio__runner_c, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[18])); if (unlikely(!__pyx_t_4)) __PYX_ERR(1, 1, __pyx_L1_error)
+  __Pyx_GOTREF(__pyx_t_4);
   #if CYTHON_COMPILING_IN_CPYTHON && PY_VERSION_HEX >= 0x030E0000
-  PyUnstable_Object_EnableDeferredRefcount(__pyx_t_2);
+  PyUnstable_Object_EnableDeferredRefcount(__pyx_t_4);
   #endif
-  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_7resilio_9_runner_c_Bound, __pyx_mstate_global->__pyx_n_u_reduce_cython, __pyx_t_2) < (0)) __PYX_ERR(1, 1, __pyx_L1_error)
-  __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
+  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_7resilio_9_runner_c_Bound, __pyx_mstate_global->__pyx_n_u_reduce_cython, __pyx_t_4) < (0)) __PYX_ERR(1, 1, __pyx_L1_error)
+  __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
 
   /* "(tree fragment)":17
  *     else:
@@ -21486,13 +24474,13 @@ __Pyx_RefNannySetupContext("PyInit__runner_c", 0);
  * def __setstate_cython__(self, __pyx_state):             # <<<<<<<<<<<<<<
  *     __pyx_unpickle_Bound__set_state(self, __pyx_state)
 */
-  __pyx_t_2 = __Pyx_CyFunction_New(&__pyx_mdef_7resilio_9_runner_c_5Bound_11__setstate_cython__, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_Bound___setstate_cython, NULL, __pyx_mstate_global->__pyx_n_u_resilio__runner_c, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[16])); if (unlikely(!__pyx_t_2)) __PYX_ERR(1, 17, __pyx_L1_error)
-  __Pyx_GOTREF(__pyx_t_2);
+  __pyx_t_4 = __Pyx_CyFunction_New(&__pyx_mdef_7resilio_9_runner_c_5Bound_11__setstate_cython__, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_Bound___setstate_cython, NULL, __pyx_mstate_global->__pyx_n_u_resilio__runner_c, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[19])); if (unlikely(!__pyx_t_4)) __PYX_ERR(1, 17, __pyx_L1_error)
+  __Pyx_GOTREF(__pyx_t_4);
   #if CYTHON_COMPILING_IN_CPYTHON && PY_VERSION_HEX >= 0x030E0000
-  PyUnstable_Object_EnableDeferredRefcount(__pyx_t_2);
+  PyUnstable_Object_EnableDeferredRefcount(__pyx_t_4);
   #endif
-  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_7resilio_9_runner_c_Bound, __pyx_mstate_global->__pyx_n_u_setstate_cython, __pyx_t_2) < (0)) __PYX_ERR(1, 17, __pyx_L1_error)
-  __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
+  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_7resilio_9_runner_c_Bound, __pyx_mstate_global->__pyx_n_u_setstate_cython, __pyx_t_4) < (0)) __PYX_ERR(1, 17, __pyx_L1_error)
+  __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
 
   /* "(tree fragment)":4
  *     int __Pyx_CheckUnpickleChecksum(long, long, long, long, const char*) except -1
@@ -21501,26 +24489,26 @@ __Pyx_RefNannySetupContext("PyInit__runner_c", 0);
  *     cdef object __pyx_result
  *     __Pyx_CheckUnpickleChecksum(__pyx_checksum, 0x79bcb63, 0x95d585b, 0xe3c98d6, b'clock_ns, py_enter, py_err, py_ok, strategy')
 */
-  __pyx_t_2 = __Pyx_CyFunction_New(&__pyx_mdef_7resilio_9_runner_c_1__pyx_unpickle_FastGate, 0, __pyx_mstate_global->__pyx_n_u_pyx_unpickle_FastGate, NULL, __pyx_mstate_global->__pyx_n_u_resilio__runner_c, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[17])); if (unlikely(!__pyx_t_2)) __PYX_ERR(1, 4, __pyx_L1_error)
-  __Pyx_GOTREF(__pyx_t_2);
+  __pyx_t_4 = __Pyx_CyFunction_New(&__pyx_mdef_7resilio_9_runner_c_3__pyx_unpickle_FastGate, 0, __pyx_mstate_global->__pyx_n_u_pyx_unpickle_FastGate, NULL, __pyx_mstate_global->__pyx_n_u_resilio__runner_c, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[20])); if (unlikely(!__pyx_t_4)) __PYX_ERR(1, 4, __pyx_L1_error)
+  __Pyx_GOTREF(__pyx_t_4);
   #if CYTHON_COMPILING_IN_CPYTHON && PY_VERSION_HEX >= 0x030E0000
-  PyUnstable_Object_EnableDeferredRefcount(__pyx_t_2);
+  PyUnstable_Object_EnableDeferredRefcount(__pyx_t_4);
   #endif
-  if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_pyx_unpickle_FastGate, __pyx_t_2) < (0)) __PYX_ERR(1, 4, __pyx_L1_error)
-  __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
+  if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_pyx_unpickle_FastGate, __pyx_t_4) < (0)) __PYX_ERR(1, 4, __pyx_L1_error)
+  __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
 
   /* "(tree fragment)":1
  * cdef extern from *:             # <<<<<<<<<<<<<<
  *     int __Pyx_CheckUnpickleChecksum(long, long, long, long, const char*) except -1
  *     int __Pyx_UpdateUnpickledDict(object, object, Py_ssize_t) except -1
 */
-  __pyx_t_2 = __Pyx_CyFunction_New(&__pyx_mdef_7resilio_9_runner_c_3__pyx_unpickle__BreakerGate, 0, __pyx_mstate_global->__pyx_n_u_pyx_unpickle__BreakerGate, NULL, __pyx_mstate_global->__pyx_n_u_resilio__runner_c, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[18])); if (unlikely(!__pyx_t_2)) __PYX_ERR(1, 4, __pyx_L1_error)
-  __Pyx_GOTREF(__pyx_t_2);
+  __pyx_t_4 = __Pyx_CyFunction_New(&__pyx_mdef_7resilio_9_runner_c_5__pyx_unpickle__BreakerGate, 0, __pyx_mstate_global->__pyx_n_u_pyx_unpickle__BreakerGate, NULL, __pyx_mstate_global->__pyx_n_u_resilio__runner_c, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[21])); if (unlikely(!__pyx_t_4)) __PYX_ERR(1, 4, __pyx_L1_error)
+  __Pyx_GOTREF(__pyx_t_4);
   #if CYTHON_COMPILING_IN_CPYTHON && PY_VERSION_HEX >= 0x030E0000
-  PyUnstable_Object_EnableDeferredRefcount(__pyx_t_2);
+  PyUnstable_Object_EnableDeferredRefcount(__pyx_t_4);
   #endif
-  if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_pyx_unpickle__BreakerGate, __pyx_t_2) < (0)) __PYX_ERR(1, 4, __pyx_L1_error)
-  __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
+  if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_pyx_unpickle__BreakerGate, __pyx_t_4) < (0)) __PYX_ERR(1, 4, __pyx_L1_error)
+  __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
 
   /* "(tree fragment)":4
  *     int __Pyx_CheckUnpickleChecksum(long, long, long, long, const char*) except -1
@@ -21529,79 +24517,92 @@ __Pyx_RefNannySetupContext("PyInit__runner_c", 0);
  *     cdef object __pyx_result
  *     __Pyx_CheckUnpickleChecksum(__pyx_checksum, 0xe8324fd, 0x4f82c78, 0x3f9ab8a, b'bucket, clock_ns, max_wait_ns, n, pending, py_enter, py_err, py_ok, rejection, strategy')
 */
-  __pyx_t_2 = __Pyx_CyFunction_New(&__pyx_mdef_7resilio_9_runner_c_5__pyx_unpickle__LimiterGate, 0, __pyx_mstate_global->__pyx_n_u_pyx_unpickle__LimiterGate, NULL, __pyx_mstate_global->__pyx_n_u_resilio__runner_c, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[19])); if (unlikely(!__pyx_t_2)) __PYX_ERR(1, 4, __pyx_L1_error)
-  __Pyx_GOTREF(__pyx_t_2);
+  __pyx_t_4 = __Pyx_CyFunction_New(&__pyx_mdef_7resilio_9_runner_c_7__pyx_unpickle__LimiterGate, 0, __pyx_mstate_global->__pyx_n_u_pyx_unpickle__LimiterGate, NULL, __pyx_mstate_global->__pyx_n_u_resilio__runner_c, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[22])); if (unlikely(!__pyx_t_4)) __PYX_ERR(1, 4, __pyx_L1_error)
+  __Pyx_GOTREF(__pyx_t_4);
   #if CYTHON_COMPILING_IN_CPYTHON && PY_VERSION_HEX >= 0x030E0000
-  PyUnstable_Object_EnableDeferredRefcount(__pyx_t_2);
+  PyUnstable_Object_EnableDeferredRefcount(__pyx_t_4);
   #endif
-  if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_pyx_unpickle__LimiterGate, __pyx_t_2) < (0)) __PYX_ERR(1, 4, __pyx_L1_error)
-  __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
+  if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_pyx_unpickle__LimiterGate, __pyx_t_4) < (0)) __PYX_ERR(1, 4, __pyx_L1_error)
+  __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
 
   /* "(tree fragment)":1
  * cdef extern from *:             # <<<<<<<<<<<<<<
  *     int __Pyx_CheckUnpickleChecksum(long, long, long, long, const char*) except -1
  *     int __Pyx_UpdateUnpickledDict(object, object, Py_ssize_t) except -1
 */
-  __pyx_t_2 = __Pyx_CyFunction_New(&__pyx_mdef_7resilio_9_runner_c_7__pyx_unpickle__BulkheadGate, 0, __pyx_mstate_global->__pyx_n_u_pyx_unpickle__BulkheadGate, NULL, __pyx_mstate_global->__pyx_n_u_resilio__runner_c, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[20])); if (unlikely(!__pyx_t_2)) __PYX_ERR(1, 4, __pyx_L1_error)
-  __Pyx_GOTREF(__pyx_t_2);
+  __pyx_t_4 = __Pyx_CyFunction_New(&__pyx_mdef_7resilio_9_runner_c_9__pyx_unpickle__BulkheadGate, 0, __pyx_mstate_global->__pyx_n_u_pyx_unpickle__BulkheadGate, NULL, __pyx_mstate_global->__pyx_n_u_resilio__runner_c, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[23])); if (unlikely(!__pyx_t_4)) __PYX_ERR(1, 4, __pyx_L1_error)
+  __Pyx_GOTREF(__pyx_t_4);
   #if CYTHON_COMPILING_IN_CPYTHON && PY_VERSION_HEX >= 0x030E0000
-  PyUnstable_Object_EnableDeferredRefcount(__pyx_t_2);
+  PyUnstable_Object_EnableDeferredRefcount(__pyx_t_4);
   #endif
-  if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_pyx_unpickle__BulkheadGate, __pyx_t_2) < (0)) __PYX_ERR(1, 4, __pyx_L1_error)
-  __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
+  if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_pyx_unpickle__BulkheadGate, __pyx_t_4) < (0)) __PYX_ERR(1, 4, __pyx_L1_error)
+  __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
 
   /* "(tree fragment)":4
  *     int __Pyx_CheckUnpickleChecksum(long, long, long, long, const char*) except -1
  *     int __Pyx_UpdateUnpickledDict(object, object, Py_ssize_t) except -1
- * def __pyx_unpickle_GateGroup(__pyx_type, long __pyx_checksum, tuple __pyx_state):             # <<<<<<<<<<<<<<
+ * def __pyx_unpickle__TimeoutGate(__pyx_type, long __pyx_checksum, tuple __pyx_state):             # <<<<<<<<<<<<<<
  *     cdef object __pyx_result
- *     __Pyx_CheckUnpickleChecksum(__pyx_checksum, 0x14756e3, 0x53f29d8, 0xea8a4bb, b'g0, g1, g2, g3, gates, inner, n')
+ *     __Pyx_CheckUnpickleChecksum(__pyx_checksum, 0x48734a8, 0xd57bb63, 0x26e5dbb, b'clock_ns, py_enter, py_err, py_ok, py_ok_slow, seconds, strategy')
 */
-  __pyx_t_2 = __Pyx_CyFunction_New(&__pyx_mdef_7resilio_9_runner_c_9__pyx_unpickle_GateGroup, 0, __pyx_mstate_global->__pyx_n_u_pyx_unpickle_GateGroup, NULL, __pyx_mstate_global->__pyx_n_u_resilio__runner_c, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[21])); if (unlikely(!__pyx_t_2)) __PYX_ERR(1, 4, __pyx_L1_error)
-  __Pyx_GOTREF(__pyx_t_2);
+  __pyx_t_4 = __Pyx_CyFunction_New(&__pyx_mdef_7resilio_9_runner_c_11__pyx_unpickle__TimeoutGate, 0, __pyx_mstate_global->__pyx_n_u_pyx_unpickle__TimeoutGate, NULL, __pyx_mstate_global->__pyx_n_u_resilio__runner_c, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[24])); if (unlikely(!__pyx_t_4)) __PYX_ERR(1, 4, __pyx_L1_error)
+  __Pyx_GOTREF(__pyx_t_4);
   #if CYTHON_COMPILING_IN_CPYTHON && PY_VERSION_HEX >= 0x030E0000
-  PyUnstable_Object_EnableDeferredRefcount(__pyx_t_2);
+  PyUnstable_Object_EnableDeferredRefcount(__pyx_t_4);
   #endif
-  if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_pyx_unpickle_GateGroup, __pyx_t_2) < (0)) __PYX_ERR(1, 4, __pyx_L1_error)
-  __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
+  if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_pyx_unpickle__TimeoutGate, __pyx_t_4) < (0)) __PYX_ERR(1, 4, __pyx_L1_error)
+  __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
 
   /* "(tree fragment)":1
  * cdef extern from *:             # <<<<<<<<<<<<<<
  *     int __Pyx_CheckUnpickleChecksum(long, long, long, long, const char*) except -1
  *     int __Pyx_UpdateUnpickledDict(object, object, Py_ssize_t) except -1
 */
-  __pyx_t_2 = __Pyx_CyFunction_New(&__pyx_mdef_7resilio_9_runner_c_11__pyx_unpickle_GateCall, 0, __pyx_mstate_global->__pyx_n_u_pyx_unpickle_GateCall, NULL, __pyx_mstate_global->__pyx_n_u_resilio__runner_c, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[22])); if (unlikely(!__pyx_t_2)) __PYX_ERR(1, 4, __pyx_L1_error)
-  __Pyx_GOTREF(__pyx_t_2);
+  __pyx_t_4 = __Pyx_CyFunction_New(&__pyx_mdef_7resilio_9_runner_c_13__pyx_unpickle_GateGroup, 0, __pyx_mstate_global->__pyx_n_u_pyx_unpickle_GateGroup, NULL, __pyx_mstate_global->__pyx_n_u_resilio__runner_c, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[25])); if (unlikely(!__pyx_t_4)) __PYX_ERR(1, 4, __pyx_L1_error)
+  __Pyx_GOTREF(__pyx_t_4);
   #if CYTHON_COMPILING_IN_CPYTHON && PY_VERSION_HEX >= 0x030E0000
-  PyUnstable_Object_EnableDeferredRefcount(__pyx_t_2);
+  PyUnstable_Object_EnableDeferredRefcount(__pyx_t_4);
   #endif
-  if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_pyx_unpickle_GateCall, __pyx_t_2) < (0)) __PYX_ERR(1, 4, __pyx_L1_error)
-  __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
+  if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_pyx_unpickle_GateGroup, __pyx_t_4) < (0)) __PYX_ERR(1, 4, __pyx_L1_error)
+  __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
 
   /* "(tree fragment)":4
  *     int __Pyx_CheckUnpickleChecksum(long, long, long, long, const char*) except -1
  *     int __Pyx_UpdateUnpickledDict(object, object, Py_ssize_t) except -1
- * def __pyx_unpickle_Bound(__pyx_type, long __pyx_checksum, tuple __pyx_state):             # <<<<<<<<<<<<<<
+ * def __pyx_unpickle_GateCall(__pyx_type, long __pyx_checksum, tuple __pyx_state):             # <<<<<<<<<<<<<<
  *     cdef object __pyx_result
- *     __Pyx_CheckUnpickleChecksum(__pyx_checksum, 0x63b0985, 0xfc2a0d4, 0x6918d3c, b'fn, group, run')
+ *     __Pyx_CheckUnpickleChecksum(__pyx_checksum, 0x3103742, 0x122f75f, 0x002dd57, b'args, entered, fn, group, it, kwargs, out, state, t0, t1, t2, t3')
 */
-  __pyx_t_2 = __Pyx_CyFunction_New(&__pyx_mdef_7resilio_9_runner_c_13__pyx_unpickle_Bound, 0, __pyx_mstate_global->__pyx_n_u_pyx_unpickle_Bound, NULL, __pyx_mstate_global->__pyx_n_u_resilio__runner_c, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[23])); if (unlikely(!__pyx_t_2)) __PYX_ERR(1, 4, __pyx_L1_error)
-  __Pyx_GOTREF(__pyx_t_2);
+  __pyx_t_4 = __Pyx_CyFunction_New(&__pyx_mdef_7resilio_9_runner_c_15__pyx_unpickle_GateCall, 0, __pyx_mstate_global->__pyx_n_u_pyx_unpickle_GateCall, NULL, __pyx_mstate_global->__pyx_n_u_resilio__runner_c, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[26])); if (unlikely(!__pyx_t_4)) __PYX_ERR(1, 4, __pyx_L1_error)
+  __Pyx_GOTREF(__pyx_t_4);
   #if CYTHON_COMPILING_IN_CPYTHON && PY_VERSION_HEX >= 0x030E0000
-  PyUnstable_Object_EnableDeferredRefcount(__pyx_t_2);
+  PyUnstable_Object_EnableDeferredRefcount(__pyx_t_4);
   #endif
-  if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_pyx_unpickle_Bound, __pyx_t_2) < (0)) __PYX_ERR(1, 4, __pyx_L1_error)
-  __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
+  if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_pyx_unpickle_GateCall, __pyx_t_4) < (0)) __PYX_ERR(1, 4, __pyx_L1_error)
+  __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
+
+  /* "(tree fragment)":1
+ * cdef extern from *:             # <<<<<<<<<<<<<<
+ *     int __Pyx_CheckUnpickleChecksum(long, long, long, long, const char*) except -1
+ *     int __Pyx_UpdateUnpickledDict(object, object, Py_ssize_t) except -1
+*/
+  __pyx_t_4 = __Pyx_CyFunction_New(&__pyx_mdef_7resilio_9_runner_c_17__pyx_unpickle_Bound, 0, __pyx_mstate_global->__pyx_n_u_pyx_unpickle_Bound, NULL, __pyx_mstate_global->__pyx_n_u_resilio__runner_c, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[27])); if (unlikely(!__pyx_t_4)) __PYX_ERR(1, 4, __pyx_L1_error)
+  __Pyx_GOTREF(__pyx_t_4);
+  #if CYTHON_COMPILING_IN_CPYTHON && PY_VERSION_HEX >= 0x030E0000
+  PyUnstable_Object_EnableDeferredRefcount(__pyx_t_4);
+  #endif
+  if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_pyx_unpickle_Bound, __pyx_t_4) < (0)) __PYX_ERR(1, 4, __pyx_L1_error)
+  __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
 
   /* "resilio/_runner_c.pyx":1
  * # cython: language_level=3, boundscheck=False, wraparound=False             # <<<<<<<<<<<<<<
  * """Compiled execution step for a group of gates (rate limiter, breaker, bulkhead,
  * timeout) around one awaited call.
 */
-  __pyx_t_2 = __Pyx_PyDict_NewPresized(0); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 1, __pyx_L1_error)
-  __Pyx_GOTREF(__pyx_t_2);
-  if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_test, __pyx_t_2) < (0)) __PYX_ERR(0, 1, __pyx_L1_error)
-  __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
+  __pyx_t_4 = __Pyx_PyDict_NewPresized(0); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 1, __pyx_L1_error)
+  __Pyx_GOTREF(__pyx_t_4);
+  if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_test, __pyx_t_4) < (0)) __PYX_ERR(0, 1, __pyx_L1_error)
+  __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
 
   /*--- Wrapped vars code ---*/
 
@@ -21609,8 +24610,9 @@ __Pyx_RefNannySetupContext("PyInit__runner_c", 0);
   __pyx_L1_error:;
   __Pyx_XDECREF(__pyx_t_2);
   __Pyx_XDECREF(__pyx_t_4);
-  __Pyx_XDECREF(__pyx_t_5);
   __Pyx_XDECREF(__pyx_t_6);
+  __Pyx_XDECREF(__pyx_t_7);
+  __Pyx_XDECREF(__pyx_t_9);
   if (__pyx_m) {
     if (__pyx_mstate->__pyx_d && stringtab_initialized) {
       __Pyx_AddTraceback("init resilio._runner_c", __pyx_clineno, __pyx_lineno, __pyx_filename);
@@ -21662,7 +24664,21 @@ static int __Pyx_InitCachedConstants(__pyx_mstatetype *__pyx_mstate) {
   CYTHON_UNUSED_VAR(__pyx_mstate);
   __Pyx_RefNannySetupContext("__Pyx_InitCachedConstants", 0);
 
-  /* "resilio/_runner_c.pyx":419
+  /* "resilio/_runner_c.pyx":220
+ * 
+ * if hasattr(os, "register_at_fork"):
+ *     os.register_at_fork(after_in_child=_forget_loop)             # <<<<<<<<<<<<<<
+ * 
+ * 
+*/
+  {
+    PyObject* __pyx_temp[1] = {__pyx_mstate_global->__pyx_n_u_after_in_child};
+    __pyx_mstate_global->__pyx_tuple[0] = __Pyx_PyTuple_FromArray(__pyx_temp, 1); if (unlikely(!__pyx_mstate_global->__pyx_tuple[0])) __PYX_ERR(0, 220, __pyx_L1_error)
+    __Pyx_GOTREF(__pyx_mstate_global->__pyx_tuple[0]);
+  }
+  __Pyx_GIVEREF(__pyx_mstate_global->__pyx_tuple[0]);
+
+  /* "resilio/_runner_c.pyx":534
  *         raise StopIteration(r)
  * 
  *     def throw(self, typ, val=None, tb=None):             # <<<<<<<<<<<<<<
@@ -21671,14 +24687,14 @@ static int __Pyx_InitCachedConstants(__pyx_mstatetype *__pyx_mstate) {
 */
   {
     PyObject* __pyx_temp[2] = {Py_None, Py_None};
-    __pyx_mstate_global->__pyx_tuple[0] = __Pyx_PyTuple_FromArray(__pyx_temp, 2); if (unlikely(!__pyx_mstate_global->__pyx_tuple[0])) __PYX_ERR(0, 419, __pyx_L1_error)
-    __Pyx_GOTREF(__pyx_mstate_global->__pyx_tuple[0]);
+    __pyx_mstate_global->__pyx_tuple[1] = __Pyx_PyTuple_FromArray(__pyx_temp, 2); if (unlikely(!__pyx_mstate_global->__pyx_tuple[1])) __PYX_ERR(0, 534, __pyx_L1_error)
+    __Pyx_GOTREF(__pyx_mstate_global->__pyx_tuple[1]);
   }
-  __Pyx_GIVEREF(__pyx_mstate_global->__pyx_tuple[0]);
+  __Pyx_GIVEREF(__pyx_mstate_global->__pyx_tuple[1]);
   #if CYTHON_IMMORTAL_CONSTANTS
   {
     PyObject **table = __pyx_mstate->__pyx_tuple;
-    for (Py_ssize_t i=0; i<1; ++i) {
+    for (Py_ssize_t i=0; i<2; ++i) {
       #if PY_VERSION_HEX >= 0x030F0000
       PyUnstable_SetImmortal(table[i]);
       #elif CYTHON_COMPILING_IN_CPYTHON_FREETHREADING
@@ -21712,38 +24728,38 @@ static int __Pyx_InitConstants(__pyx_mstatetype *__pyx_mstate) {
   int __pyx_clineno = 0;
   CYTHON_UNUSED_VAR(__pyx_mstate);
   {
-    const struct { const unsigned int length: 8; } str_length_index[] = {{15},{1},{26},{1},{1},{28},{179},{8},{38},{38},{7},{6},{2},{9},{21},{5},{23},{25},{7},{9},{8},{26},{28},{4},{8},{26},{28},{14},{13},{14},{9},{27},{29},{10},{12},{11},{4},{12},{30},{32},{13},{31},{33},{12},{30},{32},{11},{13},{9},{20},{12},{9},{8},{8},{12},{8},{8},{10},{8},{7},{14},{12},{11},{10},{20},{23},{23},{24},{27},{28},{27},{14},{12},{10},{17},{13},{12},{12},{19},{8},{7},{8},{6},{7},{5},{6},{11},{11},{4},{10},{5},{13},{12},{3},{8},{12},{15},{10},{8},{7},{13},{8},{3},{4},{18},{6},{7},{18},{5},{11},{15},{2},{4},{5},{5},{2},{5},{6},{6},{3},{1},{8},{7},{17},{13},{24},{3},{4},{4},{10},{5},{8},{2},{5},{3},{5},{6},{12},{3},{5},{6},{7}};
-    const struct { const unsigned int length: 9; } bytes_length_index[] = {{11},{11},{11},{11},{11},{55},{55},{55},{55},{56},{221},{132},{413},{350},{401},{196},{377},{53},{106},{62}};
+    const struct { const unsigned int length: 8; } str_length_index[] = {{15},{1},{26},{1},{1},{28},{179},{8},{38},{38},{7},{6},{2},{9},{21},{5},{23},{25},{7},{9},{8},{26},{28},{4},{8},{26},{28},{14},{13},{14},{9},{27},{29},{10},{12},{11},{4},{12},{30},{32},{13},{31},{33},{9},{12},{30},{32},{11},{13},{12},{30},{32},{9},{20},{12},{9},{8},{8},{12},{8},{8},{10},{8},{7},{14},{12},{11},{10},{20},{23},{23},{24},{27},{28},{27},{27},{14},{12},{10},{17},{13},{12},{12},{19},{8},{7},{8},{6},{7},{8},{14},{5},{6},{11},{11},{4},{10},{12},{5},{17},{13},{12},{3},{8},{12},{15},{10},{8},{10},{12},{7},{13},{8},{6},{3},{14},{4},{7},{18},{13},{6},{7},{18},{5},{11},{15},{7},{2},{4},{5},{5},{2},{5},{6},{8},{6},{2},{3},{1},{8},{16},{7},{17},{13},{18},{24},{3},{7},{4},{4},{10},{5},{5},{8},{5},{2},{5},{7},{3},{5},{6},{12},{3},{5},{6},{7}};
+    const struct { const unsigned int length: 9; } bytes_length_index[] = {{20},{11},{11},{11},{11},{11},{55},{55},{55},{55},{56},{221},{132},{413},{350},{401},{196},{243},{377},{53},{106},{62}};
     #ifndef CYTHON_COMPRESS_STRINGS
       #define CYTHON_COMPRESS_STRINGS 90
     #endif
-    #if (CYTHON_COMPRESS_STRINGS) == 1 /* compression: zlib (2112 bytes) */
-static const char cstring[] = "x\332\235\226\313w\323V\032\300\261d\300\205\014\220!s\350\234\236\351\210SJ\246\345\3406g\302\253tfp\236\023\222P\034;u\002\201\233k\351&\026V$[\272\212m\232\006\226Yz\251\245\226Zj\351\245\226^j\351e\376\204\376\t\363}\262\225\370\221\341\000>\211~\327\367\361}\367{\312\377\340&c\322\216Iw\367\230\316\277K\377l2K\325TC\252\250\025\246\251:\273[3i\245\302\024\351\337\377Y\244\234-\232\206]\2218-3K\232\222\270!MK\2730m=38\223x\211ri\266\301K\206.\251\226\244\200\200\"3aYkH\0267U\2313\0237\351\322\363\371\347w\247\037NKTW$\223\275a2\267$\313.\312\032\265,\220l\354HE[\325\270\252K\274QaVZZ\332\221\032\206-\351\014n\002Z+\260\257\377\000/1]\262\030\307\2014Iu\335\340\224\253\206N\340\270\252\357NJ\212j\202\022u\237\341\351\005\252Y,M\025\205\300>&G\333\341\032\266\305$\252\231\214*\r\211\326\250\312A\227l\200\301p\217x\027/\231FMRu\220\002f\214\354RT\213\0265\306t|\356\312\252\325\035)=\257\376@L[\327\231I\344t\245Q\2371l]\211\036iBL\246\3302#r\344=B\342i\260\311\002SN\027fUS\266U>\033k\\\240\026\307\300\304\034\025\325\2672\"-\n)\374\317RM\2139*\241o\345L\t\321\232\254\031\326\211\2544\030\256\234|\211\234v\222=\047\203\263\025\305K#\232V\031P\311C>\3446s\371\371U2\273\362\313\354r\336(3}\306\226\313\214\0272Ky2\003\361+3\023%\365\217Gu\r\255\216\250#3\266V.A2tE\365}9K\326\340\362\250\260\025u\0172\245{\255\276\361\031\242\006WG%\235\272\201\364\373\201D\326\3772\363\224\220\347\215:\374\317A\271\221g\254\316\327\330\016!\275\222` \200DY\213\003\005\267\300g\307\326e\344n\254\014>\252\336\335\263GU=\242\241\330Z\264\242\323\275.Y\r\001\211L\344\022\223\313\226\275\327\375\006\311nk\274;\356\311\303!Vrwd\353\025U.\203\264(\313\207\346\342t\035\232\216\223\351\214\351(c\206\346\007\362`x\251?\260Ck\375q\212\226\3669\0260\032Z\265\251\026\333\336\013\032\031\r_<\301\352\370\005\302w\342/\253\317\273\243a%\320D\321\341\305(\225\211\334-s\002U%\227\t\364\027\330\332\215\027\264ih \335\247\245\031\265\3360\212)3M\262\003\376#e\025\374\212\215\231\250\0269\351N\020\314zw""\243n\021\243L*P\244\320\035IE\303 w\345TL\243\310\010U\300\r\320\331H\2679c\0475\231\306\250\305\010\307\202\263\0107\251n\251\270\002\273\2426hB\353\223\251\271kQ\253\241\313\252\221>\321ku\215\352\331$\343k\005\362\013E\310\254H\345r\324:dC\323\272\252\254\276a\032d\356\350hI\364\232Q\261{\202V\316\366\254r\r\225\351\340\001\335\252\030\025\323d\273\252\005\327\350\365\332\036\322\047-7\236\210\\\032\177\201\327\022\312V\341\035C\212`\036l\266\230\266\203\355\013b\244\260\035\n\251\034\205\252\267\263\301\213Q;\203l\216^MvE\201ixu\234\304t\237j\360g\263\350a\365\334\375>\321I~\343N\271\013\336M\034\336v\251\273\357eq8\351V\275\013\036\305\341\367\336M\357\276?\216\303;\336\224\267\340\303\336\343\344\337\235j(\375\350_n=\016\312av\255\223\274\336\274\347\244\334\204;\336I^|\177\320|\340\334\354\244PJ\312\277\322\242\235\344\345\243\251\377s\354\241\363\020\256\220\351;\206\032\037\373z\220\371\320\261G\316\177\335\214\233\355;\206\267[i]\t>\250\355g\247\016\227J\364\035K{\324{\327\322\333\037\324\366/7\345%\274~\333~\360\252\341\217O\202+\355X\335\037\251s\227\276\302\225\361\346Ds\335\271\3450w\332\265\2759\377\274\237o}\031L\004\033\355<JK]k^lV\235\013\216\346\335Dy\373G\205\346\2743\341d;\251?7\341\370\215f\365\030\036\334\231vj.\363\376\351)\376-\177\267\265\036|\023\344\333\023\355B\230\337\0147\267\302\255\355p[\t\225rX\256\204\025+\264ja\355\360\217s\347\336%\026\004\300\202\260\214X\026\236!\236\tk\2105a\023\261)l#\266\005*\240\376j\047u5\274\372\275w\013\374P\363\313\301\215v\342xpf\374\014\343J\256\002\327\377\014[&[7\202\363A\256\235l\317\207\331\215pc\363\364\016\267Q\246\367\300\277\323*\004\231\343\301\231\354\320\035\n\316\234{\tn\310\374i\277\336\342\301=\020\270\024\256\203kHH\344P\006\277\030\241\301C^\017\353\277\203\265\207\211\0314zFXD,\306\356Y\021>\336\206\373\356\r\357\274\227\363\223\376\\\353b\313\016f\003\336~\020\256\201\312\327\341k\032R\02625T!\032vh\203\326\003P\360{b\036\365\314\203\036\300\212\220Ed\205<\"/l 6\204W\210W\202\202P""\004\025\241\n\032B\023*\210\212\300\021\\\370\r\361\233\360D\004<\021g\021\263\342\"bQ\\F,\213k\2105\261\200(\210/\020/\304\327\210\327b\021Q\024U\204*\352\010]\254\"\252\242\215\260\305\006\242!>I\242\206d&y\032\234\357\274\t/\353\355\372/\203\213A\365xp&1\024\234MGq\357xy\377k\010\3144x\351\247(0\220\255\245\260T\r\253\340\237\201\220\014\346h\356\023B\362\320}\340}\353YP o\340Zv{\266\315\303\034\324\006$\000\250\352\346@\003\244\276MdPxF\350\025\307\022bIXE\254\n\353\210ua\013\261\005U\001\240q8J\210\222` \014a\037\261\037\307\341\020q(\314\240\317f\304U\304\252\230G\344\305M\304\246\270\205\330\022\267\021\333\342\033\304\233\330\345\246x\352\335\273\340\255q\250\215\257\202\305\366\324\361\340Lf\310\273/\034\356>\206JJ\007\311pn\375S\\\333\313\264\236\205\305Op\364#w\321\273\347\213Plo\241A\234o\347\302\347\3710?\320\177@f=V\333\363oO{/\353{n\376\210t\257!j\261\177{y\276\200X\020\237\"\236\212\353\210\365\330\277\024AE\005\241\210%D\t\374\0130\343\224>D\034\212\031\314\354Lr\0361\237\314!r\311\027\210\027\311\227\311\317\013\310K7\351.{\334\177\324\232\013R\320\2072\037\357\327\237\334\2027\357_\207\216r)\230l\377\245-\207Y\210\350\253\360\025\270\026\232\211\026j\340\335\223\326>\207\016\231\033ja\203\331\373J\370\274\222E\033V\375\t\277\0006\\nO\267\033\341\006\324Q7\257\314\320\334\307\200\304\321\355\025\321\242\3609v\216\201C\357\205\317sa\256\020\026\206\014}\213e5\324\250\237\"\236\306\251\364+\342\3278\207\212\210\242\300\020,N\245\301\034:@\034\010\357\020\357\342TZA\254\2109DN\334@l\210/\021/E\202 q\223\254 *qw\254#\352\342\001\342@\354\345\320\nb%\271\332\227<i\250\316\233\376\203\326\235\240\320\356\276\310Ng\262\357!=.\037M\037\3557\263M\332\031\273z\304\341\007\305-g\007~\002\215]oNu\027kM\305\271\355&:\251+G{\316\224\223\211\017\325\232\262s\303\025\341\227\005\207\267)\276\374x\353\021\274\211\252\235\261k\315/\234\361\316\330\237:\251\261\243\271\346\005\020\360\255\003\327\371\002UX\315IX\273\366\245s\321\251B\240\227\274l\347\332\365\346}""\020\225\350L\374\325\031?\206\323)\047\341|\355V\303\344\337\234M\227\306\352h\323v\346\341G\335G\336\363\177\347A\2246";
-    PyObject *data = __Pyx_DecompressString(cstring, 2112, 1);
+    #if (CYTHON_COMPRESS_STRINGS) == 1 /* compression: zlib (2289 bytes) */
+static const char cstring[] = "x\332\275\226\315W\333V\026\300c\311I\334\204I\302\2049\351\234\236\351\210\3234\264\315\211[\316\220\257\2463\023\003\206\022 \215\261\251!!<\236\245g,,$[z\302vJI\226,\275\324RK-\275\364\322K/\265\364\222?\241\177\302\334+[\340\017&\047\311\242\234\304\277\347\367q\357}\367\353\371\033n2&\345M\272\273\317t\376m\374\047\223Y\252\246\032RI-1M\325\331\275\212IK%\246H\377\371\357\"\345l\3214\354\222\304i\221Y\322\264\304\riF\332\205i\353\271\301\231\304\013\224Ks5^0tI\265$\005\004\344\230\t\313ZM\262\270\251\312\234\231\270I\227^$_\334\233y4#Q]\221L\266\307dnI\226\235\2235jY \331\310K9[\325\270\252K\274VbV\\Z\312K5\303\226t\006\226\200\326\022\354\353?\300\013L\227,\306q MQ]78\345\252\241\0238\256\352\273S\222\242\232\240D=`xz\201j\026\213SE!\260\217\311\301v0\303\266\230D5\223Q\245&\321\nU9\350\222\r\2700\330\021\356\342\005\323\250H\252\016R\340\032#\273\024\325\2429\2151\035?we\325\352\216\224\236W\277\047\246\255\353\314$r\274T\253\316\032\266\256\004\037qBL\246\3302#r\340=B\302i\270\223\005W9[\230SM\331V\371\\\250q\201Z\034\003\023rTT\337\312\210\264 \244\360\177\216jZ\310Q\t}+\347J\010\326d\315\260Ne\305\341\342\312\351\227\300i\247\331s:8_Q\2704\242i\225\001\225\014\344Cz3\235I\256\222\271\225_\346\2263F\221\351\263\266\\d<\233X\312\220Y\210_\221\231(\251\177<\252khuD\035\231\265\265b\001\222\241+\252\357\313y\262\006\227G\205\315\047\023\363+K\317\223dE\335\207\224\351\332\3277>G\346\340\352\250\3103\177\220~\207\220\214\272\317 7\002\r}\343s4\014\256\216j\010\034\372\313\3543B^\324\252\360\177\036*\230<gU\276\306\362\204\364\252\214\301F\022\024\002\016\024\334\002\177y[\227\221\273\241P\370S\365\356\236}\252\352\001\r\305\326\202\025\235\356w\311*\010\250\r\"\027\230\\\264\354\375\3567\250\037[\343\335qO\036\016\2619tG\266^R\345\"H\013\ngh.\254\200\241\3510?\317\231\016\222ph~ \265\206\227\372seh\255?\342CK\375\241\n\226\0168\266\013\364A\331\246Z\350\226^\334\310h\004\303\tV\305/\020\301SWZ}\216\037\215,\201\226\215\261\310\005\205C\344nS!P\303r\221@7\203""\255D\346U\014\021\221m\323\204\267\201pj\025\255n\200\341+4\261\356\247\245\031\225\3360H\002f\232$\017\016\047E\025\002\2217LH\001\242\031F\211\340C\201\t\0214A\350\312\335Y\325\"\247\355\023R\243\332\225\242[\304(\222\022t\021\334X\3220e\272JJ\246\221c\204*\340Th\275\244\373z`\2537\231\306\250\305\010t\033\210\004Q\025\302\273\356\rn\301\261OX\204\233T\267T\334\017g\203\356mZ\244R`L\2439\231\346Q\001h\222\013\252\246Ps\327\242VM\227U\243\207\370\251\241\341B<pJ\327\213=\047\312\370j\242\020P%\263\034\225\213Ag\224\rM\353\032j\365\r\343\240U6\340^U\236\327\321?\301c\252\342\033\001Fr\266o\025+h\007\026\0068\232\353\340k\3352\254\222Q\202\240\354\252\026\030\034\222P\216\356.\366\336\232\036\342\247ON8\021\0049\374\002\3172jU\2315:\023\0479\360\047\034G\353u\005\036Z-\217}\035\322Iay\n\005\211&YAj\365N\325\002\177\360\\\320\361{\356\207\"\r\036q\273\244\300\026xdO\363\361\200j\360\317f\301\207\325\213\373\273H\047z\261\023\275Y\237\356D\377Z\237\354D\047\352\t\234\373\312\235v\027\274I\034\336q\251{\340\245p8\345\226\275K\036\305\341w\336\244\367\2401\216\303\273\336\264\267\320\200\275\047\321\177:e_\372\241q\265\371\244U\364Sk(\370\276\023s#\356x\047z\371\335a\375\2413\331\211\241\224X\343Z\223v\242W\217\247\377\317\261G\316#0!\321w\0145>i\350\255\304\373\216=v~v\023n\252\357\030Z\267\322\274\326z\257\266\237\234*\030\025\351;\026\367\250\367\266\251\267\337\253\355\337n\314\213x\375w\373\336+\373?<m]k\207\352\376\210]\270\362\005\256\214\327\047\352\353\316m\207\2713\256\355\3157.62\315\317[\023\255\215v\006\245\305n\324/\327\313\316%G\363&Q\336\301q\266\236t&\234T\047\206q\211\335\252\227O\340\203;3N\305e\336\277<\245q\273\261\333\\o}\325\312\264\047\332Y?\263\351on\371[;\376\216\342+E\277X\362K\226oU\374\312\321\037\027.\274\215,\010\200\005a\031\261,<G<\027\326\020k\302&bS\330A\354\010T@\375\345N\354\272\177\375;\3576\370\241\322(\266n\265#\047\2033\343\347\\\256\340*`\376\047\334e\252y\253u\261\225nG\333I?\265\341ol\236\331p\007ez\017\033w\233\331V\342dp&5dC""\326\231w\257\200\205\2541\323\2506y\353>\010\\\362\327\3015\304\047\262/\203_\014\337\340>\257\372\325\337\341\266G\221Y\274\364\254\260\210X\014\335\263\"|\370\035\036\270\267\274\213^\272\021m\3147/7\355\326\\\213\267\037\372k\240r\333\337\246>e>S}\025\242a\3736h=\004\005\277G\222\250\047\tz\000+B\n\221\0222\210\214\260\201\330\020^#^\013\nB\021T\204*h\010M(!J\002Gp\3417\304o\302S\021\360T\234C\314\211\213\210Eq\031\261,\256!\326\304,\"+\276D\274\024\267\021\333b\016\221\023U\204*\352\010],#\312\242\215\260\305\032\242&>\215\242\206h\"z\026\234o\275\t/\345\3556^\265.\267\312\047\2033\221\241\340l:\212{\327\3134\276\204\300\314\200\227~\014\002\003\331Z\360\013e\277\014\376\031\010\311`\216\246?\"$\217\334\207\336\327\236\005\005\262\007f\331\355\2716\367\323P\033\220\000\240\252\233\0035\220\372&\222@\341\t\241W\034K\210%a\025\261*\254#\326\205-\304\026T\005\200\206\341( \n\202\2010\204\003\304A\030\207#\304\2210\213>\233\025W\021\253b\006\221\0217\021\233\342\026bK\334A\354\210{\210\275\320\345\246x\346\335{\340\255q\250\215/Z\213\355\351\223\301\231\304\220w_:\334}\002\225\024oE\375\371\365\217qm/\323z7\314}\204\243\037\273\213\336\375\206\010\305\366\006\032\304\305v\332\177\221\3613\003\375\007dVC\265=\377\366\264\367\262\276\347\346\017H\367\n\242\022\372\267\227\347\013\210\005\361\031\342\231\270\216X\017\375K\021TT\020\212X@\024\300\277\0003L\351#\304\221\230\300\314ND\223\210d4\215HG_\"^F_E?- \257\334\250\273\354\361\306\343\346|+\006}(\361\341~\375\321\315z\311\306M\350(WZS\355\277\265e?\005\021}\355\277\006\327B3\321|\r\274{\332\332\347\321!\363C-l0{_\013\237V\262\303wX\3657\301\212]\177\027\002\254\375\251\367\311\"\262\3026b[\220\021\262\220G\344\205=\304\336P;<\024>=l\253\215\211F\026\256|\265=\323\256\371\033\320:\272\245d\372\346\001\346`\230\320\275\276\261(|\212+\306\300\230\373\376\213\264\237\316\372\331!_\274\301+\014\275M\317\020\317\302\352\371\025\361kX69DN`\010\026V\317`\331\034\"\016\205\267\210\267a\365\254 V\3044\"-n 6\304W\210W\"A""\220\360](!J\341\203PET\305C\304\241\330+\233\025\304Jt\265\257^\342\320\220&\033\017\233w[\331v\367\355>\233I\275\203\212\270z<s|PO\325ig\354\3721\207\337P\267\235<\374\352\033\303\037\244\301b\245\2568w\334H\047v\355x\337\231v\022\341\241J]vn\271\"\374\230\342\360\003\002\337{\336|\014\217o\2713v\243\376\2313\336\031\373K\0476v<_\277\004\002\276v\300\234\317P\205U\237\202\265\033\237;\227\2352\004z\311Kun\334\254?\000Q\221\316\304\337\235\361\0238\035s\"\316\227n\331\217\376\303\331ti\250\216\326m\047\t\277c?\320\316\377\001\304\327m\310";
+    PyObject *data = __Pyx_DecompressString(cstring, 2289, 1);
     #define __Pyx_DecompressString_LZSS_UNUSED
     if (unlikely(!data)) __PYX_ERR(0, 1, __pyx_L1_error)
     const char* const bytes = __Pyx_PyBytes_AsString(data);
     #if !CYTHON_ASSUME_SAFE_MACROS
     if (likely(bytes)); else { Py_DECREF(data); __PYX_ERR(0, 1, __pyx_L1_error) }
     #endif
-    #elif (CYTHON_COMPRESS_STRINGS) > 0 && (CYTHON_COMPRESS_STRINGS) <= 90 /* compression: lzss (2762 bytes) */
-static const char cstring[] = "\377(tree fr\377agment).\377<resilio\377 pipelin\377e-wrappe\377d >?Gate\377Group ta\377kes 1 to\357 4 g\024\000sNo\377te that \377Cython iws d>\000ber3\000\377ly stric\367ter!\001n PE\377P-484 an\377d reject\377s subcla\373ssW\000of bu\377iltin ty\377pes. If ?you ne\207\000s\000\371p%\000%\tthen \367set\200\000e \047a\377nnotatio\373n_<\000ing\047 \267dirb\000iv\242\000o\377 False.a7dd_%\000ec*\002\204\000\377use alre\377ady awai\215t\363\000co\356\000\205\000\036\005t\177hrow in\367\000\373an\024\017disab\357leen\002\001gci\365s\004\003d\317$/_ru\377nner_c.p\177yxBound\000\002\377.__reduc7e_c\271\"__\017\005\321\000\371s\310\000\017\007Circu\367itC\220\005Fast\200\225A\000\0059\017\017\010=\016\316B\324@C\017allG\001\004{\017\017\010-\022~:\001.close;\006\002\366\000dH\006\260\"\265f\276fS\023\335bl\216 \351\016Me\326`dT\215`\377SYSTEM_C\377LOCKToke\377nBucketW\337AIT_B\275@ke\301r\250\204\001\000\t\320/\017\014\330._B\017ulkh\212`E\003\002\0108\021\034\021\013;\017Lim\315`\221\003\001\010P\204\020\020\013\205\017\375\007_\374\t_\371\002\377OBJ__Pyx\376\001\000Dict_Ne\177xtRef__\214\205\004Ge__\t\000\330\204\001\005\001d\037\001\336\017\000func\025\001geyt\347c#\000init)\001\357main\003\002odu\335l:\002nam\002\003ew\372J\001pk\000check\337sum__\n\001re\017sult\006\003I\004!\001\306\206\001~\033\003unpickK\000\000\375\204\002\005\014\311\204\005\034\014\226\204\005\004\020\217\210\002K\014\200\373J\221\002l\006\313K\r\014\234I\310\002vyt\315\206\001\263!qual\364\005\262\247\206\004_\247\206\016\300\206\006ex\347!s\227et_\250%s\323(\334o_\327tes\355!b\306\204\002_c\376\341\206\003_clock_\177core_c_\253B\277enter_\000\003s\347low\004\004\317Berr\367_faE\000kind\275_\225\212\001_is_\273\210\006_\357max_\370Bns_\377ok_pendi\237ng_pl\341AS\003p\377robe_adm?itted_\227\212\003\306\211\001\377release_\375t\355\205\001s_tran\343si\340\211\001#\000\250\211\002rsa\377bcargsas\277yncio.\263\211\006s\224\317\003\315\004c\323\213\001_\323`@\000c\337eback\266\207\002co\273ll\237""\212\001ons\000\010.&Q\000fn\337\213\001\342\213\002i\272\211\001s\000\277temskwi\001n\376\377\000nspoprr\037egist\200 \274\214\003\302\214\004\241.\352\211\006\t\005\316\"\026\005s\305\000t\2766\000es._b\334\000r\277unself\273\210\001s\377etdefaul\334\217\205\003#\004ytb\377\212\002ty\375p\226\214\002update\271u\226 \243\212\005val\000\000u\365e\000\002s\350$\200\001\330\004\177#\2401\240F\250!\007\001\177&\240a\240v\250Q\022\001\177\047\240q\250\006\250a\035\001\177*\250!\2506\260\021(\001\277+\2501\250F\260)\000\340\377\004\037\230q\320 0\260\377\013\270;\300k\320QR\377\330\004\023\2205\230\010\240\377\001\240\021\330\004\007\200|\277\2207\230!\330\010B\001\010\377\260\016\270a\330\004\013\210w1\200\001\"\0228\2308\200\000\371A,\010n\001;\260n\300A\376\033\0319\230H\240A\240Q\274c\010\232\001L\270\016\300Q\032<\353\230x\330\000\001\232\010.\250a\337\250\177\270n\310Q\032=\240\357\010\250\001\250\320\t/\250q\277\3200@\300\016\310\325\005\360\357\010\000\n\033\362\001\021\220\024\377\220U\230$\230e\2404\377\240u\250D\260\005\260T\377\270\030\300\024\300X\310T\376\246!\010\020\220\007\220q\230\337\006\230l\250!\250!v\210\377W\220E\230\024\230Q\330\367\010\022\220\262 \027\220q\340\377\010\027\220t\2304\230w\377\240e\2503\250d\260$\377\260g\270U\300#\300T\377\310\024\310W\320TY\320\377Y\\\320\\`\320`d\377\320dk\320kp\320p\377s\320sw\320w~\360\277\000\000\177\001F\002\004\000F\273\002K\003\001K\002N\n\001N\273\002R\021\001R\002Y\030\001Y{\002`\037\001`\002a\002\250A\377q\330\010\017\320\017*\250\375$\205 w\260k\300\027\310\343\001\340\004\013\371@\314\016h\240d\374\274\000\231\2000\047\270\027\300\005\300\377S\310\004\310E\320QX\327\320XYz\007&P\001\2507?\260+\270W\300A\177\002\010\007\367Q\200\001\324*W\230D\240\375\n\261\000e\2604\260x\270wt\3005N\000I\320U\230 \277_\320_c\320c\225 o\377\320ot\320tx\320x\335}\225 ~\001B\224!B\002uG\233!G\227%L\002\330\347\201&\3776\240\027\250\005\250S\260\377\004\260D\270\007\270u\300\177C\300t\3107\320R\213@\377^\320^a\320ae\320""\357ei\320i\213@u\320u\272s\000|\213@}\001E\212AE\273\002L\221AL\002Q\230AQ\273\002T\237AT\002X\246AX\273\002]\255A]\002d\264Ad\273\002i\273Ai\002l\302Al\273\002p\311Ap\002t\320At{\002{\327A{\002@\003\346@w@\003C\003\001C\003G\n\001wG\003K\021\001K\003R\030\001wR\003W\037\001W\003Z&\001wZ\003^-\001^\003b4\001wb\003i;\001i\003nB\001wn\003qI\001q\003uP\001\367u\003yW\001y\003@\004\356^\001\004A\004\227g)\250\024\377\250Q\250g\260[\300\007\323\300q\234b\010\007\001\216LY\230\177d\240+\250T\260\036\226@\3654\243 :\224Bd\320dh\037\320hq\320q\235 \206J\226\204\013\375S\350\201(8\2407\250%\250\337s\260$\260j\224\000u\310\377C\310t\320S\\\320\\\370\376@h\000\376Cy\360\000\000z[\001A\222\205\001A\002\226\205\004I\240\205\001wI\002M\247\205\001M\002U\256\205\001wU\002\\\265\205\001\\\002a\274\205\001ua\207Eh\312\205\001h\002o\321\205\001Wo\002v\330\205\001v\200E~\346\205\001w~\002B\213AB\003M\222AwM\003T\231AT\003Y\240AwY\003\\\247A\\\003`\256A\327`\003j\265Aj\353%r\003\372\365\205\007-\253 \021\260\047\270\033O\300G\3101\372\205\002\010\007A\354\204\014\377Z\230t\240;\250d\260?.\300\004\320DU\257\201)\343d\372\333\004b\321\204(9\240G\2505\377\260\003\2604\260z\300\027\377\310\005\310S\320PT\320=T\363\207\n\360\000\000x\335\205\005\331$\320\366\207\004\357\204\004\340$\314\204 w\277\210\001w\002t\331$\341\204\004F\362\204\001F\003J\371\204\001WJ\003U\200\205\001U\330%a\216\205\001wa\003d\225\205\001d\003h\234\205\001Wh\003r\243\205\001r\313\204\005~\261\205\001w~\003A\326\204\001A\004E\335\204\001wE\004S\344\204\001S\004Z\353\204\001\357Z\004[\004\333\2013[\240\004\377\240K\250t\2609\270D\277\300\010\310\004\310A\252\207\047:\377\240W\250E\260\023\260D\377\270\n\300\047\310\025\310c\373\320Q\317@]\320]d\320\377di\320il\320lp+\320p\322\212\006D\327\212\001D\264\210\014\260\204\013\363]\002\375\2053\300\001M\260\024\260\375W\301\000\013\3104\310y\320\357X\\\320\\\255\206\003r\320r\237v\360\000\000w\273\211\005\333\213\004G\375\002\264\2001\014\300G\3105\320\177PS\320SW\320W""\332\014_z\360\000\000{\232\212\014J\313\214\001UJ\300\214\005V\331\214\001V\253\211\005b\347\214\001\027b\002e\356\214\001e\262\211\005\254\211\004\275d\335|\212\215\001|\002\177\221\215\001\177\002\272\254\211\004L\275\211\001L\003S\304\211\001S\273\003X\313\211\001X\003[\322\211\001[\253\003_\331\211\001_\235\211\005p\347\211\001p\272\226\211\005x\365\211\001x\003|\374\211\001|u\003\275dL\250\211\001L\004M\241\211\010\377.\250d\260!\2607\270\317+\300W\310\303\214\003\010\007Q\200\376\234`\013\2104\210v\220Q\377\220a\330\014\017\210t\220\3777\230$\230f\240A\330\277\014\023\2201\330\010\031\001w\377\220d\230&\240\001\330\010\177\016\210m\2301\230A-\005\377w\220c\230\027\240\003\240\2774\240t\2503\250\371\214\001t\377\2709\300C\300q\330\014\377\020\220\t\230\021\330\014\r\177\330\010\014\210D\220\006>\000\277%\230q\330\010\t_\001s\373\220\047\031\000\020\030\230\007\230\377q\240\004\240I\250Q\330\357\020\023\2206H\000\001\330\024\357\031\230\021\340;\000\010\230\001\377\230\036\240q\320\004\035\230\367Y\240a\177\005a\220u\230\007E\240\021\200\200%";
-    PyObject *data = __Pyx_DecompressString_LZSS(cstring, 2762, 4538);
+    #elif (CYTHON_COMPRESS_STRINGS) > 0 && (CYTHON_COMPRESS_STRINGS) <= 90 /* compression: lzss (3003 bytes) */
+static const char cstring[] = "\377(tree fr\377agment).\377<resilio\377 pipelin\377e-wrappe\377d >?Gate\377Group ta\377kes 1 to\357 4 g\024\000sNo\377te that \377Cython iws d>\000ber3\000\377ly stric\367ter!\001n PE\377P-484 an\377d reject\377s subcla\373ssW\000of bu\377iltin ty\377pes. If ?you ne\207\000s\000\371p%\000%\tthen \367set\200\000e \047a\377nnotatio\373n_<\000ing\047 \267dirb\000iv\242\000o\377 False.a7dd_%\000ec*\002\204\000\377use alre\377ady awai\215t\363\000co\356\000\205\000\036\005t\177hrow in\367\000\373an\024\017disab\357leen\002\001gci\365s\004\003d\317$/_ru\377nner_c.p\177yxBound\000\002\377.__reduc7e_c\271\"__\017\005\321\000\371s\310\000\017\007Circu\367itC\220\005Fast\200\225A\000\0059\017\017\010=\016\316B\324@C\017allG\001\004{\017\017\010-\022~:\001.close;\006\002\366\000dH\006\260\"\265f\276fS\023\335bl\216 \351\016Me\326`dT\215`\377SYSTEM_C\377LOCKToke\377nBucketW\337AIT_B\275@ke\301r\250\204\001\000\t\320/\017\014\330._B\017ulkh\212`E\003\002\0108\021\374\021\013;\017DEADLI?NE_Lim\326`\232\003\240\001\010\215\020\020\013\216\017\206\047_\205)_?Timeou\220b\000\t\350\357\020\037\010\3351_\314\"OBJ\337__Pyx\001\000Di\377ct_NextR\357ef__\337\205\004e__\310\t\000\253\205\001\005\001d\037\001\017\000fu;nc\025\001get\272\204\003#\000\357init)\001mai\275n\003\002odul:\002n[am\002\003ewJ\001pk\000\377checksum\373__\n\001resul\301t\006\003I\004!\001\231\207\001\033\003un\017pickK\000\320\205\002\005\014\234\205\005\000\034\014\351\204\005\004\020\342\210\002K\014\316j\221\002l\006\300\236k\r\014\346I(\014\237I\343\002vt<\273\207\001\316!qual\217%\225\207\004\331_\225\207\016\256\207\006ex\202Ase\313t_\303%s\356(\312\204\017_tkes\210Ab\264\205\002_c\317\207\003\377_clock_c\377ore_c_ct\377x_mod_cu\377rrent_ta\357sks_\334Bent\367er_\000\003slow\374\004\004\200berr_fa\376[\000kind_fo\375r\200`_loop_r\245\213\001_\n\001\201\211\001ing\020\003\367is_\334\211\006_max\375_\306bns_ok_opend%\001pl\257a\376p\003probe_a\377dmitted_\374\270\213\003\347\212\001releas\357e_th\277\212\001_id""\323_t\204\205\003\301\002t\244\207\001s_?transi\227\213\0019\000\376\337\212\002rs_whee\277labcaf\323\001i\377n_childa\377rgsasyncKio\000\004.\205\213\006\021\005.\220\"t\300#\276$c\262\215\001_ing\001\277ceback\225\211\002cwoll\376\213\001ons\000\010\355.s\000co\313 xtf\311n\305\215\001\310\215\002i\240\213\001\242\000te\357mskw\204\001new\355_\346 tn\351 nso\357spop\222@gis{te\000\005r_at\353!\tk\273\216\004\302\216\004.\352\213\006\t\005\340B\026\005\375s\216 tegies\356\000\017._b\315 run\373se\241\000dssel\375f\324\212\001setdef/ault\217\001s\233\214\002A\004\315y\240btb\242\215\002\370$ty\375p\300\216\002update\271u\237@\315\214\005val\000\000u\365e\000\002s\361D\200\001\330\004\377\005\330\004\023\2201\330\004\377\022\220!\330\004\024\220A\376\020\001#\2401\240F\250!\376\033\001&\240a\240v\250Q\376&\001\047\240q\250\006\250a\3761\001*\250!\2506\260\021~<\001+\2501\250F\260)\000\377\340\004\037\230q\320 0\377\260\013\270;\300k\320Q\375RU\0015\230\010\240\001\240\377\021\330\004\007\200|\2207\357\230!\330\010B\001\010\260\016\377\270a\330\004\013\2101\200]\001\"\0228\2308\200\000A,\010\276n\001;\260n\300A\033\0319?\230H\240A\240Qc\010\232\001\357L\270\016\300Q\032<\230x\372\330\000\001\232\010.\250a\250\177\367\270n\310Q\032=\240\010\250\373\001\250\320\t/\250q\3200\357@\300\016\310\325\005\360\010\000\373\n\033\362\001\021\220\024\220U\377\230$\230e\2404\240u\377\250D\260\005\260T\270\030\277\300\024\300X\310T\246!\010\377\020\220\007\220q\230\006\230\373l\250\203@\007\200v\210W\377\220E\230\024\230Q\330\010\276\224A\010\027\220q\340\002\000t\377\2304\230w\240e\2503\377\250d\260$\260g\270U\377\300#\300T\310\024\310W\377\320TY\320Y\\\320\\\377`\320`d\320dk\320\377kp\320ps\320sw\377\320w~\360\000\000\177\001\273F\002\004\000F\002K\003\001K\273\002N\n\001N\002R\021\001R\273\002Y\030\001Y\002`\037\001`\367\002a\002\250Aq\330\010\017\337\320\017*\250$\205 w\260?k\300\027\310\001\340\004\013\371@\316\314\016h\240d\274\000\231\2000\047\270\377\027\300\005\300S\310""\004\310\177E\320QX\320XYz\007\375&P\001\2507\260+\270Ws\300A\177\002\010\007Q\200\001\324*\337W\230D\240\n\261\000e\260\1774\260x\270t\3005N\000\367I\320U\230 _\320_c\373\320c\225 o\320ot\320\337tx\320x}\225 ~\001]B\224!B\002G\233!G\227%\367L\002\330\347\201&6\240\027\250\377\005\250S\260\004\260D\270\377\007\270u\300C\300t\310\3677\320R\213@^\320^a\377\320ae\320ei\320i\256\213@u\320us\000|\213@}\273\001E\212AE\002L\221AL\273\002Q\230AQ\002T\237AT\273\002X\246AX\002]\255A]\273\002d\264Ad\002i\273Ai\273\002l\302Al\002p\311Ap\273\002t\320At\002{\327A{w\002@\003\346@@\003C\003\001wC\003G\n\001G\003K\021\001wK\003R\030\001R\003W\037\001wW\003Z&\001Z\003^-\001w^\003b4\001b\003i;\001wi\003nB\001n\003qI\001wq\003uP\001u\003yW\001\357y\003@\004^\001\004A\004\376\227g)\250\024\250Q\250g?\260[\300\007\300q\234b\010\007\375\001\216LY\230d\240+\250WT\260\036\226@4\243 :\224B\377d\320dh\320hq\320\321q\235 \206J\226\204\013S\350\201(8\240\3777\250%\250s\260$\260\375j\224\000u\310C\310t\320\217S\\\320\\\376@h\000\376Cy\277\360\000\000z\001A\222\205\001Au\002\226\205\004I\240\205\001I\002M\247\205\001wM\002U\256\205\001U\002\\\265\205\001W\\\002a\274\205\001a\207Eh\312\205\001wh\002o\321\205\001o\002v\330\205\001uv\200E~\346\205\001~\002B\213AwB\003M\222AM\003T\231AwT\003Y\240AY\003\\\247Aw\\\003`\256A`\003j\265A\255j\353%r\003\365\205\007-\253 \021\377\260\047\270\033\300G\3101\364\372\205\002\010\007A\354\204\014Z\230t\240\377;\250d\260.\300\004\320\243DU\257\201)\343d\333\004b\321\204(9\377\240G\2505\260\003\2604\377\260z\300\027\310\005\310S\337\320PT\320T\363\207\n\360\000\003\000x\335\205\005\331$\366\207\004\357\204\004\340$\314\204 Mw\277\210\001w\002\331$\341\204\004F\362\204\001wF\003J\371\204\001J\003U\200\205\001uU\330%a\216\205\001a\003d\225\205\001wd\003h\234\205\001h\003r\243\205\001ur\313\204\005~\261\205\001~\003A\326\204\001wA\004E\335\204\001E\004S\344\204\001\367S\004Z\353\204\001Z\004[\004\376\333\2013[\240\004\240K\250t\377\2609\270D\300\010\310\004\373\310A""\252\207\047:\240W\250E\377\260\023\260D\270\n\300\047\277\310\025\310c\320Q\317@]\377\320]d\320di\320i\277l\320lp\320p\322\212\006D2\327\212\001D\264\210\014\260\204\013]\002\375\2053\264\r\367M\320Y\203\000g\320gk\327\320klcjW\274\214\001W\002\335^\303\214\001^\002c\312\214\001c\002]f\321\214\001f\002j\330\214\001j\200\211\014\373|\002\375\2017M\260\024\260W\376\264@\013\3104\310y\320X\367\\\320\\\240\210\003r\320rv\317\360\000\000w\256\213\005\316\215\004G\002\376\247\2021\014\300G\3105\320P\277S\320SW\320W\315Lz\257\360\000\000{\215\214\014J\276\216\001J\252\263\216\005V\314\216\001V\236\213\005b\332\216\001b\213\002e\341\216\001e\245\213\005\237\213\004\260\205\004|n\375\216\001|\002\177\204\217\001\177\002\237\213\004\335L\260\213\001L\003S\267\213\001S\003\335X\276\213\001X\003[\305\213\001[\003U_\314\213\001_\220\213\005p\332\213\001p\211\213\005\335x\350\213\001x\003|\357\213\001|\003\272\260\205\004L\233\213\001L\004M\224\213\010.\377\250d\260!\2607\270+\347\300W\310\266\216\003\010\007Q\200A\377\330\010\013\2104\210v\220\377Q\220a\330\014\017\210t\377\2207\230$\230f\240A\363\330\014\215\224\001\030\002w\220d\230\377&\240\001\330\010\016\210m\357\2301\230A-\005w\220c\377\230\027\240\003\2404\240t\367\2503\250\354\216\001t\2709\300\377C\300q\330\014\020\220\t\377\230\021\330\014\r\330\010\014\357\210D\220\006>\000%\230qw\330\010\t_\001s\220\047\031\000\377\020\030\230\007\230q\240\004\377\240I\250Q\330\020\023\220\3756H\000\001\330\024\031\230\021\375\340;\000\010\230\001\230\036\240\377q\320\004\035\230Y\240a\376\236\003w\220a\220u\230E\003\240\021\200\200%";
+    PyObject *data = __Pyx_DecompressString_LZSS(cstring, 3003, 5099);
     #define __Pyx_DecompressString_UNUSED
     if (unlikely(!data)) __PYX_ERR(0, 1, __pyx_L1_error)
     const char* const bytes = __Pyx_PyBytes_AsString(data);
     #if !CYTHON_ASSUME_SAFE_MACROS
     if (likely(bytes)); else { Py_DECREF(data); __PYX_ERR(0, 1, __pyx_L1_error) }
     #endif
-    #else /* compression: none (4538 bytes) */
-static const char bytes[] = "(tree fragment).<resilio pipeline-wrapped >?GateGroup takes 1 to 4 gatesNote that Cython is deliberately stricter than PEP-484 and rejects subclasses of builtin types. If you need to pass subclasses then set the \047annotation_typing\047 directive to False.add_notecannot reuse already awaited coroutinecannot throw into an awaited coroutinedisableenablegcisenabledresilio/_runner_c.pyxBoundBound.__reduce_cython__Bound.__setstate_cython__CircuitCoroutineFastGateFastGate.__reduce_cython__FastGate.__setstate_cython__GateGateCallGateCall.__reduce_cython__GateCall.__setstate_cython__GateCall.closeGateCall.sendGateCall.throwGateGroupGateGroup.__reduce_cython__GateGroup.__setstate_cython__MethodTypeSYSTEM_CLOCKTokenBucketWAIT_BreakerGate_BreakerGate.__reduce_cython___BreakerGate.__setstate_cython___BulkheadGate_BulkheadGate.__reduce_cython___BulkheadGate.__setstate_cython___LimiterGate_LimiterGate.__reduce_cython___LimiterGate.__setstate_cython___MethodType_SYSTEM_CLOCK_WAIT_OBJ__Pyx_PyDict_NextRef__annotate____await____dict____func____getstate____init____main____module____name____new____pyx_checksum__pyx_result__pyx_state__pyx_type__pyx_unpickle_Bound__pyx_unpickle_FastGate__pyx_unpickle_GateCall__pyx_unpickle_GateGroup__pyx_unpickle__BreakerGate__pyx_unpickle__BulkheadGate__pyx_unpickle__LimiterGate__pyx_vtable____qualname____reduce____reduce_cython____reduce_ex____set_name____setstate____setstate_cython____test___bucket_circuit_clock_core_c_dict_enter_enter_slow_enter_wait_err_fast_kind_gate_is_coroutine_max_wait_ns_ok_pending_plain_enter_probe_admitted_rejection_release_tokens_transitioned_waitersabcargsasyncio.coroutinesbucketcircuitcline_in_tracebackclosecollectionscollections.abcfngategatesinnerititemskwargsnow_nspoprregisterresilioresilio._runner_cresilio.clockresilio.strategies._baserunselfsendsetdefaultstatestrategytbthrowtyptypesupdateuse_setstatevalvaluevalueswait_ns\200\001\330\004#\2401\240F\250!\200\001\330\004&\240a\240v\250Q\200\001\330\004\047\240q\250\006""\250a\200\001\330\004*\250!\2506\260\021\200\001\330\004+\2501\250F\260!\200\001\340\004\037\230q\320 0\260\013\270;\300k\320QR\330\004\023\2205\230\010\240\001\240\021\330\004\007\200|\2207\230!\330\010\047\240q\250\010\260\016\270a\330\004\013\2101\200\001\340\004\037\230q\320 0\260\013\270;\300k\320QR\330\004\023\2208\2308\2401\240A\330\004\007\200|\2207\230!\330\010*\250!\250;\260n\300A\330\004\013\2101\200\001\340\004\037\230q\320 0\260\013\270;\300k\320QR\330\004\023\2209\230H\240A\240Q\330\004\007\200|\2207\230!\330\010+\2501\250L\270\016\300a\330\004\013\2101\200\001\340\004\037\230q\320 0\260\013\270;\300k\320QR\330\004\023\220<\230x\240q\250\001\330\004\007\200|\2207\230!\330\010.\250a\250\177\270n\310A\330\004\013\2101\200\001\340\004\037\230q\320 0\260\013\270;\300k\320QR\330\004\023\220=\240\010\250\001\250\021\330\004\007\200|\2207\230!\330\010/\250q\3200@\300\016\310a\330\004\013\2101\200\001\360\010\000\n\033\230!\330\010\021\220\024\220U\230$\230e\2404\240u\250D\260\005\260T\270\030\300\024\300X\310T\320QR\330\010\020\220\007\220q\230\006\230l\250!\330\004\007\200v\210W\220E\230\024\230Q\330\010\022\220!\330\010\027\220q\340\010\027\220t\2304\230w\240e\2503\250d\260$\260g\270U\300#\300T\310\024\310W\320TY\320Y\\\320\\`\320`d\320dk\320kp\320ps\320sw\320w~\360\000\000\177\001F\002\360\000\000F\002K\002\360\000\000K\002N\002\360\000\000N\002R\002\360\000\000R\002Y\002\360\000\000Y\002`\002\360\000\000`\002a\002\330\004\007\200q\330\010\017\320\017*\250$\250a\250w\260k\300\027\310\001\340\010\017\320\017*\250$\250a\250w\260k\300\021\200\001\360\010\000\n\033\230!\330\010\021\220\024\220U\230$\230h\240d\250!\330\010\020\220\007\220q\230\006\230l\250!\330\004\007\200v\210W\220E\230\024\230Q\330\010\022\220!\330\010\027\220q\340\010\027\220t\2304\230w\240e\2503\250d\260\047\270\027\300\005\300S\310\004\310E\320QX\320XY\330\004\007\200q\330\010\017\320\017&\240d\250!\2507\260+\270W\300A\340\010\017\320\017&\240d\250!\2507\260+\270Q\200\001\360\010\000\n""\033\230!\330\010\021\220\024\220W\230D\240\n\250$\250e\2604\260x\270t\3005\310\004\310I\320UY\320Y_\320_c\320ck\320ko\320ot\320tx\320x}\360\000\000~\001B\002\360\000\000B\002G\002\360\000\000G\002K\002\360\000\000K\002L\002\330\010\020\220\007\220q\230\006\230l\250!\330\004\007\200v\210W\220E\230\024\230Q\330\010\022\220!\330\010\027\220q\340\010\027\220t\2306\240\027\250\005\250S\260\004\260D\270\007\270u\300C\300t\3107\320RY\320Y^\320^a\320ae\320ei\320ip\320pu\320ux\320x|\360\000\000}\001E\002\360\000\000E\002L\002\360\000\000L\002Q\002\360\000\000Q\002T\002\360\000\000T\002X\002\360\000\000X\002]\002\360\000\000]\002d\002\360\000\000d\002i\002\360\000\000i\002l\002\360\000\000l\002p\002\360\000\000p\002t\002\360\000\000t\002{\002\360\000\000{\002@\003\360\000\000@\003C\003\360\000\000C\003G\003\360\000\000G\003K\003\360\000\000K\003R\003\360\000\000R\003W\003\360\000\000W\003Z\003\360\000\000Z\003^\003\360\000\000^\003b\003\360\000\000b\003i\003\360\000\000i\003n\003\360\000\000n\003q\003\360\000\000q\003u\003\360\000\000u\003y\003\360\000\000y\003@\004\360\000\000@\004A\004\330\004\007\200q\330\010\017\320\017)\250\024\250Q\250g\260[\300\007\300q\340\010\017\320\017)\250\024\250Q\250g\260[\300\001\200\001\360\010\000\n\033\230!\330\010\021\220\024\220Y\230d\240+\250T\260\036\270t\3004\300t\310:\320UY\320Yd\320dh\320hq\320qu\320u}\360\000\000~\001B\002\360\000\000B\002N\002\360\000\000N\002R\002\360\000\000R\002S\002\330\010\020\220\007\220q\230\006\230l\250!\330\004\007\200v\210W\220E\230\024\230Q\330\010\022\220!\330\010\027\220q\340\010\027\220t\2308\2407\250%\250s\260$\260j\300\007\300u\310C\310t\320S\\\320\\c\320ch\320hk\320ko\320oy\360\000\000z\001A\002\360\000\000A\002F\002\360\000\000F\002I\002\360\000\000I\002M\002\360\000\000M\002U\002\360\000\000U\002\\\002\360\000\000\\\002a\002\360\000\000a\002d\002\360\000\000d\002h\002\360\000\000h\002o\002\360\000\000o\002v\002\360\000\000v\002{\002\360\000\000{\002~\002\360\000\000~\002B\003\360\000\000B\003M""\003\360\000\000M\003T\003\360\000\000T\003Y\003\360\000\000Y\003\\\003\360\000\000\\\003`\003\360\000\000`\003j\003\360\000\000j\003q\003\360\000\000q\003r\003\330\004\007\200q\330\010\017\320\017-\250T\260\021\260\047\270\033\300G\3101\340\010\017\320\017-\250T\260\021\260\047\270\033\300A\200\001\360\010\000\n\033\230!\330\010\021\220\024\220Z\230t\240;\250d\260.\300\004\320DU\320UY\320Yd\320dh\320hq\320qu\320u}\360\000\000~\001B\002\360\000\000B\002N\002\360\000\000N\002R\002\360\000\000R\002]\002\360\000\000]\002a\002\360\000\000a\002b\002\330\010\020\220\007\220q\230\006\230l\250!\330\004\007\200v\210W\220E\230\024\230Q\330\010\022\220!\330\010\027\220q\340\010\027\220t\2309\240G\2505\260\003\2604\260z\300\027\310\005\310S\320PT\320Td\320dk\320kp\320ps\320sw\360\000\000x\001B\002\360\000\000B\002I\002\360\000\000I\002N\002\360\000\000N\002Q\002\360\000\000Q\002U\002\360\000\000U\002]\002\360\000\000]\002d\002\360\000\000d\002i\002\360\000\000i\002l\002\360\000\000l\002p\002\360\000\000p\002w\002\360\000\000w\002~\002\360\000\000~\002C\003\360\000\000C\003F\003\360\000\000F\003J\003\360\000\000J\003U\003\360\000\000U\003\\\003\360\000\000\\\003a\003\360\000\000a\003d\003\360\000\000d\003h\003\360\000\000h\003r\003\360\000\000r\003y\003\360\000\000y\003~\003\360\000\000~\003A\004\360\000\000A\004E\004\360\000\000E\004S\004\360\000\000S\004Z\004\360\000\000Z\004[\004\330\004\007\200q\330\010\017\320\017-\250T\260\021\260\047\270\033\300G\3101\340\010\017\320\017-\250T\260\021\260\047\270\033\300A\200\001\360\010\000\n\033\230!\330\010\021\220\024\220[\240\004\240K\250t\2609\270D\300\010\310\004\310A\330\010\020\220\007\220q\230\006\230l\250!\330\004\007\200v\210W\220E\230\024\230Q\330\010\022\220!\330\010\027\220q\340\010\027\220t\230:\240W\250E\260\023\260D\270\n\300\047\310\025\310c\320QU\320U]\320]d\320di\320il\320lp\320pw\320w~\360\000\000\177\001D\002\360\000\000D\002G\002\360\000\000G\002K\002\360\000\000K\002U\002\360\000\000U\002\\\002\360\000\000\\\002]""\002\330\004\007\200q\330\010\017\320\017)\250\024\250Q\250g\260[\300\007\300q\340\010\017\320\017)\250\024\250Q\250g\260[\300\001\200\001\360\010\000\n\033\230!\330\010\021\220\024\220[\240\004\240M\260\024\260W\270D\300\013\3104\310y\320X\\\320\\d\320dh\320hr\320rv\360\000\000w\001B\002\360\000\000B\002F\002\360\000\000F\002G\002\330\010\020\220\007\220q\230\006\230l\250!\330\004\007\200v\210W\220E\230\024\230Q\330\010\022\220!\330\010\027\220q\340\010\027\220t\230:\240W\250E\260\023\260D\270\014\300G\3105\320PS\320SW\320W]\320]d\320di\320il\320lp\320pz\360\000\000{\001B\002\360\000\000B\002G\002\360\000\000G\002J\002\360\000\000J\002N\002\360\000\000N\002V\002\360\000\000V\002]\002\360\000\000]\002b\002\360\000\000b\002e\002\360\000\000e\002i\002\360\000\000i\002p\002\360\000\000p\002w\002\360\000\000w\002|\002\360\000\000|\002\177\002\360\000\000\177\002C\003\360\000\000C\003L\003\360\000\000L\003S\003\360\000\000S\003X\003\360\000\000X\003[\003\360\000\000[\003_\003\360\000\000_\003i\003\360\000\000i\003p\003\360\000\000p\003u\003\360\000\000u\003x\003\360\000\000x\003|\003\360\000\000|\003E\004\360\000\000E\004L\004\360\000\000L\004M\004\330\004\007\200q\330\010\017\320\017.\250d\260!\2607\270+\300W\310A\340\010\017\320\017.\250d\260!\2607\270+\300Q\200A\330\010\013\2104\210v\220Q\220a\330\014\017\210t\2207\230$\230f\240A\330\014\023\2201\330\010\013\2104\210w\220d\230&\240\001\330\010\016\210m\2301\230A\200A\330\010\013\2104\210w\220c\230\027\240\003\2404\240t\2503\250e\2604\260t\2709\300C\300q\330\014\020\220\t\230\021\330\014\r\330\010\014\210D\220\006\220d\230%\230q\330\010\t\330\014\017\210s\220\047\230\021\330\020\030\230\007\230q\240\004\240I\250Q\330\020\023\2206\230\027\240\001\330\024\031\230\021\340\014\020\220\010\230\001\230\036\240q\320\004\035\230Y\240a\330\010\013\2104\210w\220a\220u\230E\240\021\330\014\017\210t\2207\230$\230f\240A\330\014\023\2201\330\010\013\2104\210w\220d\230&\240\001\330\010\016\210m\2301\230A";
+    #else /* compression: none (5099 bytes) */
+static const char bytes[] = "(tree fragment).<resilio pipeline-wrapped >?GateGroup takes 1 to 4 gatesNote that Cython is deliberately stricter than PEP-484 and rejects subclasses of builtin types. If you need to pass subclasses then set the \047annotation_typing\047 directive to False.add_notecannot reuse already awaited coroutinecannot throw into an awaited coroutinedisableenablegcisenabledresilio/_runner_c.pyxBoundBound.__reduce_cython__Bound.__setstate_cython__CircuitCoroutineFastGateFastGate.__reduce_cython__FastGate.__setstate_cython__GateGateCallGateCall.__reduce_cython__GateCall.__setstate_cython__GateCall.closeGateCall.sendGateCall.throwGateGroupGateGroup.__reduce_cython__GateGroup.__setstate_cython__MethodTypeSYSTEM_CLOCKTokenBucketWAIT_BreakerGate_BreakerGate.__reduce_cython___BreakerGate.__setstate_cython___BulkheadGate_BulkheadGate.__reduce_cython___BulkheadGate.__setstate_cython___DEADLINE_LimiterGate_LimiterGate.__reduce_cython___LimiterGate.__setstate_cython___MethodType_SYSTEM_CLOCK_TimeoutGate_TimeoutGate.__reduce_cython___TimeoutGate.__setstate_cython___WAIT_OBJ__Pyx_PyDict_NextRef__annotate____await____dict____func____getstate____init____main____module____name____new____pyx_checksum__pyx_result__pyx_state__pyx_type__pyx_unpickle_Bound__pyx_unpickle_FastGate__pyx_unpickle_GateCall__pyx_unpickle_GateGroup__pyx_unpickle__BreakerGate__pyx_unpickle__BulkheadGate__pyx_unpickle__LimiterGate__pyx_unpickle__TimeoutGate__pyx_vtable____qualname____reduce____reduce_cython____reduce_ex____set_name____setstate____setstate_cython____test___bucket_circuit_clock_core_c_ctx_mod_current_tasks_dict_enter_enter_slow_enter_wait_err_fast_kind_forget_loop_gate_get_running_loop_is_coroutine_max_wait_ns_ok_pending_plain_enter_probe_admitted_rejection_release_thread_id_timeout_mod_tokens_transitioned_waiters_wheelabcafter_in_childargsasyncioasyncio.coroutinesasyncio.tasksbucketcircuitcline_in_tracebackclosecollectionscollections.abccontextfngategatesinnerititemskwargsnew_slotnow_nsospoprregisterregiste""r_at_forkresilioresilio._runner_cresilio.clockresilio.strategiesresilio.strategies._baserunsecondsselfsendsetdefaultslotsstatestrategytaskstbthrowtimeouttyptypesupdateuse_setstatevalvaluevalueswait_ns\200\001\330\004\005\330\004\023\2201\330\004\022\220!\330\004\024\220A\200\001\330\004#\2401\240F\250!\200\001\330\004&\240a\240v\250Q\200\001\330\004\047\240q\250\006\250a\200\001\330\004*\250!\2506\260\021\200\001\330\004+\2501\250F\260!\200\001\340\004\037\230q\320 0\260\013\270;\300k\320QR\330\004\023\2205\230\010\240\001\240\021\330\004\007\200|\2207\230!\330\010\047\240q\250\010\260\016\270a\330\004\013\2101\200\001\340\004\037\230q\320 0\260\013\270;\300k\320QR\330\004\023\2208\2308\2401\240A\330\004\007\200|\2207\230!\330\010*\250!\250;\260n\300A\330\004\013\2101\200\001\340\004\037\230q\320 0\260\013\270;\300k\320QR\330\004\023\2209\230H\240A\240Q\330\004\007\200|\2207\230!\330\010+\2501\250L\270\016\300a\330\004\013\2101\200\001\340\004\037\230q\320 0\260\013\270;\300k\320QR\330\004\023\220<\230x\240q\250\001\330\004\007\200|\2207\230!\330\010.\250a\250\177\270n\310A\330\004\013\2101\200\001\340\004\037\230q\320 0\260\013\270;\300k\320QR\330\004\023\220=\240\010\250\001\250\021\330\004\007\200|\2207\230!\330\010/\250q\3200@\300\016\310a\330\004\013\2101\200\001\360\010\000\n\033\230!\330\010\021\220\024\220U\230$\230e\2404\240u\250D\260\005\260T\270\030\300\024\300X\310T\320QR\330\010\020\220\007\220q\230\006\230l\250!\330\004\007\200v\210W\220E\230\024\230Q\330\010\022\220!\330\010\027\220q\340\010\027\220t\2304\230w\240e\2503\250d\260$\260g\270U\300#\300T\310\024\310W\320TY\320Y\\\320\\`\320`d\320dk\320kp\320ps\320sw\320w~\360\000\000\177\001F\002\360\000\000F\002K\002\360\000\000K\002N\002\360\000\000N\002R\002\360\000\000R\002Y\002\360\000\000Y\002`\002\360\000\000`\002a\002\330\004\007\200q\330\010\017\320\017*\250$\250a\250w\260k\300\027\310\001\340\010\017\320\017*\250$\250a\250w\260k\300\021\200\001\360\010\000\n\033\230!\330\010\021\220\024\220U\230$""\230h\240d\250!\330\010\020\220\007\220q\230\006\230l\250!\330\004\007\200v\210W\220E\230\024\230Q\330\010\022\220!\330\010\027\220q\340\010\027\220t\2304\230w\240e\2503\250d\260\047\270\027\300\005\300S\310\004\310E\320QX\320XY\330\004\007\200q\330\010\017\320\017&\240d\250!\2507\260+\270W\300A\340\010\017\320\017&\240d\250!\2507\260+\270Q\200\001\360\010\000\n\033\230!\330\010\021\220\024\220W\230D\240\n\250$\250e\2604\260x\270t\3005\310\004\310I\320UY\320Y_\320_c\320ck\320ko\320ot\320tx\320x}\360\000\000~\001B\002\360\000\000B\002G\002\360\000\000G\002K\002\360\000\000K\002L\002\330\010\020\220\007\220q\230\006\230l\250!\330\004\007\200v\210W\220E\230\024\230Q\330\010\022\220!\330\010\027\220q\340\010\027\220t\2306\240\027\250\005\250S\260\004\260D\270\007\270u\300C\300t\3107\320RY\320Y^\320^a\320ae\320ei\320ip\320pu\320ux\320x|\360\000\000}\001E\002\360\000\000E\002L\002\360\000\000L\002Q\002\360\000\000Q\002T\002\360\000\000T\002X\002\360\000\000X\002]\002\360\000\000]\002d\002\360\000\000d\002i\002\360\000\000i\002l\002\360\000\000l\002p\002\360\000\000p\002t\002\360\000\000t\002{\002\360\000\000{\002@\003\360\000\000@\003C\003\360\000\000C\003G\003\360\000\000G\003K\003\360\000\000K\003R\003\360\000\000R\003W\003\360\000\000W\003Z\003\360\000\000Z\003^\003\360\000\000^\003b\003\360\000\000b\003i\003\360\000\000i\003n\003\360\000\000n\003q\003\360\000\000q\003u\003\360\000\000u\003y\003\360\000\000y\003@\004\360\000\000@\004A\004\330\004\007\200q\330\010\017\320\017)\250\024\250Q\250g\260[\300\007\300q\340\010\017\320\017)\250\024\250Q\250g\260[\300\001\200\001\360\010\000\n\033\230!\330\010\021\220\024\220Y\230d\240+\250T\260\036\270t\3004\300t\310:\320UY\320Yd\320dh\320hq\320qu\320u}\360\000\000~\001B\002\360\000\000B\002N\002\360\000\000N\002R\002\360\000\000R\002S\002\330\010\020\220\007\220q\230\006\230l\250!\330\004\007\200v\210W\220E\230\024\230Q\330\010\022\220!\330\010\027\220q\340\010\027\220t\2308\2407\250%\250s\260$\260j\300\007\300u\310C\310t\320S""\\\320\\c\320ch\320hk\320ko\320oy\360\000\000z\001A\002\360\000\000A\002F\002\360\000\000F\002I\002\360\000\000I\002M\002\360\000\000M\002U\002\360\000\000U\002\\\002\360\000\000\\\002a\002\360\000\000a\002d\002\360\000\000d\002h\002\360\000\000h\002o\002\360\000\000o\002v\002\360\000\000v\002{\002\360\000\000{\002~\002\360\000\000~\002B\003\360\000\000B\003M\003\360\000\000M\003T\003\360\000\000T\003Y\003\360\000\000Y\003\\\003\360\000\000\\\003`\003\360\000\000`\003j\003\360\000\000j\003q\003\360\000\000q\003r\003\330\004\007\200q\330\010\017\320\017-\250T\260\021\260\047\270\033\300G\3101\340\010\017\320\017-\250T\260\021\260\047\270\033\300A\200\001\360\010\000\n\033\230!\330\010\021\220\024\220Z\230t\240;\250d\260.\300\004\320DU\320UY\320Yd\320dh\320hq\320qu\320u}\360\000\000~\001B\002\360\000\000B\002N\002\360\000\000N\002R\002\360\000\000R\002]\002\360\000\000]\002a\002\360\000\000a\002b\002\330\010\020\220\007\220q\230\006\230l\250!\330\004\007\200v\210W\220E\230\024\230Q\330\010\022\220!\330\010\027\220q\340\010\027\220t\2309\240G\2505\260\003\2604\260z\300\027\310\005\310S\320PT\320Td\320dk\320kp\320ps\320sw\360\000\000x\001B\002\360\000\000B\002I\002\360\000\000I\002N\002\360\000\000N\002Q\002\360\000\000Q\002U\002\360\000\000U\002]\002\360\000\000]\002d\002\360\000\000d\002i\002\360\000\000i\002l\002\360\000\000l\002p\002\360\000\000p\002w\002\360\000\000w\002~\002\360\000\000~\002C\003\360\000\000C\003F\003\360\000\000F\003J\003\360\000\000J\003U\003\360\000\000U\003\\\003\360\000\000\\\003a\003\360\000\000a\003d\003\360\000\000d\003h\003\360\000\000h\003r\003\360\000\000r\003y\003\360\000\000y\003~\003\360\000\000~\003A\004\360\000\000A\004E\004\360\000\000E\004S\004\360\000\000S\004Z\004\360\000\000Z\004[\004\330\004\007\200q\330\010\017\320\017-\250T\260\021\260\047\270\033\300G\3101\340\010\017\320\017-\250T\260\021\260\047\270\033\300A\200\001\360\010\000\n\033\230!\330\010\021\220\024\220[\240\004\240K\250t\2609\270D\300\010\310\004\310A\330\010""\020\220\007\220q\230\006\230l\250!\330\004\007\200v\210W\220E\230\024\230Q\330\010\022\220!\330\010\027\220q\340\010\027\220t\230:\240W\250E\260\023\260D\270\n\300\047\310\025\310c\320QU\320U]\320]d\320di\320il\320lp\320pw\320w~\360\000\000\177\001D\002\360\000\000D\002G\002\360\000\000G\002K\002\360\000\000K\002U\002\360\000\000U\002\\\002\360\000\000\\\002]\002\330\004\007\200q\330\010\017\320\017)\250\024\250Q\250g\260[\300\007\300q\340\010\017\320\017)\250\024\250Q\250g\260[\300\001\200\001\360\010\000\n\033\230!\330\010\021\220\024\220[\240\004\240K\250t\2609\270D\300\010\310\004\310M\320Y]\320]g\320gk\320kl\330\010\020\220\007\220q\230\006\230l\250!\330\004\007\200v\210W\220E\230\024\230Q\330\010\022\220!\330\010\027\220q\340\010\027\220t\230:\240W\250E\260\023\260D\270\n\300\047\310\025\310c\320QU\320U]\320]d\320di\320il\320lp\320pw\320w~\360\000\000\177\001D\002\360\000\000D\002G\002\360\000\000G\002K\002\360\000\000K\002W\002\360\000\000W\002^\002\360\000\000^\002c\002\360\000\000c\002f\002\360\000\000f\002j\002\360\000\000j\002t\002\360\000\000t\002{\002\360\000\000{\002|\002\330\004\007\200q\330\010\017\320\017-\250T\260\021\260\047\270\033\300G\3101\340\010\017\320\017-\250T\260\021\260\047\270\033\300A\200\001\360\010\000\n\033\230!\330\010\021\220\024\220[\240\004\240M\260\024\260W\270D\300\013\3104\310y\320X\\\320\\d\320dh\320hr\320rv\360\000\000w\001B\002\360\000\000B\002F\002\360\000\000F\002G\002\330\010\020\220\007\220q\230\006\230l\250!\330\004\007\200v\210W\220E\230\024\230Q\330\010\022\220!\330\010\027\220q\340\010\027\220t\230:\240W\250E\260\023\260D\270\014\300G\3105\320PS\320SW\320W]\320]d\320di\320il\320lp\320pz\360\000\000{\001B\002\360\000\000B\002G\002\360\000\000G\002J\002\360\000\000J\002N\002\360\000\000N\002V\002\360\000\000V\002]\002\360\000\000]\002b\002\360\000\000b\002e\002\360\000\000e\002i\002\360\000\000i\002p\002\360\000\000p\002w\002\360\000\000w\002|\002\360\000\000|\002\177\002\360\000\000\177\002C\003\360\000\000C\003L""\003\360\000\000L\003S\003\360\000\000S\003X\003\360\000\000X\003[\003\360\000\000[\003_\003\360\000\000_\003i\003\360\000\000i\003p\003\360\000\000p\003u\003\360\000\000u\003x\003\360\000\000x\003|\003\360\000\000|\003E\004\360\000\000E\004L\004\360\000\000L\004M\004\330\004\007\200q\330\010\017\320\017.\250d\260!\2607\270+\300W\310A\340\010\017\320\017.\250d\260!\2607\270+\300Q\200A\330\010\013\2104\210v\220Q\220a\330\014\017\210t\2207\230$\230f\240A\330\014\023\2201\330\010\013\2104\210w\220d\230&\240\001\330\010\016\210m\2301\230A\200A\330\010\013\2104\210w\220c\230\027\240\003\2404\240t\2503\250e\2604\260t\2709\300C\300q\330\014\020\220\t\230\021\330\014\r\330\010\014\210D\220\006\220d\230%\230q\330\010\t\330\014\017\210s\220\047\230\021\330\020\030\230\007\230q\240\004\240I\250Q\330\020\023\2206\230\027\240\001\330\024\031\230\021\340\014\020\220\010\230\001\230\036\240q\320\004\035\230Y\240a\330\010\013\2104\210w\220a\220u\230E\240\021\330\014\017\210t\2207\230$\230f\240A\330\014\023\2201\330\010\013\2104\210w\220d\230&\240\001\330\010\016\210m\2301\230A";
     PyObject *data = NULL;
     #define __Pyx_DecompressString_UNUSED
     #define __Pyx_DecompressString_LZSS_UNUSED
     #endif
     PyObject **stringtab = __pyx_mstate->__pyx_string_tab;
     Py_ssize_t pos = 0;
-    for (int i = 0; i < 142; i++) {
+    for (int i = 0; i < 166; i++) {
       Py_ssize_t bytes_length = str_length_index[i].length;
       PyObject *string = PyUnicode_DecodeUTF8(bytes + pos, bytes_length, NULL);
       if (likely(string) && i >= 15) PyUnicode_InternInPlace(&string);
@@ -21754,8 +24770,8 @@ static const char bytes[] = "(tree fragment).<resilio pipeline-wrapped >?GateGro
       stringtab[i] = string;
       pos += bytes_length;
     }
-    for (int i = 142; i < 162; i++) {
-      Py_ssize_t bytes_length = bytes_length_index[i-142].length;
+    for (int i = 166; i < 188; i++) {
+      Py_ssize_t bytes_length = bytes_length_index[i-166].length;
       PyObject *string = PyBytes_FromStringAndSize(bytes + pos, bytes_length);
       stringtab[i] = string;
       pos += bytes_length;
@@ -21765,15 +24781,15 @@ static const char bytes[] = "(tree fragment).<resilio pipeline-wrapped >?GateGro
       }
     }
     Py_XDECREF(data);
-    for (Py_ssize_t i = 0; i < 162; i++) {
+    for (Py_ssize_t i = 0; i < 188; i++) {
       if (unlikely(PyObject_Hash(stringtab[i]) == -1)) {
         __PYX_ERR(0, 1, __pyx_L1_error)
       }
     }
     #if CYTHON_IMMORTAL_CONSTANTS
     {
-      PyObject **table = stringtab + 142;
-      for (Py_ssize_t i=0; i<20; ++i) {
+      PyObject **table = stringtab + 166;
+      for (Py_ssize_t i=0; i<22; ++i) {
         #if PY_VERSION_HEX >= 0x030F0000
         PyUnstable_SetImmortal(table[i]);
         #elif CYTHON_COMPILING_IN_CPYTHON_FREETHREADING
@@ -21796,8 +24812,8 @@ static const char bytes[] = "(tree fragment).<resilio pipeline-wrapped >?GateGro
   }
   {
     PyObject **numbertab = __pyx_mstate->__pyx_number_tab + 0;
-    int32_t const cint_constants_4[] = {21452515L,43367248L,51394370L,96571494L,104532357L,127650659L,243475709L};
-    for (int i = 0; i < 7; i++) {
+    int32_t const cint_constants_4[] = {21452515L,43367248L,51394370L,75969704L,96571494L,104532357L,127650659L,243475709L};
+    for (int i = 0; i < 8; i++) {
       numbertab[i] = PyLong_FromLong(cint_constants_4[i - 0]);
       if (unlikely(!numbertab[i])) __PYX_ERR(0, 1, __pyx_L1_error)
     }
@@ -21805,7 +24821,7 @@ static const char bytes[] = "(tree fragment).<resilio pipeline-wrapped >?GateGro
   #if CYTHON_IMMORTAL_CONSTANTS
   {
     PyObject **table = __pyx_mstate->__pyx_number_tab;
-    for (Py_ssize_t i=0; i<7; ++i) {
+    for (Py_ssize_t i=0; i<8; ++i) {
       #if PY_VERSION_HEX >= 0x030F0000
       PyUnstable_SetImmortal(table[i]);
       #elif CYTHON_COMPILING_IN_CPYTHON_FREETHREADING
@@ -21839,7 +24855,7 @@ typedef struct {
     unsigned int num_kwonly_args : 1;
     unsigned int nlocals : 3;
     unsigned int flags : 10;
-    unsigned int first_line : 9;
+    unsigned int first_line : 10;
 } __Pyx_PyCode_New_function_description;
 #ifdef __cplusplus
 } /* anonymous namespace */
@@ -21899,84 +24915,104 @@ static int __Pyx_CreateCodeObjects(__pyx_mstatetype *__pyx_mstate) {
     __pyx_mstate_global->__pyx_codeobj_tab[7] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_tree_fragment, __pyx_mstate->__pyx_n_u_setstate_cython, __pyx_mstate->__pyx_kp_b_iso88591_1F, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[7])) goto bad;
   }
   {
+    const __Pyx_PyCode_New_function_description descr = {0, 0, 0, 0, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 212};
+    PyObject* const varnames[] = {0};
+    __pyx_mstate_global->__pyx_codeobj_tab[8] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_resilio__runner_c_pyx, __pyx_mstate->__pyx_n_u_forget_loop, __pyx_mstate->__pyx_kp_b_iso88591_1_A, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[8])) goto bad;
+  }
+  {
     const __Pyx_PyCode_New_function_description descr = {1, 0, 0, 4, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 1};
     PyObject* const varnames[] = {__pyx_mstate->__pyx_n_u_self, __pyx_mstate->__pyx_n_u_state, __pyx_mstate->__pyx_n_u_dict_2, __pyx_mstate->__pyx_n_u_use_setstate};
-    __pyx_mstate_global->__pyx_codeobj_tab[8] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_tree_fragment, __pyx_mstate->__pyx_n_u_reduce_cython, __pyx_mstate->__pyx_kp_b_iso88591_U_e4uD_T_XTQR_q_l_vWE_Q_q_t4we3, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[8])) goto bad;
+    __pyx_mstate_global->__pyx_codeobj_tab[9] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_tree_fragment, __pyx_mstate->__pyx_n_u_reduce_cython, __pyx_mstate->__pyx_kp_b_iso88591_Kt9D_MY_ggkkl_q_l_vWE_Q_q_t_WE, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[9])) goto bad;
   }
   {
     const __Pyx_PyCode_New_function_description descr = {2, 0, 0, 2, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 17};
     PyObject* const varnames[] = {__pyx_mstate->__pyx_n_u_self, __pyx_mstate->__pyx_n_u_pyx_state};
-    __pyx_mstate_global->__pyx_codeobj_tab[9] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_tree_fragment, __pyx_mstate->__pyx_n_u_setstate_cython, __pyx_mstate->__pyx_kp_b_iso88591_q_a, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[9])) goto bad;
+    __pyx_mstate_global->__pyx_codeobj_tab[10] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_tree_fragment, __pyx_mstate->__pyx_n_u_setstate_cython, __pyx_mstate->__pyx_kp_b_iso88591_6, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[10])) goto bad;
   }
   {
-    const __Pyx_PyCode_New_function_description descr = {2, 0, 0, 3, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 412};
+    const __Pyx_PyCode_New_function_description descr = {1, 0, 0, 4, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 1};
+    PyObject* const varnames[] = {__pyx_mstate->__pyx_n_u_self, __pyx_mstate->__pyx_n_u_state, __pyx_mstate->__pyx_n_u_dict_2, __pyx_mstate->__pyx_n_u_use_setstate};
+    __pyx_mstate_global->__pyx_codeobj_tab[11] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_tree_fragment, __pyx_mstate->__pyx_n_u_reduce_cython, __pyx_mstate->__pyx_kp_b_iso88591_U_e4uD_T_XTQR_q_l_vWE_Q_q_t4we3, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[11])) goto bad;
+  }
+  {
+    const __Pyx_PyCode_New_function_description descr = {2, 0, 0, 2, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 17};
+    PyObject* const varnames[] = {__pyx_mstate->__pyx_n_u_self, __pyx_mstate->__pyx_n_u_pyx_state};
+    __pyx_mstate_global->__pyx_codeobj_tab[12] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_tree_fragment, __pyx_mstate->__pyx_n_u_setstate_cython, __pyx_mstate->__pyx_kp_b_iso88591_q_a, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[12])) goto bad;
+  }
+  {
+    const __Pyx_PyCode_New_function_description descr = {2, 0, 0, 3, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 527};
     PyObject* const varnames[] = {__pyx_mstate->__pyx_n_u_self, __pyx_mstate->__pyx_n_u_value, __pyx_mstate->__pyx_n_u_r};
-    __pyx_mstate_global->__pyx_codeobj_tab[10] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_resilio__runner_c_pyx, __pyx_mstate->__pyx_n_u_send, __pyx_mstate->__pyx_kp_b_iso88591_A_4vQa_t7_fA_1_4wd_m1A, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[10])) goto bad;
+    __pyx_mstate_global->__pyx_codeobj_tab[13] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_resilio__runner_c_pyx, __pyx_mstate->__pyx_n_u_send, __pyx_mstate->__pyx_kp_b_iso88591_A_4vQa_t7_fA_1_4wd_m1A, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[13])) goto bad;
   }
   {
-    const __Pyx_PyCode_New_function_description descr = {4, 0, 0, 5, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 419};
+    const __Pyx_PyCode_New_function_description descr = {4, 0, 0, 5, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 534};
     PyObject* const varnames[] = {__pyx_mstate->__pyx_n_u_self, __pyx_mstate->__pyx_n_u_typ, __pyx_mstate->__pyx_n_u_val, __pyx_mstate->__pyx_n_u_tb, __pyx_mstate->__pyx_n_u_r};
-    __pyx_mstate_global->__pyx_codeobj_tab[11] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_resilio__runner_c_pyx, __pyx_mstate->__pyx_n_u_throw, __pyx_mstate->__pyx_kp_b_iso88591_Ya_4wauE_t7_fA_1_4wd_m1A, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[11])) goto bad;
+    __pyx_mstate_global->__pyx_codeobj_tab[14] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_resilio__runner_c_pyx, __pyx_mstate->__pyx_n_u_throw, __pyx_mstate->__pyx_kp_b_iso88591_Ya_4wauE_t7_fA_1_4wd_m1A, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[14])) goto bad;
   }
   {
-    const __Pyx_PyCode_New_function_description descr = {1, 0, 0, 3, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 426};
+    const __Pyx_PyCode_New_function_description descr = {1, 0, 0, 3, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 541};
     PyObject* const varnames[] = {__pyx_mstate->__pyx_n_u_self, __pyx_mstate->__pyx_n_u_it, __pyx_mstate->__pyx_n_u_close};
-    __pyx_mstate_global->__pyx_codeobj_tab[12] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_resilio__runner_c_pyx, __pyx_mstate->__pyx_n_u_close, __pyx_mstate->__pyx_kp_b_iso88591_A_4wc_4t3e4t9Cq_D_d_q_s_q_IQ_6_q, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[12])) goto bad;
+    __pyx_mstate_global->__pyx_codeobj_tab[15] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_resilio__runner_c_pyx, __pyx_mstate->__pyx_n_u_close, __pyx_mstate->__pyx_kp_b_iso88591_A_4wc_4t3e4t9Cq_D_d_q_s_q_IQ_6_q, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[15])) goto bad;
   }
   {
     const __Pyx_PyCode_New_function_description descr = {1, 0, 0, 4, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 1};
     PyObject* const varnames[] = {__pyx_mstate->__pyx_n_u_self, __pyx_mstate->__pyx_n_u_state, __pyx_mstate->__pyx_n_u_dict_2, __pyx_mstate->__pyx_n_u_use_setstate};
-    __pyx_mstate_global->__pyx_codeobj_tab[13] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_tree_fragment, __pyx_mstate->__pyx_n_u_reduce_cython, __pyx_mstate->__pyx_kp_b_iso88591_WD_e4xt5_IUYY__cckkoottxx_B_B_G, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[13])) goto bad;
+    __pyx_mstate_global->__pyx_codeobj_tab[16] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_tree_fragment, __pyx_mstate->__pyx_n_u_reduce_cython, __pyx_mstate->__pyx_kp_b_iso88591_WD_e4xt5_IUYY__cckkoottxx_B_B_G, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[16])) goto bad;
   }
   {
     const __Pyx_PyCode_New_function_description descr = {2, 0, 0, 2, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 17};
     PyObject* const varnames[] = {__pyx_mstate->__pyx_n_u_self, __pyx_mstate->__pyx_n_u_pyx_state};
-    __pyx_mstate_global->__pyx_codeobj_tab[14] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_tree_fragment, __pyx_mstate->__pyx_n_u_setstate_cython, __pyx_mstate->__pyx_kp_b_iso88591_avQ, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[14])) goto bad;
+    __pyx_mstate_global->__pyx_codeobj_tab[17] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_tree_fragment, __pyx_mstate->__pyx_n_u_setstate_cython, __pyx_mstate->__pyx_kp_b_iso88591_avQ, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[17])) goto bad;
   }
   {
     const __Pyx_PyCode_New_function_description descr = {1, 0, 0, 4, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 1};
     PyObject* const varnames[] = {__pyx_mstate->__pyx_n_u_self, __pyx_mstate->__pyx_n_u_state, __pyx_mstate->__pyx_n_u_dict_2, __pyx_mstate->__pyx_n_u_use_setstate};
-    __pyx_mstate_global->__pyx_codeobj_tab[15] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_tree_fragment, __pyx_mstate->__pyx_n_u_reduce_cython, __pyx_mstate->__pyx_kp_b_iso88591_U_hd_q_l_vWE_Q_q_t4we3d_S_EQXXY, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[15])) goto bad;
+    __pyx_mstate_global->__pyx_codeobj_tab[18] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_tree_fragment, __pyx_mstate->__pyx_n_u_reduce_cython, __pyx_mstate->__pyx_kp_b_iso88591_U_hd_q_l_vWE_Q_q_t4we3d_S_EQXXY, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[18])) goto bad;
   }
   {
     const __Pyx_PyCode_New_function_description descr = {2, 0, 0, 2, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 17};
     PyObject* const varnames[] = {__pyx_mstate->__pyx_n_u_self, __pyx_mstate->__pyx_n_u_pyx_state};
-    __pyx_mstate_global->__pyx_codeobj_tab[16] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_tree_fragment, __pyx_mstate->__pyx_n_u_setstate_cython, __pyx_mstate->__pyx_kp_b_iso88591_1F_2, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[16])) goto bad;
+    __pyx_mstate_global->__pyx_codeobj_tab[19] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_tree_fragment, __pyx_mstate->__pyx_n_u_setstate_cython, __pyx_mstate->__pyx_kp_b_iso88591_1F_2, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[19])) goto bad;
   }
   {
     const __Pyx_PyCode_New_function_description descr = {3, 0, 0, 4, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 4};
     PyObject* const varnames[] = {__pyx_mstate->__pyx_n_u_pyx_type, __pyx_mstate->__pyx_n_u_pyx_checksum, __pyx_mstate->__pyx_n_u_pyx_state, __pyx_mstate->__pyx_n_u_pyx_result};
-    __pyx_mstate_global->__pyx_codeobj_tab[17] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_tree_fragment, __pyx_mstate->__pyx_n_u_pyx_unpickle_FastGate, __pyx_mstate->__pyx_kp_b_iso88591_q_0_kQR_881A_7_nA_1, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[17])) goto bad;
+    __pyx_mstate_global->__pyx_codeobj_tab[20] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_tree_fragment, __pyx_mstate->__pyx_n_u_pyx_unpickle_FastGate, __pyx_mstate->__pyx_kp_b_iso88591_q_0_kQR_881A_7_nA_1, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[20])) goto bad;
   }
   {
     const __Pyx_PyCode_New_function_description descr = {3, 0, 0, 4, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 4};
     PyObject* const varnames[] = {__pyx_mstate->__pyx_n_u_pyx_type, __pyx_mstate->__pyx_n_u_pyx_checksum, __pyx_mstate->__pyx_n_u_pyx_state, __pyx_mstate->__pyx_n_u_pyx_result};
-    __pyx_mstate_global->__pyx_codeobj_tab[18] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_tree_fragment, __pyx_mstate->__pyx_n_u_pyx_unpickle__BreakerGate, __pyx_mstate->__pyx_kp_b_iso88591_q_0_kQR_xq_7_a_nA_1, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[18])) goto bad;
+    __pyx_mstate_global->__pyx_codeobj_tab[21] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_tree_fragment, __pyx_mstate->__pyx_n_u_pyx_unpickle__BreakerGate, __pyx_mstate->__pyx_kp_b_iso88591_q_0_kQR_xq_7_a_nA_1, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[21])) goto bad;
   }
   {
     const __Pyx_PyCode_New_function_description descr = {3, 0, 0, 4, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 4};
     PyObject* const varnames[] = {__pyx_mstate->__pyx_n_u_pyx_type, __pyx_mstate->__pyx_n_u_pyx_checksum, __pyx_mstate->__pyx_n_u_pyx_state, __pyx_mstate->__pyx_n_u_pyx_result};
-    __pyx_mstate_global->__pyx_codeobj_tab[19] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_tree_fragment, __pyx_mstate->__pyx_n_u_pyx_unpickle__LimiterGate, __pyx_mstate->__pyx_kp_b_iso88591_q_0_kQR_xq_7_a_nA_1, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[19])) goto bad;
+    __pyx_mstate_global->__pyx_codeobj_tab[22] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_tree_fragment, __pyx_mstate->__pyx_n_u_pyx_unpickle__LimiterGate, __pyx_mstate->__pyx_kp_b_iso88591_q_0_kQR_xq_7_a_nA_1, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[22])) goto bad;
   }
   {
     const __Pyx_PyCode_New_function_description descr = {3, 0, 0, 4, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 4};
     PyObject* const varnames[] = {__pyx_mstate->__pyx_n_u_pyx_type, __pyx_mstate->__pyx_n_u_pyx_checksum, __pyx_mstate->__pyx_n_u_pyx_state, __pyx_mstate->__pyx_n_u_pyx_result};
-    __pyx_mstate_global->__pyx_codeobj_tab[20] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_tree_fragment, __pyx_mstate->__pyx_n_u_pyx_unpickle__BulkheadGate, __pyx_mstate->__pyx_kp_b_iso88591_q_0_kQR_7_q0_a_1, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[20])) goto bad;
+    __pyx_mstate_global->__pyx_codeobj_tab[23] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_tree_fragment, __pyx_mstate->__pyx_n_u_pyx_unpickle__BulkheadGate, __pyx_mstate->__pyx_kp_b_iso88591_q_0_kQR_7_q0_a_1, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[23])) goto bad;
   }
   {
     const __Pyx_PyCode_New_function_description descr = {3, 0, 0, 4, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 4};
     PyObject* const varnames[] = {__pyx_mstate->__pyx_n_u_pyx_type, __pyx_mstate->__pyx_n_u_pyx_checksum, __pyx_mstate->__pyx_n_u_pyx_state, __pyx_mstate->__pyx_n_u_pyx_result};
-    __pyx_mstate_global->__pyx_codeobj_tab[21] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_tree_fragment, __pyx_mstate->__pyx_n_u_pyx_unpickle_GateGroup, __pyx_mstate->__pyx_kp_b_iso88591_q_0_kQR_9HAQ_7_1L_a_1, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[21])) goto bad;
+    __pyx_mstate_global->__pyx_codeobj_tab[24] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_tree_fragment, __pyx_mstate->__pyx_n_u_pyx_unpickle__TimeoutGate, __pyx_mstate->__pyx_kp_b_iso88591_q_0_kQR_xq_7_a_nA_1, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[24])) goto bad;
   }
   {
     const __Pyx_PyCode_New_function_description descr = {3, 0, 0, 4, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 4};
     PyObject* const varnames[] = {__pyx_mstate->__pyx_n_u_pyx_type, __pyx_mstate->__pyx_n_u_pyx_checksum, __pyx_mstate->__pyx_n_u_pyx_state, __pyx_mstate->__pyx_n_u_pyx_result};
-    __pyx_mstate_global->__pyx_codeobj_tab[22] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_tree_fragment, __pyx_mstate->__pyx_n_u_pyx_unpickle_GateCall, __pyx_mstate->__pyx_kp_b_iso88591_q_0_kQR_881A_7_nA_1, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[22])) goto bad;
+    __pyx_mstate_global->__pyx_codeobj_tab[25] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_tree_fragment, __pyx_mstate->__pyx_n_u_pyx_unpickle_GateGroup, __pyx_mstate->__pyx_kp_b_iso88591_q_0_kQR_9HAQ_7_1L_a_1, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[25])) goto bad;
   }
   {
     const __Pyx_PyCode_New_function_description descr = {3, 0, 0, 4, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 4};
     PyObject* const varnames[] = {__pyx_mstate->__pyx_n_u_pyx_type, __pyx_mstate->__pyx_n_u_pyx_checksum, __pyx_mstate->__pyx_n_u_pyx_state, __pyx_mstate->__pyx_n_u_pyx_result};
-    __pyx_mstate_global->__pyx_codeobj_tab[23] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_tree_fragment, __pyx_mstate->__pyx_n_u_pyx_unpickle_Bound, __pyx_mstate->__pyx_kp_b_iso88591_q_0_kQR_5_7_q_a_1, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[23])) goto bad;
+    __pyx_mstate_global->__pyx_codeobj_tab[26] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_tree_fragment, __pyx_mstate->__pyx_n_u_pyx_unpickle_GateCall, __pyx_mstate->__pyx_kp_b_iso88591_q_0_kQR_881A_7_nA_1, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[26])) goto bad;
+  }
+  {
+    const __Pyx_PyCode_New_function_description descr = {3, 0, 0, 4, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 4};
+    PyObject* const varnames[] = {__pyx_mstate->__pyx_n_u_pyx_type, __pyx_mstate->__pyx_n_u_pyx_checksum, __pyx_mstate->__pyx_n_u_pyx_state, __pyx_mstate->__pyx_n_u_pyx_result};
+    __pyx_mstate_global->__pyx_codeobj_tab[27] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_tree_fragment, __pyx_mstate->__pyx_n_u_pyx_unpickle_Bound, __pyx_mstate->__pyx_kp_b_iso88591_q_0_kQR_5_7_q_a_1, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[27])) goto bad;
   }
   Py_DECREF(tuple_dedup_map);
   return 0;
@@ -23626,6 +26662,145 @@ static CYTHON_INLINE int __Pyx_PyObject_SetAttrStr(PyObject* obj, PyObject* attr
     return PyObject_SetAttr(obj, attr_name, value);
 }
 #endif
+
+/* PyObjectCompare */
+#ifndef __Pyx_DEFINED_PyObject_CompareFloatIntBoolEq
+#define __Pyx_DEFINED_PyObject_CompareFloatIntBoolEq
+static int __Pyx_PyObject_CompareFloatIntBoolEq(PyObject *op1, PyObject *op2) {
+    double float_op1 = __Pyx_PyFloat_AS_DOUBLE(op1);
+    #if !CYTHON_ASSUME_SAFE_MACROS
+    if (unlikely(float_op1 == -1. && PyErr_Occurred())) return -1;
+    #endif
+    #if CYTHON_USE_PYLONG_INTERNALS
+    if (__Pyx_PyLong_IsCompact(op2)) {
+        Py_ssize_t iop2 = __Pyx_PyLong_CompactValue(op2);
+        if (float_op1 == ((double)iop2)) goto __pyx_return_true; else goto __pyx_return_false;
+    }
+    if (unlikely(!__Pyx_isfinite(float_op1))) {
+        if (float_op1 == 0.0) goto __pyx_return_true; else goto __pyx_return_false;
+    } else {
+        int sign2 = __Pyx_PyLong_Sign(op2);
+        if (float_op1 >= 0.) {
+            if (sign2 < 0) goto __pyx_return_false;
+            if (float_op1 < (double) (1L << PyLong_SHIFT)) goto __pyx_return_false;
+        } else {
+            if (sign2 > 0) goto __pyx_return_false;
+            if (float_op1 > -(double) (1L << PyLong_SHIFT)) goto __pyx_return_false;
+        }
+    }
+    #else
+    if (unlikely(!__Pyx_isfinite(float_op1))) {
+        if (float_op1 == 0.0) goto __pyx_return_true; else goto __pyx_return_false;
+    } else {
+        int overflow2;
+        long iop2 = PyLong_AsLongAndOverflow(op2, &overflow2);
+        if (likely(!overflow2)) {
+            if ((long long) iop2 >= (1LL << 53)) {
+                overflow2 = 1;
+            } else if ((long long) iop2 <= - (1LL << 53)) {
+                overflow2 = -1;
+            } else {
+                if (float_op1 == ((double) iop2)) goto __pyx_return_true; else goto __pyx_return_false;
+            }
+        }
+        if (overflow2 > 0) {
+            if (float_op1 < ((double) (1LL << 53))) goto __pyx_return_false;
+        } else {
+            if (float_op1 > - ((double) (1LL << 53))) goto __pyx_return_false;
+        }
+    }
+    #endif
+    return __Pyx_PyObject_RichCompareBool(op1, op2, Py_EQ);
+__pyx_return_true:
+    return 1;
+__pyx_return_false:
+    return 0;
+}
+#endif
+#if CYTHON_USE_PYLONG_INTERNALS
+#ifndef __Pyx_DEFINED_PyObject_CompareIntIntBoolEq
+#define __Pyx_DEFINED_PyObject_CompareIntIntBoolEq
+static int __Pyx_PyObject_CompareIntIntBoolEq(PyObject *op1, PyObject *op2) {
+    Py_ssize_t cmp = __Pyx_PyLong_CompareSignAndSize(op1, op2);
+    if (cmp == 0) {
+        Py_ssize_t size = __Pyx_PyLong_DigitCount(op1);
+        if (size > 0) {
+            const digit* digits1 = __Pyx_PyLong_Digits(op1);
+            const digit* digits2 = __Pyx_PyLong_Digits(op2);
+            if (size == 1) {
+                cmp = (Py_ssize_t) digits1[0] - (Py_ssize_t) digits2[0];
+            } else if ((size == 2) && (8 * sizeof(Py_ssize_t) >= 2 * PyLong_SHIFT)) {
+                cmp = (Py_ssize_t) (((((size_t)digits1[1]) << PyLong_SHIFT) | (size_t)digits1[0])) - (Py_ssize_t) (((((size_t)digits2[1]) << PyLong_SHIFT) | (size_t)digits2[0]));
+            } else {
+                for (Py_ssize_t i=size-1; i >= 0 && !cmp; --i) {
+                    cmp = (Py_ssize_t) digits1[i] - (Py_ssize_t) digits2[i];
+                }
+            }
+        }
+        if (cmp == 0) return 1;
+        if (__Pyx_PyLong_IsNeg(op1)) cmp = -cmp;
+    }
+    return 0;
+}
+#endif
+#ifndef __Pyx_DEFINED_PyObject_CompareIntIntBoolEq
+#define __Pyx_DEFINED_PyObject_CompareIntIntBoolEq
+static CYTHON_INLINE PyObject* __Pyx_PyObject_CompareIntIntEq(PyObject *op1, PyObject *op2) {
+    int result = __Pyx_PyObject_CompareIntIntBoolEq(op1, op2);
+    if (unlikely(result == -1)) return NULL;
+    return __Pyx_NewRef(result ? Py_True : Py_False);
+}
+#endif
+#else
+#ifndef __Pyx_DEFINED_PyObject_CompareIntIntBoolEq
+#define __Pyx_DEFINED_PyObject_CompareIntIntBoolEq
+static int __Pyx_PyObject_CompareIntIntBoolEq(PyObject *op1, PyObject *op2) {
+    int overflow1, overflow2;
+    long long iop1 = PyLong_AsLongLongAndOverflow(op1, &overflow1);
+    long long iop2 = PyLong_AsLongLongAndOverflow(op2, &overflow2);
+    if (likely(!(overflow1 | overflow2))) {
+        if (iop1 == iop2) goto __pyx_return_true; else goto __pyx_return_false;
+    } else if (overflow1 != overflow2) {
+        if (overflow1 == overflow2) goto __pyx_return_true; else goto __pyx_return_false;
+    } else {
+        return __Pyx_PyObject_RichCompareBool(op1, op2, Py_EQ);
+    }
+__pyx_return_true:
+    return 1;
+__pyx_return_false:
+    return 0;
+}
+#endif
+#endif
+static CYTHON_INLINE int __Pyx_PyObject_CompareBoolEq_object_int(PyObject *op1, PyObject *op2, int pyop) {
+    CYTHON_UNUSED_VAR(pyop);
+    if (unlikely(op2 == Py_None)) {
+        if (op1 == Py_None) goto __pyx_return_true; else goto __pyx_richcmp;
+    }
+    if (op1 == op2) goto __pyx_return_true;
+    if (PyFloat_CheckExact(op1)) {
+        if (likely(op2 != Py_None)) {
+            return __Pyx_PyObject_CompareFloatIntBoolEq(op1, op2);
+        }
+        goto __pyx_richcmp;
+    }
+    if (likely(PyLong_CheckExact(op1))) {
+        if (op1 == op2) goto __pyx_return_true;
+        if (likely(op2 != Py_None)) {
+            return __Pyx_PyObject_CompareIntIntBoolEq(op1, op2);
+        }
+        goto __pyx_richcmp;
+    }
+    if ((0)) goto __pyx_richcmp;
+    if ((0)) goto __pyx_return_true;
+    if ((0)) goto __pyx_return_false;
+__pyx_richcmp:
+    return __Pyx_PyObject_RichCompareBool(op1, op2, Py_EQ);
+__pyx_return_true:
+    return 1;
+__pyx_return_false:
+    return 0;
+}
 
 /* PyObjectCompare */
 #ifndef __Pyx_DEFINED_PyObject_CompareStrStrBoolEq
@@ -26750,6 +29925,41 @@ static PyTypeObject *__Pyx_Get_CyFunction_Type(void) {
     return tp;
 }
 
+/* PyObjectVectorcallKwds */
+#if CYTHON_VECTORCALL
+CYTHON_UNUSED static int __Pyx_CheckVectorcallKwarg(PyObject *kwnames, Py_ssize_t i) {
+    PyObject *key = __Pyx_PyTuple_GET_ITEM(kwnames, i);
+#if !CYTHON_ASSUME_SAFE_MACROS
+    if (unlikely(!key)) return -1;
+#endif
+    if (unlikely(!PyUnicode_Check(key))) {
+        PyErr_SetString(PyExc_TypeError, "keywords must be strings");
+        return -1;
+    }
+    return 0;
+}
+#else
+CYTHON_UNUSED static PyObject *__Pyx_MakeKwargDict(PyObject **keys, PyObject **values, Py_ssize_t n) {
+    PyObject *out = PyDict_New();
+    if (unlikely(!out)) return NULL;
+    for (Py_ssize_t i=0; i<n; ++i) {
+        if (unlikely(PyDict_SetItem(out, keys[i], values[i]) < 0)) {
+            Py_DECREF(out);
+            return NULL;
+        }
+    }
+    return out;
+}
+CYTHON_UNUSED static int __Pyx_CheckVectorcallKwarg(PyObject **kwnames, Py_ssize_t i) {
+    PyObject *key = kwnames[i];
+    if (unlikely(!PyUnicode_Check(key))) {
+        PyErr_SetString(PyExc_TypeError, "keywords must be strings");
+        return -1;
+    }
+    return 0;
+}
+#endif
+
 /* CLineInTraceback (used by AddTraceback) */
 #if CYTHON_CLINE_IN_TRACEBACK && CYTHON_CLINE_IN_TRACEBACK_RUNTIME
 #if CYTHON_COMPILING_IN_LIMITED_API && __PYX_LIMITED_VERSION_HEX < 0x030A0000
@@ -27158,41 +30368,6 @@ static int __Pyx_CheckUnpickleChecksum(long checksum, long checksum1, long check
     __Pyx_RaiseUnpickleChecksumError(checksum, checksum1, checksum2, checksum3, members);
     return -1;
 }
-
-/* PyObjectVectorcallKwds (used by PyObjectVectorcallMethodKwds) */
-#if CYTHON_VECTORCALL
-CYTHON_UNUSED static int __Pyx_CheckVectorcallKwarg(PyObject *kwnames, Py_ssize_t i) {
-    PyObject *key = __Pyx_PyTuple_GET_ITEM(kwnames, i);
-#if !CYTHON_ASSUME_SAFE_MACROS
-    if (unlikely(!key)) return -1;
-#endif
-    if (unlikely(!PyUnicode_Check(key))) {
-        PyErr_SetString(PyExc_TypeError, "keywords must be strings");
-        return -1;
-    }
-    return 0;
-}
-#else
-CYTHON_UNUSED static PyObject *__Pyx_MakeKwargDict(PyObject **keys, PyObject **values, Py_ssize_t n) {
-    PyObject *out = PyDict_New();
-    if (unlikely(!out)) return NULL;
-    for (Py_ssize_t i=0; i<n; ++i) {
-        if (unlikely(PyDict_SetItem(out, keys[i], values[i]) < 0)) {
-            Py_DECREF(out);
-            return NULL;
-        }
-    }
-    return out;
-}
-CYTHON_UNUSED static int __Pyx_CheckVectorcallKwarg(PyObject **kwnames, Py_ssize_t i) {
-    PyObject *key = kwnames[i];
-    if (unlikely(!PyUnicode_Check(key))) {
-        PyErr_SetString(PyExc_TypeError, "keywords must be strings");
-        return -1;
-    }
-    return 0;
-}
-#endif
 
 /* PyObjectVectorcallMethodKwds (used by CIntToPy) */
 #if !CYTHON_VECTORCALL
@@ -28265,6 +31440,164 @@ static CYTHON_INLINE long __Pyx_PyLong_As_long(PyObject *x) {
         return __Pyx_PyLong___Pyx_PyLong_As_long(x);
     } else {
         return __Pyx_NonPyLong___Pyx_PyLong_As_long(x);
+    }
+}
+
+/* CIntToPy */
+static CYTHON_INLINE PyObject* __Pyx_PyLong_From_unsigned_long(unsigned long value) {
+#ifdef __Pyx_HAS_GCC_DIAGNOSTIC
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wconversion"
+#endif
+    const unsigned long neg_one = (unsigned long) -1, const_zero = (unsigned long) 0;
+#ifdef __Pyx_HAS_GCC_DIAGNOSTIC
+#pragma GCC diagnostic pop
+#endif
+    const int is_unsigned = neg_one > const_zero;
+    if (is_unsigned) {
+        if (sizeof(unsigned long) < sizeof(long)) {
+            return PyLong_FromLong((long) value);
+        } else if (sizeof(unsigned long) <= sizeof(unsigned long)) {
+            return PyLong_FromUnsignedLong((unsigned long) value);
+#if !CYTHON_COMPILING_IN_PYPY
+        } else if (sizeof(unsigned long) <= sizeof(unsigned PY_LONG_LONG)) {
+            return PyLong_FromUnsignedLongLong((unsigned PY_LONG_LONG) value);
+#endif
+        }
+    } else {
+        if (sizeof(unsigned long) <= sizeof(long)) {
+            return PyLong_FromLong((long) value);
+        } else if (sizeof(unsigned long) <= sizeof(PY_LONG_LONG)) {
+            return PyLong_FromLongLong((PY_LONG_LONG) value);
+        }
+    }
+    {
+        unsigned char *bytes = (unsigned char *)&value;
+#if !CYTHON_COMPILING_IN_LIMITED_API && PY_VERSION_HEX >= 0x030d00A4
+        if (is_unsigned) {
+            return PyLong_FromUnsignedNativeBytes(bytes, sizeof(value), -1);
+        } else {
+            return PyLong_FromNativeBytes(bytes, sizeof(value), -1);
+        }
+#elif !CYTHON_COMPILING_IN_LIMITED_API && PY_VERSION_HEX < 0x030d0000
+        int one = 1; int little = (int)*(unsigned char *)&one;
+        return _PyLong_FromByteArray(bytes, sizeof(unsigned long),
+                                     little, !is_unsigned);
+#else
+        int one = 1; int little = (int)*(unsigned char *)&one;
+        PyObject *result = NULL, *kwds = NULL;
+        PyObject *py_bytes = NULL, *order_str = NULL, *from_bytes_str = NULL;;
+        py_bytes = PyBytes_FromStringAndSize((char*)bytes, sizeof(unsigned long));
+        if (!py_bytes) goto limited_bad;
+        from_bytes_str = PyUnicode_FromStringAndSize("from_bytes", 10);
+        if (!from_bytes_str) goto limited_bad;
+        order_str = PyUnicode_FromString(little ? "little" : "big");
+        if (!order_str) goto limited_bad;
+        {
+            PyObject *args[] = { (PyObject*)&PyLong_Type, py_bytes, order_str, Py_True };
+            if (!is_unsigned) {
+                PyObject *signed_str = PyUnicode_FromStringAndSize("signed", 6);
+                if (!signed_str) goto limited_bad;
+#if CYTHON_VECTORCALL
+                kwds = PyTuple_Pack(1, signed_str);
+#else
+                {
+                    PyObject *keys[] = {signed_str};
+                    PyObject *values[] = {Py_True};
+                    kwds = __Pyx_MakeKwargDict(keys, values, 1);
+                }
+#endif
+                Py_DECREF(signed_str);
+                if (unlikely(!kwds)) goto limited_bad;
+            }
+            result = __Pyx_Object_VectorcallMethodKwds(from_bytes_str, args, 3 | __Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET, kwds);
+        }
+        limited_bad:
+        Py_XDECREF(kwds);
+        Py_XDECREF(order_str);
+        Py_XDECREF(py_bytes);
+        Py_XDECREF(from_bytes_str);
+        return result;
+#endif
+    }
+}
+
+/* CIntToPy */
+static CYTHON_INLINE PyObject* __Pyx_PyLong_From_PY_LONG_LONG(PY_LONG_LONG value) {
+#ifdef __Pyx_HAS_GCC_DIAGNOSTIC
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wconversion"
+#endif
+    const PY_LONG_LONG neg_one = (PY_LONG_LONG) -1, const_zero = (PY_LONG_LONG) 0;
+#ifdef __Pyx_HAS_GCC_DIAGNOSTIC
+#pragma GCC diagnostic pop
+#endif
+    const int is_unsigned = neg_one > const_zero;
+    if (is_unsigned) {
+        if (sizeof(PY_LONG_LONG) < sizeof(long)) {
+            return PyLong_FromLong((long) value);
+        } else if (sizeof(PY_LONG_LONG) <= sizeof(unsigned long)) {
+            return PyLong_FromUnsignedLong((unsigned long) value);
+#if !CYTHON_COMPILING_IN_PYPY
+        } else if (sizeof(PY_LONG_LONG) <= sizeof(unsigned PY_LONG_LONG)) {
+            return PyLong_FromUnsignedLongLong((unsigned PY_LONG_LONG) value);
+#endif
+        }
+    } else {
+        if (sizeof(PY_LONG_LONG) <= sizeof(long)) {
+            return PyLong_FromLong((long) value);
+        } else if (sizeof(PY_LONG_LONG) <= sizeof(PY_LONG_LONG)) {
+            return PyLong_FromLongLong((PY_LONG_LONG) value);
+        }
+    }
+    {
+        unsigned char *bytes = (unsigned char *)&value;
+#if !CYTHON_COMPILING_IN_LIMITED_API && PY_VERSION_HEX >= 0x030d00A4
+        if (is_unsigned) {
+            return PyLong_FromUnsignedNativeBytes(bytes, sizeof(value), -1);
+        } else {
+            return PyLong_FromNativeBytes(bytes, sizeof(value), -1);
+        }
+#elif !CYTHON_COMPILING_IN_LIMITED_API && PY_VERSION_HEX < 0x030d0000
+        int one = 1; int little = (int)*(unsigned char *)&one;
+        return _PyLong_FromByteArray(bytes, sizeof(PY_LONG_LONG),
+                                     little, !is_unsigned);
+#else
+        int one = 1; int little = (int)*(unsigned char *)&one;
+        PyObject *result = NULL, *kwds = NULL;
+        PyObject *py_bytes = NULL, *order_str = NULL, *from_bytes_str = NULL;;
+        py_bytes = PyBytes_FromStringAndSize((char*)bytes, sizeof(PY_LONG_LONG));
+        if (!py_bytes) goto limited_bad;
+        from_bytes_str = PyUnicode_FromStringAndSize("from_bytes", 10);
+        if (!from_bytes_str) goto limited_bad;
+        order_str = PyUnicode_FromString(little ? "little" : "big");
+        if (!order_str) goto limited_bad;
+        {
+            PyObject *args[] = { (PyObject*)&PyLong_Type, py_bytes, order_str, Py_True };
+            if (!is_unsigned) {
+                PyObject *signed_str = PyUnicode_FromStringAndSize("signed", 6);
+                if (!signed_str) goto limited_bad;
+#if CYTHON_VECTORCALL
+                kwds = PyTuple_Pack(1, signed_str);
+#else
+                {
+                    PyObject *keys[] = {signed_str};
+                    PyObject *values[] = {Py_True};
+                    kwds = __Pyx_MakeKwargDict(keys, values, 1);
+                }
+#endif
+                Py_DECREF(signed_str);
+                if (unlikely(!kwds)) goto limited_bad;
+            }
+            result = __Pyx_Object_VectorcallMethodKwds(from_bytes_str, args, 3 | __Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET, kwds);
+        }
+        limited_bad:
+        Py_XDECREF(kwds);
+        Py_XDECREF(order_str);
+        Py_XDECREF(py_bytes);
+        Py_XDECREF(from_bytes_str);
+        return result;
+#endif
     }
 }
 

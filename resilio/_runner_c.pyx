@@ -23,8 +23,14 @@ from resilio._core_c cimport (
     rs_circuit_record, rs_gate_exit, rs_gate_try_enter,
 )
 
+import asyncio
+import asyncio.tasks
 import collections.abc
+import os
 from types import MethodType as _MethodType
+
+from resilio import context as _ctx_mod
+from resilio.strategies import timeout as _timeout_mod
 
 from resilio import _core_c
 from resilio.clock import SYSTEM_CLOCK as _SYSTEM_CLOCK
@@ -40,6 +46,18 @@ cdef extern from "Python.h":
 cdef extern from "_runner_slots.h":
     void rs_install_am_send(object tp, void *fn)
     int64_t rs_monotonic_ns() nogil
+    double rs_monotonic_s() nogil
+
+cdef extern from "Python.h":
+    object PyContextVar_Set(object var, object value)
+    int PyContextVar_Reset(object var, object token) except -1
+    int PyContextVar_Get(object var, PyObject *default_value, PyObject **value) except -1
+    PyObject *PyDict_GetItem(object d, object key)
+    int PyDict_SetItem(object d, object key, object value) except -1
+    int PyDict_DelItem(object d, object key) except -1
+    int PyDict_Contains(object d, object key) except -1
+    object PyLong_FromVoidPtr(void *p)
+    unsigned long PyThread_get_thread_ident()
 
 cdef object WAIT = _WAIT_OBJ
 cdef object _GeneratorExit = GeneratorExit
@@ -178,6 +196,101 @@ cdef class _BulkheadGate(FastGate):
         return 0
 
 
+cdef object _DEADLINE = _ctx_mod._DEADLINE
+cdef object _current_tasks = getattr(asyncio.tasks, "_current_tasks", None)
+cdef object _get_running_loop = asyncio._get_running_loop
+cdef object _wheel_for = _timeout_mod._wheel
+
+# One-slot cache of the running loop for the thread that used it last. On
+# Python 3.11 asyncio's own lookup makes a getpid() system call per call; a
+# BaseEventLoop records the thread it runs in, which is enough to validate.
+cdef object _cached_loop = None
+cdef unsigned long _cached_tid = 0
+cdef object _cached_wheel = None
+
+
+def _forget_loop():
+    global _cached_loop, _cached_tid, _cached_wheel
+    _cached_loop = None
+    _cached_tid = 0
+    _cached_wheel = None
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_loop)
+
+
+cdef inline object _running_loop():
+    """The running asyncio loop of this thread, or None."""
+    global _cached_loop, _cached_tid, _cached_wheel
+    cdef unsigned long tid = PyThread_get_thread_ident()
+    loop = _cached_loop
+    if loop is not None and tid == _cached_tid:
+        if getattr(loop, "_thread_id", None) == tid:
+            return loop
+    loop = _get_running_loop()
+    if loop is not None and getattr(loop, "_thread_id", None) == tid:
+        _cached_loop = loop
+        _cached_tid = tid
+        _cached_wheel = _wheel_for(loop)
+    return loop
+
+
+cdef class _TimeoutGate(FastGate):
+    cdef double seconds
+    cdef object py_ok_slow
+
+    def __init__(self, strategy):
+        FastGate.__init__(self, strategy)
+        self.seconds = strategy.seconds
+
+    cdef object enter(self):
+        cdef PyObject *outer_p = NULL
+        cdef double at = rs_monotonic_s() + self.seconds
+        if _current_tasks is None:
+            return self.py_enter()
+        loop = _running_loop()
+        if loop is None or loop is not _cached_loop:
+            return self.py_enter()  # trio, uvloop, or no task: the Python path
+        task_p = PyDict_GetItem(_current_tasks, loop)
+        if task_p == NULL:
+            return self.py_enter()
+        PyContextVar_Get(_DEADLINE, NULL, &outer_p)
+        if outer_p != NULL:
+            outer = <object>outer_p
+            Py_DECREF(outer)
+            if outer is not None and <double>outer <= at:
+                # The enclosing timeout fires first (see Timeout._enter).
+                return (None, PyContextVar_Set(_DEADLINE, outer))
+        ctx = PyContextVar_Set(_DEADLINE, at)
+        key = <long long>(at * 1000.0) + 1
+        wheel = _cached_wheel
+        slots = wheel.slots
+        slot_p = PyDict_GetItem(slots, key)
+        if slot_p == NULL:
+            slot = wheel.new_slot(key)
+        else:
+            slot = <object>slot_p
+        PyDict_SetItem(slot, PyLong_FromVoidPtr(<void*>ctx), <object>task_p)
+        return (slot, ctx)
+
+    cdef int ok(self, object tok, object result) except -1:
+        if type(tok) is tuple:
+            slot = (<tuple>tok)[0]
+            ctx = (<tuple>tok)[1]
+            if slot is None:
+                PyContextVar_Reset(_DEADLINE, ctx)
+                return 0
+            key = PyLong_FromVoidPtr(<void*>ctx)
+            if PyDict_Contains(slot, key):
+                PyDict_DelItem(slot, key)
+                PyContextVar_Reset(_DEADLINE, ctx)
+                return 0
+        # Expired, or the Python path's token: the strategy sorts it out.
+        self.py_ok(tok, result)
+        return 0
+
+
 cdef FastGate _fast_gate(object strategy):
     """The C hooks for a strategy: its own fast path when it has one, else its
     Python hooks."""
@@ -190,6 +303,8 @@ cdef FastGate _fast_gate(object strategy):
         return _LimiterGate(strategy)
     if kind == "gate" and type(strategy._gate) is _core_c.Gate:
         return _BulkheadGate(strategy)
+    if kind == "timeout":
+        return _TimeoutGate(strategy)
     return FastGate(strategy)
 
 

@@ -18,4 +18,9 @@ static void rs_install_am_send(PyObject *tp, void *fn) {
     PyTypeObject *t = (PyTypeObject *)tp;
     if (t->tp_as_async != NULL) t->tp_as_async->am_send = (sendfunc)fn;
 }
+static inline double rs_monotonic_s(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
 #endif

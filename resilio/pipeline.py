@@ -106,6 +106,8 @@ def _gate_n(gates: tuple[GateStrategy, ...], inner: Runner | None) -> Runner:
     return run
 
 
+_CGateGroup: Any
+_CBound: Any
 try:
     from resilio._runner_c import Bound as _CBound
     from resilio._runner_c import GateGroup as _CGateGroup

@@ -86,7 +86,7 @@ def header_key(name: str) -> KeyFunc:
 
 def route_key(scope: Scope) -> str | None:
     """Key by the request path: one limit per route."""
-    return scope.get("path")  # type: ignore[no-any-return]
+    return scope.get("path")
 
 
 async def _plain_response(

@@ -24,7 +24,7 @@ def _exception_filter(handle: Handle) -> Callable[[Exception], bool]:
                 raise TypeError(f"handle must hold exception types, got {t!r}")
         types = handle
     elif callable(handle):
-        return handle
+        return handle  # type: ignore[return-value]
     else:
         raise TypeError(f"handle must be exception types or a predicate, got {handle!r}")
     return lambda exc: isinstance(exc, types)

@@ -152,6 +152,10 @@ class Timeout(GateStrategy):
     def kind(self) -> str:
         return "timeout"
 
+    def _fast_kind(self) -> str:
+        """Tell the compiled runner it may file deadlines into the wheel in C."""
+        return "timeout"
+
     def _enter(self) -> Any:
         at = _monotonic() + self.seconds
         outer = _get()

@@ -1,0 +1,648 @@
+"""`resilio demo`: the same workload against a flaky upstream, bare and resilient.
+
+The upstream (`resilio.demo.upstream`) runs in a child process so that the
+client's event loop measures only the client. Each run sends `rate` calls per
+second for `duration` seconds (call i leaves at t0 + i / rate, whatever happened
+to the calls before it), each `GET /work` with the call number in a header.
+The first run uses a bare `httpx.AsyncClient`; the second the same client on a
+`ResilientTransport` (the standard layers, tuned for a short demo). The
+report compares them and is written as HTML with an SVG timeline.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final, TextIO
+
+import anyio
+
+__all__ = [
+    "DEFAULT_DURATION",
+    "DEFAULT_RATE",
+    "QUICK_DURATION",
+    "QUICK_RATE",
+    "CallRecord",
+    "DemoOptions",
+    "RunResult",
+    "configure",
+    "demo_main",
+    "run",
+    "summarize",
+]
+
+#: Seconds of workload per run (the demo runs twice) and calls per second.
+DEFAULT_DURATION: Final = 25.0
+DEFAULT_RATE: Final = 50.0
+#: --quick: a short run for tests and a first look.
+QUICK_DURATION: Final = 4.0
+QUICK_RATE: Final = 100.0
+DEFAULT_ERROR_RATE: Final = 0.1
+DEFAULT_OUTPUT: Final = "resilio-demo.html"
+
+# The resilient client's settings: the standard layers with timeouts and windows scaled
+# to a run of seconds, not hours of production traffic.
+TOTAL_TIMEOUT: Final = 3.0
+ATTEMPT_TIMEOUT: Final = 1.0
+RETRY_ATTEMPTS: Final = 4
+RETRY_DELAY: Final = 0.1
+RETRY_MAX_DELAY: Final = 1.0
+BREAKER_FAILURE_RATIO: Final = 0.5
+BREAKER_MIN_THROUGHPUT: Final = 20
+BREAKER_SAMPLING: Final = 2.0
+BREAKER_BREAK: Final = 1.0
+
+#: Targets the resilient run must meet.
+TARGET_SUCCESS: Final = 0.99
+TARGET_OVERRUN: Final = 0.050
+TARGET_AMPLIFICATION: Final = 1.3
+
+# How long to wait, after the last call left, for the stragglers of a run.
+_DRAIN: Final = 10.0
+
+
+@dataclass
+class DemoOptions:
+    """What `resilio demo` was asked to do."""
+
+    duration: float = DEFAULT_DURATION
+    rate: float = DEFAULT_RATE
+    seed: int = 0
+    error_rate: float = DEFAULT_ERROR_RATE
+    output: Path = Path(DEFAULT_OUTPUT)
+    json_path: Path | None = None
+    live: bool = True
+
+
+@dataclass
+class CallRecord:
+    """One call of the workload: when it left and ended (s from t0), and how it went."""
+
+    index: int
+    start: float
+    end: float
+    ok: bool
+    outcome: str
+
+
+@dataclass
+class RunResult:
+    """Everything measured during one run."""
+
+    name: str
+    title: str
+    duration: float
+    calls: list[CallRecord] = field(default_factory=list)
+    upstream_calls: int = 0
+    upstream_per_second: list[int] = field(default_factory=list)
+    upstream_statuses: dict[str, int] = field(default_factory=dict)
+    total_timeout: float | None = None
+    retry: dict[str, int] | None = None
+    rejections: dict[str, int] = field(default_factory=dict)
+    transitions: list[tuple[float, str]] = field(default_factory=list)
+
+
+def _reason(exc: BaseException) -> str:
+    from resilio.errors import BrokenCircuitError, ExecutionRejectedError, TimeoutRejectedError
+
+    if isinstance(exc, BrokenCircuitError):
+        return "circuit open"
+    if isinstance(exc, TimeoutRejectedError):
+        return f"timeout ({exc.strategy or 'timeout'})"
+    if isinstance(exc, ExecutionRejectedError):
+        return f"rejected ({exc.strategy or type(exc).__name__})"
+    return type(exc).__name__
+
+
+# ---- the upstream child process --------------------------------------------------------
+
+
+class _Upstream:
+    """The child process serving the flaky upstream and its proxy."""
+
+    def __init__(self, seed: int, error_rate: float) -> None:
+        root = str(Path(__file__).resolve().parent.parent.parent)
+        env = dict(os.environ)
+        env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
+        self.proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "resilio.demo.upstream",
+                "--seed",
+                str(seed),
+                "--error-rate",
+                repr(error_rate),
+            ],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            env=env,
+        )
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline()
+        if not line:
+            self.close()
+            raise RuntimeError("the demo upstream did not start (see the error above)")
+        ports = json.loads(line)
+        self.proxy_url = f"http://127.0.0.1:{ports['proxy_port']}"
+        self.control_url = f"http://127.0.0.1:{ports['upstream_port']}"
+
+    def close(self) -> None:
+        if self.proc.stdin is not None:
+            self.proc.stdin.close()
+        try:
+            self.proc.wait(5)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
+
+
+# ---- one run -----------------------------------------------------------------------------
+
+
+class _Live:
+    """Counts for the progress line."""
+
+    def __init__(self) -> None:
+        self.sent = 0
+        self.ok = 0
+        self.failed = 0
+
+
+def _phase_name(t: float, duration: float) -> str:
+    from resilio.demo.upstream import phase_at
+
+    p = phase_at(t / duration) if duration > 0 else None
+    return p.name if p is not None else "drain"
+
+
+async def _progress(
+    result: RunResult, t0: float, live: _Live, state: Callable[[], str], out: TextIO
+) -> None:
+    second = 1
+    while True:
+        await anyio.sleep(max(0.0, t0 + second - time.monotonic()))
+        t = time.monotonic() - t0
+        in_flight = live.sent - live.ok - live.failed
+        print(
+            f"[{result.name:<9} {t:5.1f}s] {_phase_name(t, result.duration):<9} "
+            f"sent {live.sent:5d}  ok {live.ok:5d}  failed {live.failed:4d}  "
+            f"in flight {in_flight:3d}  {state()}",
+            file=out,
+            flush=True,
+        )
+        second += 1
+
+
+async def _workload(
+    client: Any,
+    url: str,
+    result: RunResult,
+    rate: float,
+    t0: float,
+    live: _Live,
+) -> None:
+    from resilio.demo.upstream import CALL_HEADER
+
+    n = int(result.duration * rate)
+
+    async def one(i: int) -> None:
+        start = time.monotonic()
+        try:
+            response = await client.get(url, headers={CALL_HEADER: str(i)})
+        except Exception as exc:
+            ok, outcome = False, _reason(exc)
+        else:
+            ok = 200 <= response.status_code < 300
+            outcome = str(response.status_code) if ok else f"HTTP {response.status_code}"
+        end = time.monotonic()
+        result.calls.append(CallRecord(i, start - t0, end - t0, ok, outcome))
+        if ok:
+            live.ok += 1
+        else:
+            live.failed += 1
+
+    async with anyio.create_task_group() as tg:
+        for i in range(n):
+            await anyio.sleep(max(0.0, t0 + i / rate - time.monotonic()))
+            live.sent += 1
+            tg.start_soon(one, i)
+
+
+async def _run_once(
+    name: str,
+    title: str,
+    make_client: Callable[[RunResult, float], tuple[Any, Callable[[], str]]],
+    upstream: _Upstream,
+    options: DemoOptions,
+    out: TextIO,
+) -> RunResult:
+    import httpx
+
+    result = RunResult(name, title, options.duration)
+    async with httpx.AsyncClient(base_url=upstream.control_url) as control:
+        # A little ahead, so the timeline has started before the first call leaves.
+        t0 = time.monotonic() + 0.2
+        r = await control.post(
+            "/__control/start", json={"t0": t0, "duration": options.duration, "run": name}
+        )
+        r.raise_for_status()
+        client, state = make_client(result, t0)
+        live = _Live()
+        async with client, anyio.create_task_group() as tg:
+            if options.live:
+                tg.start_soon(_progress, result, t0, live, state, out)
+            with anyio.move_on_after(options.duration + _DRAIN + 1.0):
+                await _workload(client, upstream.proxy_url + "/work", result, options.rate, t0, live)
+            tg.cancel_scope.cancel()
+        state()  # takes the final counts
+        stats = (await control.get("/__control/stats")).json()
+    result.upstream_calls = int(stats["calls"])
+    result.upstream_per_second = [int(x) for x in stats["per_second"]]
+    result.upstream_statuses = {str(k): int(v) for k, v in stats["statuses"].items()}
+    result.calls.sort(key=lambda c: c.index)
+    return result
+
+
+def _bare_client(result: RunResult, t0: float) -> tuple[Any, Callable[[], str]]:
+    import httpx
+
+    return httpx.AsyncClient(), lambda: ""
+
+
+def _resilient_client(seed: int) -> Callable[[RunResult, float], tuple[Any, Callable[[], str]]]:
+    def make(result: RunResult, t0: float) -> tuple[Any, Callable[[], str]]:
+        import httpx
+
+        from resilio.errors import BrokenCircuitError
+        from resilio.integrations.httpx import TRANSIENT_ERRORS, FailedResponse, ResilientTransport
+        from resilio.strategies.circuit_breaker import CircuitBreaker
+        from resilio.strategies.retry import Backoff, Retry, RetryBudget
+        from resilio.strategies.timeout import Timeout
+
+        breakers: list[CircuitBreaker] = []
+
+        def transition(state: str) -> Callable[[CircuitBreaker], None]:
+            def hook(_: CircuitBreaker) -> None:
+                result.transitions.append((time.monotonic() - t0, state))
+
+            return hook
+
+        def breaker() -> CircuitBreaker:
+            b = CircuitBreaker(
+                failure_ratio=BREAKER_FAILURE_RATIO,
+                minimum_throughput=BREAKER_MIN_THROUGHPUT,
+                sampling_duration=BREAKER_SAMPLING,
+                break_duration=BREAKER_BREAK,
+                handle=TRANSIENT_ERRORS,
+                on_opened=transition("open"),
+                on_half_opened=transition("half-open"),
+                on_closed=transition("closed"),
+            )
+            breakers.append(b)
+            return b
+
+        async def release(attempt: int, outcome: Any, delay: float) -> None:
+            # Free the failed response's connection now, not after the backoff.
+            if isinstance(outcome, FailedResponse):
+                await outcome.response.aclose()
+
+        retry = Retry(
+            RETRY_ATTEMPTS,
+            backoff=Backoff.exponential(
+                RETRY_DELAY, max_delay=RETRY_MAX_DELAY, jitter=True, seed=seed
+            ),
+            # An open circuit is worth waiting for when it closes within the deadline:
+            # the retry sleeps its retry_after, and gives up at once when it cannot.
+            handle=(*TRANSIENT_ERRORS, BrokenCircuitError),
+            on_retry=release,
+            budget=RetryBudget(),
+        )
+        total = Timeout(TOTAL_TIMEOUT, name="total_timeout")
+        attempt = Timeout(ATTEMPT_TIMEOUT, name="attempt_timeout")
+        transport = ResilientTransport(
+            total_timeout=total, attempt_timeout=attempt, retry=retry, breaker=breaker
+        )
+        result.total_timeout = TOTAL_TIMEOUT
+
+        def finish() -> None:
+            stats = retry.stats()
+            result.retry = stats
+            result.rejections = {
+                "circuit open (attempts refused)": sum(b.rejected for b in breakers),
+                "retry budget (retries refused)": stats["budget_refused"],
+                "retry gave up (hint or deadline)": stats["gave_up"],
+                "total timeout (calls cut)": total.timeouts,
+                "attempt timeout (attempts cut)": attempt.timeouts,
+            }
+
+        def state() -> str:
+            finish()
+            if not breakers:
+                return "breaker closed"
+            return f"breaker {breakers[0].state.name.lower().replace('_', '-')}"
+
+        return httpx.AsyncClient(transport=transport), state
+
+    return make
+
+
+# ---- figures -----------------------------------------------------------------------------
+
+
+def _percentile(sorted_values: list[float], q: float) -> float:
+    if not sorted_values:
+        return math.nan
+    k = max(0, min(len(sorted_values) - 1, math.ceil(q * len(sorted_values)) - 1))
+    return sorted_values[k]
+
+
+def _outage(duration: float) -> tuple[float, float]:
+    from resilio.demo.upstream import TIMELINE
+
+    p = next(p for p in TIMELINE if p.name == "outage")
+    return p.start * duration, p.end * duration
+
+
+def summarize(result: RunResult) -> dict[str, Any]:
+    """The figures of one run, as plain data."""
+    calls = result.calls
+    n = len(calls)
+    ok = sum(c.ok for c in calls)
+    lo, hi = _outage(result.duration)
+    outside = [c for c in calls if not lo <= c.start < hi]
+    ok_outside = sum(c.ok for c in outside)
+    durations = sorted(c.end - c.start for c in calls)
+    failures: dict[str, int] = {}
+    for c in calls:
+        if not c.ok:
+            failures[c.outcome] = failures.get(c.outcome, 0) + 1
+    max_duration = durations[-1] if durations else 0.0
+    summary: dict[str, Any] = {
+        "name": result.name,
+        "title": result.title,
+        "calls": n,
+        "succeeded": ok,
+        "success_rate": ok / n if n else math.nan,
+        "calls_outside_outage": len(outside),
+        "success_rate_outside_outage": ok_outside / len(outside) if outside else math.nan,
+        "p50": _percentile(durations, 0.50),
+        "p95": _percentile(durations, 0.95),
+        "p99": _percentile(durations, 0.99),
+        "max_duration": max_duration,
+        "upstream_calls": result.upstream_calls,
+        "amplification": result.upstream_calls / n if n else math.nan,
+        "failures": dict(sorted(failures.items(), key=lambda kv: -kv[1])),
+        "retry": result.retry,
+        "rejections": result.rejections,
+        "transitions": result.transitions,
+        "total_timeout": result.total_timeout,
+        "max_overrun": None
+        if result.total_timeout is None
+        else max_duration - result.total_timeout,
+    }
+    return summary
+
+
+def _pct(x: float) -> str:
+    return "-" if math.isnan(x) else f"{100 * x:.1f} %"
+
+
+def _ms(x: float) -> str:
+    return "-" if math.isnan(x) else f"{1000 * x:.0f} ms"
+
+
+def _transitions_text(transitions: list[tuple[float, str]], limit: int = 12) -> str:
+    if not transitions:
+        return "none"
+    items = [f"{state} {t:.1f}s" for t, state in transitions]
+    if len(items) > limit:
+        items = [*items[: limit - 1], f"... ({len(items) - limit + 1} more)"]
+    return ", ".join(items)
+
+
+def targets(resilient: dict[str, Any]) -> list[tuple[str, str, str, bool]]:
+    """(what, figure, target, met) for the resilient run."""
+    overrun = resilient["max_overrun"] or 0.0
+    return [
+        (
+            "success outside the outage",
+            _pct(resilient["success_rate_outside_outage"]),
+            f">= {100 * TARGET_SUCCESS:.0f} %",
+            resilient["success_rate_outside_outage"] >= TARGET_SUCCESS,
+        ),
+        (
+            "max overrun of the total timeout",
+            f"{1000 * overrun:+.1f} ms",
+            f"<= {1000 * TARGET_OVERRUN:.0f} ms",
+            overrun <= TARGET_OVERRUN,
+        ),
+        (
+            "load amplification",
+            f"{resilient['amplification']:.2f}x",
+            f"<= {TARGET_AMPLIFICATION}x",
+            resilient["amplification"] <= TARGET_AMPLIFICATION,
+        ),
+    ]
+
+
+def print_report(bare: dict[str, Any], resilient: dict[str, Any], out: TextIO) -> None:
+    """Print the side-by-side comparison and the targets."""
+    rows: list[tuple[str, str, str]] = [
+        ("calls", str(bare["calls"]), str(resilient["calls"])),
+        ("success rate", _pct(bare["success_rate"]), _pct(resilient["success_rate"])),
+        (
+            "  outside the outage",
+            _pct(bare["success_rate_outside_outage"]),
+            _pct(resilient["success_rate_outside_outage"]),
+        ),
+        ("latency p50", _ms(bare["p50"]), _ms(resilient["p50"])),
+        ("latency p95", _ms(bare["p95"]), _ms(resilient["p95"])),
+        ("latency p99", _ms(bare["p99"]), _ms(resilient["p99"])),
+        ("slowest call", _ms(bare["max_duration"]), _ms(resilient["max_duration"])),
+        ("upstream calls", str(bare["upstream_calls"]), str(resilient["upstream_calls"])),
+        (
+            "load amplification",
+            f"{bare['amplification']:.2f}x",
+            f"{resilient['amplification']:.2f}x",
+        ),
+        (
+            "retries",
+            "-",
+            "-" if resilient["retry"] is None else str(resilient["retry"]["retries"]),
+        ),
+    ]
+    w0 = max(len(r[0]) for r in rows) + 2
+    w1 = max(max(len(r[1]) for r in rows), len("bare httpx")) + 3
+    print("", file=out)
+    print(f"{'':<{w0}}{'bare httpx':<{w1}}resilient (ResilientTransport)", file=out)
+    for label, a, b in rows:
+        print(f"{label:<{w0}}{a:<{w1}}{b}", file=out)
+    print("", file=out)
+    for s in (bare, resilient):
+        failures = ", ".join(f"{k} {v}" for k, v in s["failures"].items()) or "none"
+        print(f"failed calls, {s['name']}: {failures}", file=out)
+    if resilient["rejections"]:
+        print("rejections, resilient:", file=out)
+        for k, v in resilient["rejections"].items():
+            print(f"  {k}: {v}", file=out)
+    print(f"breaker transitions: {_transitions_text(resilient['transitions'])}", file=out)
+    print("", file=out)
+    print("targets (resilient run):", file=out)
+    for what, figure, target, met in targets(resilient):
+        print(f"  {what:<34} {figure:>10}  ({target})  {'met' if met else 'MISSED'}", file=out)
+
+
+# ---- entry points ------------------------------------------------------------------------
+
+
+async def run(options: DemoOptions, out: TextIO = sys.stdout) -> tuple[RunResult, RunResult]:
+    """Start the upstream, run the workload bare then resilient; return both results."""
+    from resilio.demo.upstream import TIMELINE
+
+    print(
+        f"resilio demo: {options.rate:g} calls/s for {options.duration:g} s, twice "
+        f"(seed {options.seed}, {100 * options.error_rate:g} % transient errors)",
+        file=out,
+    )
+    for p in TIMELINE:
+        print(
+            f"  {p.start * options.duration:5.1f}-{p.end * options.duration:5.1f}s  "
+            f"{p.name:<9} {p.label}",
+            file=out,
+        )
+    upstream = await anyio.to_thread.run_sync(_Upstream, options.seed, options.error_rate)
+    try:
+        bare = await _run_once(
+            "bare", "bare httpx.AsyncClient", _bare_client, upstream, options, out
+        )
+        resilient = await _run_once(
+            "resilient",
+            "httpx.AsyncClient on ResilientTransport",
+            _resilient_client(options.seed),
+            upstream,
+            options,
+            out,
+        )
+    finally:
+        await anyio.to_thread.run_sync(upstream.close)
+    return bare, resilient
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    """Add the `resilio demo` options to `parser`."""
+    parser.add_argument(
+        "--duration",
+        type=float,
+        default=None,
+        help=f"seconds of workload per run (default {DEFAULT_DURATION:g}; --quick: "
+        f"{QUICK_DURATION:g})",
+    )
+    parser.add_argument(
+        "--rate",
+        type=float,
+        default=None,
+        help=f"calls per second (default {DEFAULT_RATE:g}; --quick: {QUICK_RATE:g})",
+    )
+    parser.add_argument("--seed", type=int, default=0, help="seed of the faults (default 0)")
+    parser.add_argument(
+        "--error-rate",
+        type=float,
+        default=DEFAULT_ERROR_RATE,
+        help=f"share of transient 503s (default {DEFAULT_ERROR_RATE:g})",
+    )
+    parser.add_argument(
+        "--output",
+        type=Path,
+        default=Path(DEFAULT_OUTPUT),
+        help=f"where to write the HTML report (default {DEFAULT_OUTPUT})",
+    )
+    parser.add_argument("--json", type=Path, default=None, help="also write the figures as JSON")
+    parser.add_argument(
+        "--quick", action="store_true", help="a short run (about 10 s in all) for a first look"
+    )
+    parser.add_argument("--no-live", action="store_true", help="no progress line per second")
+
+
+def execute(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    """Run the demo for parsed arguments; return the exit status."""
+    try:
+        import httpx  # noqa: F401
+        import uvicorn  # noqa: F401
+    except ImportError as exc:
+        print(f"resilio demo needs httpx and uvicorn ({exc}): pip install httpx uvicorn", file=err)
+        return 2
+    duration = args.duration
+    if duration is None:
+        duration = QUICK_DURATION if args.quick else DEFAULT_DURATION
+    rate = args.rate
+    if rate is None:
+        rate = QUICK_RATE if args.quick else DEFAULT_RATE
+    problems = []
+    if not (math.isfinite(duration) and duration > 0):
+        problems.append(f"--duration must be > 0, got {duration!r}")
+    if not (math.isfinite(rate) and rate > 0):
+        problems.append(f"--rate must be > 0, got {rate!r}")
+    if not 0.0 <= args.error_rate <= 1.0:
+        problems.append(f"--error-rate must be in [0, 1], got {args.error_rate!r}")
+    if problems:
+        for p in problems:
+            print(f"resilio demo: {p}", file=err)
+        return 2
+    options = DemoOptions(
+        duration=duration,
+        rate=rate,
+        seed=args.seed,
+        error_rate=args.error_rate,
+        output=args.output,
+        json_path=args.json,
+        live=not args.no_live,
+    )
+    bare, resilient = anyio.run(run, options, out, backend="asyncio")
+    from resilio.demo.report import render
+
+    sb, sr = summarize(bare), summarize(resilient)
+    print_report(sb, sr, out)
+    options.output.parent.mkdir(parents=True, exist_ok=True)
+    options.output.write_text(render(options, bare, resilient, sb, sr), encoding="utf-8")
+    if options.json_path is not None:
+        doc = {
+            "options": {
+                "duration": options.duration,
+                "rate": options.rate,
+                "seed": options.seed,
+                "error_rate": options.error_rate,
+            },
+            "bare": sb,
+            "resilient": sr,
+            "targets": [
+                {"what": w, "figure": f, "target": t, "met": m} for w, f, t, m in targets(sr)
+            ],
+        }
+        options.json_path.parent.mkdir(parents=True, exist_ok=True)
+        options.json_path.write_text(json.dumps(doc, indent=2, default=str), encoding="utf-8")
+    print(f"\nreport: {options.output.resolve()}", file=out)
+    return 0
+
+
+def demo_main(argv: list[str] | None = None) -> int:
+    """`resilio demo` as a function: parse `argv`, run, return the exit status."""
+    parser = argparse.ArgumentParser(
+        prog="resilio demo", description="a flaky upstream, bare vs resilient"
+    )
+    configure(parser)
+    return execute(parser.parse_args(argv), sys.stdout, sys.stderr)
+
+
+if __name__ == "__main__":
+    sys.exit(demo_main())
