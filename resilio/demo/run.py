@@ -59,6 +59,8 @@ BREAKER_FAILURE_RATIO: Final = 0.5
 BREAKER_MIN_THROUGHPUT: Final = 20
 BREAKER_SAMPLING: Final = 2.0
 BREAKER_BREAK: Final = 1.0
+CIRCUIT_WAITS: Final = 5
+CIRCUIT_WAIT_DELAY: Final = 0.05
 
 #: Targets the resilient run must meet.
 TARGET_SUCCESS: Final = 0.99
@@ -242,7 +244,7 @@ async def _workload(
 async def _run_once(
     name: str,
     title: str,
-    make_client: Callable[[RunResult, float], tuple[Any, Callable[[], str]]],
+    make_client: Callable[[RunResult, list[float]], tuple[Any, Callable[[], str]]],
     upstream: _Upstream,
     options: DemoOptions,
     out: TextIO,
@@ -250,20 +252,22 @@ async def _run_once(
     import httpx
 
     result = RunResult(name, title, options.duration)
+    origin = [0.0]  # t0, known once the client is built (building one can take 0.3 s)
+    client, state = make_client(result, origin)
     async with httpx.AsyncClient(base_url=upstream.control_url) as control:
         # A little ahead, so the timeline has started before the first call leaves.
-        t0 = time.monotonic() + 0.2
+        t0 = origin[0] = time.monotonic() + 0.2
         r = await control.post(
             "/__control/start", json={"t0": t0, "duration": options.duration, "run": name}
         )
         r.raise_for_status()
-        client, state = make_client(result, t0)
         live = _Live()
         async with client, anyio.create_task_group() as tg:
             if options.live:
                 tg.start_soon(_progress, result, t0, live, state, out)
             with anyio.move_on_after(options.duration + _DRAIN + 1.0):
-                await _workload(client, upstream.proxy_url + "/work", result, options.rate, t0, live)
+                url = upstream.proxy_url + "/work"
+                await _workload(client, url, result, options.rate, t0, live)
             tg.cancel_scope.cancel()
         state()  # takes the final counts
         stats = (await control.get("/__control/stats")).json()
@@ -274,83 +278,84 @@ async def _run_once(
     return result
 
 
-def _bare_client(result: RunResult, t0: float) -> tuple[Any, Callable[[], str]]:
+def _bare_client(result: RunResult, t0: list[float]) -> tuple[Any, Callable[[], str]]:
     import httpx
 
     return httpx.AsyncClient(), lambda: ""
 
 
-def _resilient_client(seed: int) -> Callable[[RunResult, float], tuple[Any, Callable[[], str]]]:
-    def make(result: RunResult, t0: float) -> tuple[Any, Callable[[], str]]:
+def _resilient_client(
+    seed: int,
+) -> Callable[[RunResult, list[float]], tuple[Any, Callable[[], str]]]:
+    def make(result: RunResult, t0: list[float]) -> tuple[Any, Callable[[], str]]:
         import httpx
 
         from resilio.errors import BrokenCircuitError
         from resilio.integrations.httpx import TRANSIENT_ERRORS, FailedResponse, ResilientTransport
+        from resilio.pipeline import Pipeline
         from resilio.strategies.circuit_breaker import CircuitBreaker
         from resilio.strategies.retry import Backoff, Retry, RetryBudget
         from resilio.strategies.timeout import Timeout
 
-        breakers: list[CircuitBreaker] = []
-
         def transition(state: str) -> Callable[[CircuitBreaker], None]:
             def hook(_: CircuitBreaker) -> None:
-                result.transitions.append((time.monotonic() - t0, state))
+                result.transitions.append((time.monotonic() - t0[0], state))
 
             return hook
-
-        def breaker() -> CircuitBreaker:
-            b = CircuitBreaker(
-                failure_ratio=BREAKER_FAILURE_RATIO,
-                minimum_throughput=BREAKER_MIN_THROUGHPUT,
-                sampling_duration=BREAKER_SAMPLING,
-                break_duration=BREAKER_BREAK,
-                handle=TRANSIENT_ERRORS,
-                on_opened=transition("open"),
-                on_half_opened=transition("half-open"),
-                on_closed=transition("closed"),
-            )
-            breakers.append(b)
-            return b
 
         async def release(attempt: int, outcome: Any, delay: float) -> None:
             # Free the failed response's connection now, not after the backoff.
             if isinstance(outcome, FailedResponse):
                 await outcome.response.aclose()
 
+        total = Timeout(TOTAL_TIMEOUT, name="total_timeout")
+        # Waiting out an open circuit sends nothing upstream, so it is not charged to
+        # the retry budget: a call the breaker refuses sleeps its retry_after (when the
+        # deadline leaves room) and tries again; the breaker admits one probe at a time.
+        circuit_wait = Retry(
+            CIRCUIT_WAITS,
+            backoff=Backoff.constant(CIRCUIT_WAIT_DELAY, max_delay=TOTAL_TIMEOUT),
+            handle=BrokenCircuitError,
+            name="circuit_wait",
+        )
         retry = Retry(
             RETRY_ATTEMPTS,
             backoff=Backoff.exponential(
                 RETRY_DELAY, max_delay=RETRY_MAX_DELAY, jitter=True, seed=seed
             ),
-            # An open circuit is worth waiting for when it closes within the deadline:
-            # the retry sleeps its retry_after, and gives up at once when it cannot.
-            handle=(*TRANSIENT_ERRORS, BrokenCircuitError),
+            handle=TRANSIENT_ERRORS,
             on_retry=release,
             budget=RetryBudget(),
         )
-        total = Timeout(TOTAL_TIMEOUT, name="total_timeout")
-        attempt = Timeout(ATTEMPT_TIMEOUT, name="attempt_timeout")
-        transport = ResilientTransport(
-            total_timeout=total, attempt_timeout=attempt, retry=retry, breaker=breaker
+        breaker = CircuitBreaker(
+            failure_ratio=BREAKER_FAILURE_RATIO,
+            minimum_throughput=BREAKER_MIN_THROUGHPUT,
+            sampling_duration=BREAKER_SAMPLING,
+            break_duration=BREAKER_BREAK,
+            handle=TRANSIENT_ERRORS,
+            on_opened=transition("open"),
+            on_half_opened=transition("half-open"),
+            on_closed=transition("closed"),
         )
+        attempt = Timeout(ATTEMPT_TIMEOUT, name="attempt_timeout")
+        pipeline = Pipeline(total, circuit_wait, retry, breaker, attempt, name="demo")
+        transport = ResilientTransport(pipeline)
         result.total_timeout = TOTAL_TIMEOUT
 
-        def finish() -> None:
+        def state() -> str:
             stats = retry.stats()
+            waits = circuit_wait.stats()
             result.retry = stats
             result.rejections = {
-                "circuit open (attempts refused)": sum(b.rejected for b in breakers),
+                "circuit open (attempts refused)": breaker.rejected,
+                "waits for the circuit to close": waits["retries"],
+                "circuit still open at the deadline (calls)": waits["gave_up"] + waits["exhausted"],
                 "retry budget (retries refused)": stats["budget_refused"],
-                "retry gave up (hint or deadline)": stats["gave_up"],
+                "retry gave up (Retry-After or deadline)": stats["gave_up"],
                 "total timeout (calls cut)": total.timeouts,
                 "attempt timeout (attempts cut)": attempt.timeouts,
             }
-
-        def state() -> str:
-            finish()
-            if not breakers:
-                return "breaker closed"
-            return f"breaker {breakers[0].state.name.lower().replace('_', '-')}"
+            return f"breaker {breaker.state.name.lower().replace('_', '-')}"
 
         return httpx.AsyncClient(transport=transport), state
 

@@ -27,6 +27,7 @@ import anyio
 
 from resilio import _core
 from resilio import context as _ctx
+from resilio.backends import Backend, resolve
 from resilio.clock import SYSTEM_CLOCK, Clock
 from resilio.errors import BulkheadFullError
 from resilio.strategies._base import WAIT
@@ -117,6 +118,12 @@ class RateLimitMiddleware:
     carries `RateLimit-Policy` and `RateLimit` headers (IETF httpapi
     rate-limit-headers draft); a refused request gets `429` with `Retry-After`
     in whole seconds, rounded up.
+
+    `backend` says where the per-client buckets live: in this process
+    (``"memory"``, the default) or shared by the worker processes of one host
+    (``"shm:/dev/shm/NAME"`` or a `resilio.backends.shm.SharedState`), so a
+    client gets `rate` across all workers, not `rate` per worker; `name` then
+    names the shared table.
     """
 
     def __init__(
@@ -131,11 +138,13 @@ class RateLimitMiddleware:
         exempt: Iterable[str] = (),
         policy: str = "default",
         clock: Clock | None = None,
+        backend: Backend = None,
+        name: str | None = None,
     ) -> None:
         self.app = app
         if burst is None:
             burst = max(1, math.ceil(rate))
-        self._buckets = _core.KeyedBuckets(rate, burst, max_keys)
+        self._buckets = resolve(backend, name).keyed_buckets(rate, burst, max_keys)
         self._burst = burst
         self._interval_ns: int = self._buckets.interval_ns
         self._key = _key_func(key)

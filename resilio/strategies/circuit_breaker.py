@@ -19,6 +19,7 @@ from collections.abc import Callable
 from typing import Any, TypeAlias
 
 from resilio import _core
+from resilio.backends import Backend, resolve
 from resilio.clock import Clock
 from resilio.errors import BrokenCircuitError, IsolatedCircuitError
 from resilio.strategies._base import GateStrategy
@@ -140,6 +141,12 @@ class CircuitBreaker(GateStrategy):
     `slow_call_ratio`). While open, calls raise `BrokenCircuitError` at once.
     After `break_duration`, up to `half_open_calls` probes run: all succeed and
     it closes, any fails and it opens again.
+
+    `backend` says where the circuit lives: in this process (``"memory"``, the
+    default) or shared by the processes of one host (``"shm:/dev/shm/NAME"``, a
+    `resilio.backends.shm.SharedState`; the breaker's `name` then names the
+    shared circuit, and a circuit opened by one process is open for all). Hooks
+    fire in the process whose call made the transition.
     """
 
     __slots__ = (
@@ -186,6 +193,7 @@ class CircuitBreaker(GateStrategy):
         on_half_opened: Hook | None = None,
         name: str | None = None,
         clock: Clock | None = None,
+        backend: Backend = None,
     ) -> None:
         super().__init__(name=name, clock=clock)
         self._failure_ratio = _ratio("failure_ratio", failure_ratio)
@@ -227,7 +235,7 @@ class CircuitBreaker(GateStrategy):
         self._on_closed = _hook("on_closed", on_closed)
         self._on_half_opened = _hook("on_half_opened", on_half_opened)
 
-        self._circuit = _core.Circuit(
+        self._circuit = resolve(backend, name).circuit(
             self._failure_ratio,
             self._minimum_throughput,
             sampling_ns,
@@ -242,7 +250,8 @@ class CircuitBreaker(GateStrategy):
         self._record = self._circuit.record
         self._release = self._circuit.release
         self._now_ns = self._clock.now_ns
-        self._seen_half_opened = 0
+        # A shared circuit (backend=) may have half-opened before this process saw it.
+        self._seen_half_opened = self._circuit.half_opened
         # One flag test per hook keeps the common configuration's success path short.
         self._plain_enter = not self._slow_ns and self._on_half_opened is None
         self._plain_ok = not self._slow_ns and self._handle_result is None

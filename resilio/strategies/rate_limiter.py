@@ -22,7 +22,7 @@ import threading
 from collections.abc import Awaitable, Callable
 from typing import Any, overload
 
-from resilio import _core
+from resilio.backends import Backend, Factory, resolve
 from resilio.clock import Clock
 from resilio.errors import RateLimitedError
 from resilio.strategies._base import WAIT, GateStrategy, Runner, Shaper, Strategy
@@ -79,6 +79,7 @@ class _Limiter(Strategy):
         tokens: int = DEFAULT_TOKENS,
         name: str | None = None,
         clock: Clock | None = None,
+        backend: Backend = None,
     ) -> None:
         super().__init__(name=name, clock=clock)
         rate = _number("rate", rate)
@@ -101,9 +102,9 @@ class _Limiter(Strategy):
         self._max_wait = max_wait
         self._max_wait_ns = round(max_wait * 1e9)
         self._now_ns = self._clock.now_ns
-        self._setup(key, max_keys)
+        self._setup(key, max_keys, resolve(backend, name))
 
-    def _setup(self, key: KeyFunc | None, max_keys: int) -> None:
+    def _setup(self, key: KeyFunc | None, max_keys: int, factory: Factory) -> None:
         raise NotImplementedError
 
     @property
@@ -179,6 +180,11 @@ class RateLimiter(_Limiter):
     With `key=fn`, `fn(*args, **kwargs)` names the bucket each call draws from
     (str or bytes of at most 64 bytes); up to `max_keys` keys are kept. The
     result is then a `KeyedRateLimiter`.
+
+    `backend` says where the bucket lives: in this process (``"memory"``, the
+    default) or shared by the processes of one host
+    (``"shm:/dev/shm/NAME"``, a `resilio.backends.shm.SharedState`; the
+    limiter's `name` then names the shared bucket). See `resilio.backends`.
     """
 
     __slots__ = ()
@@ -195,6 +201,7 @@ class RateLimiter(_Limiter):
         tokens: int = DEFAULT_TOKENS,
         name: str | None = None,
         clock: Clock | None = None,
+        backend: Backend = None,
     ) -> RateLimiter: ...
 
     @overload
@@ -209,6 +216,7 @@ class RateLimiter(_Limiter):
         tokens: int = DEFAULT_TOKENS,
         name: str | None = None,
         clock: Clock | None = None,
+        backend: Backend = None,
     ) -> KeyedRateLimiter: ...
 
     def __new__(
@@ -222,6 +230,7 @@ class RateLimiter(_Limiter):
         tokens: int = DEFAULT_TOKENS,
         name: str | None = None,
         clock: Clock | None = None,
+        backend: Backend = None,
     ) -> RateLimiter:
         if cls is RateLimiter:
             # The plain limiter is a gate (fused, no coroutine of its own); a keyed one
@@ -238,10 +247,10 @@ class _GateRateLimiter(RateLimiter, GateStrategy):
     # (about a third of the limiter's cost per call).
     __slots__ = ("_bucket", "_enter", "_pending", "_refund", "_reserve")
 
-    def _setup(self, key: KeyFunc | None, max_keys: int) -> None:
+    def _setup(self, key: KeyFunc | None, max_keys: int, factory: Factory) -> None:
         if key is not None:
             raise TypeError("a keyed limiter is a KeyedRateLimiter; build it with RateLimiter")
-        self._bucket = _core.TokenBucket(self._rate, self._burst)
+        self._bucket = factory.token_bucket(self._rate, self._burst)
         self._reserve = self._bucket.reserve
         self._refund = self._bucket.refund
         # The wait a reservation made in _enter must reach _enter_wait without a
@@ -352,12 +361,12 @@ class KeyedRateLimiter(RateLimiter, Shaper):
 
     __slots__ = ("_bucket", "_key", "_max_keys", "_refund")
 
-    def _setup(self, key: KeyFunc | None, max_keys: int) -> None:
+    def _setup(self, key: KeyFunc | None, max_keys: int, factory: Factory) -> None:
         if key is None or not callable(key):
             raise TypeError(f"key must be a callable returning str or bytes, got {key!r}")
         self._key = key
         self._max_keys = _int("max_keys", max_keys, 1)
-        self._bucket = _core.KeyedBuckets(self._rate, self._burst, self._max_keys)
+        self._bucket = factory.keyed_buckets(self._rate, self._burst, self._max_keys)
         self._refund = self._bucket.refund
 
     @property

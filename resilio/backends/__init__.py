@@ -1,0 +1,94 @@
+"""Where limiter and breaker state lives: the `backend=` of strategies and middleware.
+
+A backend is named by a string, ``"scheme:rest"``, or given as an object:
+
+- ``"memory"`` (the default, also ``None``): in this process's memory;
+- ``"shm:/dev/shm/NAME"``: a shared-memory file, shared by the processes of one host
+  (`resilio.backends.shm`); ``"shm:/dev/shm/NAME?size=256M"`` sizes a new file;
+- an object with a ``factory(name)`` method, e.g. a `resilio.backends.shm.SharedState`.
+
+`resolve(backend, name)` turns it into a `Factory` that builds the primitives of one
+strategy; `name` (the strategy's name) names the shared objects and is required by
+shared backends. More schemes plug in with `register` (e.g. ``"redis"``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, Protocol, TypeAlias, runtime_checkable
+
+from resilio.backends import memory, shm
+
+__all__ = ["SCHEMES", "Backend", "Factory", "HasFactory", "Opener", "register", "resolve"]
+
+
+class Factory(Protocol):
+    """Builds a strategy's primitives, each with the API of the `resilio._core` class
+    of the same name (`TokenBucket`, `KeyedBuckets`, `Circuit`, `Gate`, `Counters`)
+    and the same constructor arguments."""
+
+    def token_bucket(self, rate: float, burst: int) -> Any: ...
+
+    def keyed_buckets(self, rate: float, burst: int, max_keys: int) -> Any: ...
+
+    def circuit(
+        self,
+        failure_ratio: float,
+        minimum_throughput: int,
+        sampling_duration_ns: int,
+        break_duration_ns: int,
+        *,
+        max_break_duration_ns: int = 0,
+        half_open_calls: int = 1,
+        slow_call_ratio: float | None = None,
+        buckets: int = 10,
+        now_ns: int = 0,
+    ) -> Any: ...
+
+    def gate(self, limit: int) -> Any: ...
+
+    def counters(self, n: int) -> Any: ...
+
+
+@runtime_checkable
+class HasFactory(Protocol):
+    """A backend object: gives the factory of the strategy (or middleware) `name`."""
+
+    def factory(self, name: str | None) -> Factory: ...
+
+
+#: What `backend=` accepts.
+Backend: TypeAlias = "str | HasFactory | None"
+#: Opens a backend string for one strategy: (the whole string, name) -> factory.
+Opener: TypeAlias = Callable[[str, "str | None"], Factory]
+
+#: Backend schemes: the part of the string before the first ":" -> its opener.
+SCHEMES: dict[str, Opener] = {
+    "memory": memory.open_backend,
+    "shm": shm.open_backend,
+}
+
+
+def register(scheme: str, opener: Opener) -> None:
+    """Make ``backend="SCHEME:..."`` strings open with `opener(string, name)`."""
+    if not scheme.isidentifier():
+        raise ValueError(f"scheme must be a plain word, got {scheme!r}")
+    SCHEMES[scheme] = opener
+
+
+def resolve(backend: Backend, name: str | None) -> Factory:
+    """The factory that builds the primitives of the strategy `name` on `backend`."""
+    if backend is None:
+        return memory.FACTORY
+    if isinstance(backend, str):
+        opener = SCHEMES.get(backend.partition(":")[0])
+        if opener is None:
+            known = ", ".join(sorted(f"'{s}'" if s == "memory" else f"'{s}:...'" for s in SCHEMES))
+            raise ValueError(f"unknown backend {backend!r}: expected one of {known}")
+        return opener(backend, name)
+    if isinstance(backend, HasFactory):
+        return backend.factory(name)
+    raise TypeError(
+        f"backend must be a string such as 'memory' or 'shm:/dev/shm/NAME', or an object "
+        f"with a factory(name) method, got {backend!r}"
+    )
