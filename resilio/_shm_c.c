@@ -1808,7 +1808,7 @@ struct __pyx_obj_7resilio_7_core_c_KeyedBuckets {
 };
 
 
-/* "resilio/_shm_c.pyx":161
+/* "resilio/_shm_c.pyx":190
  * 
  * 
  * cdef class Mapping:             # <<<<<<<<<<<<<<
@@ -2616,13 +2616,13 @@ static CYTHON_INLINE uint32_t __Pyx_PyLong_As_uint32_t(PyObject *);
 static CYTHON_INLINE int64_t __Pyx_PyLong_As_int64_t(PyObject *);
 
 /* CIntToPy.proto */
-static CYTHON_INLINE PyObject* __Pyx_PyLong_From_int(int value);
-
-/* CIntToPy.proto */
 static CYTHON_INLINE PyObject* __Pyx_PyLong_From_uint32_t(uint32_t value);
 
 /* CIntToPy.proto */
 static CYTHON_INLINE PyObject* __Pyx_PyLong_From_int64_t(int64_t value);
+
+/* CIntToPy.proto */
+static CYTHON_INLINE PyObject* __Pyx_PyLong_From_int(int value);
 
 /* CIntToPy.proto */
 static CYTHON_INLINE PyObject* __Pyx_PyLong_From_long(long value);
@@ -2760,6 +2760,7 @@ static void *__pyx_f_7resilio_6_shm_c_7Mapping__struct(struct __pyx_obj_7resilio
 /* Module declarations from "resilio._core_c" */
 
 /* Module declarations from "resilio._shm_c" */
+static PyObject *__pyx_f_7resilio_6_shm_c__header_dict(rs_shm_header *); /*proto*/
 /* #### Code section: typeinfo ### */
 /* #### Code section: before_global_var ### */
 #define __Pyx_MODULE_NAME "resilio._shm_c"
@@ -2774,6 +2775,7 @@ static const char __pyx_k_Compiled_half_of_the_shared_memo[] = "Compiled half of
 static PyObject *__pyx_pf_7resilio_6_shm_c_heap_offset(CYTHON_UNUSED PyObject *__pyx_self, PyObject *__pyx_v_slot_count); /* proto */
 static PyObject *__pyx_pf_7resilio_6_shm_c_2keyed_size(CYTHON_UNUSED PyObject *__pyx_self, uint64_t __pyx_v_capacity); /* proto */
 static PyObject *__pyx_pf_7resilio_6_shm_c_4init_header(CYTHON_UNUSED PyObject *__pyx_self, PyObject *__pyx_v_buf, uint64_t __pyx_v_total_size, uint32_t __pyx_v_slot_count, PyObject *__pyx_v_secret, int64_t __pyx_v_unix_ns, uint64_t __pyx_v_pid); /* proto */
+static PyObject *__pyx_pf_7resilio_6_shm_c_6check_header(CYTHON_UNUSED PyObject *__pyx_self, PyObject *__pyx_v_data, uint64_t __pyx_v_file_size); /* proto */
 static int __pyx_pf_7resilio_6_shm_c_7Mapping___cinit__(struct __pyx_obj_7resilio_6_shm_c_Mapping *__pyx_v_self, PyObject *__pyx_v_buf); /* proto */
 static void __pyx_pf_7resilio_6_shm_c_7Mapping_2__dealloc__(struct __pyx_obj_7resilio_6_shm_c_Mapping *__pyx_v_self); /* proto */
 static PyObject *__pyx_pf_7resilio_6_shm_c_7Mapping_4check(struct __pyx_obj_7resilio_6_shm_c_Mapping *__pyx_v_self); /* proto */
@@ -2859,7 +2861,7 @@ namespace {
     __Pyx_CachedCFunction __pyx_umethod_PyDict_Type_items;
     __Pyx_CachedCFunction __pyx_umethod_PyDict_Type_pop;
     __Pyx_CachedCFunction __pyx_umethod_PyDict_Type_values;
-    PyObject *__pyx_string_tab[129];
+    PyObject *__pyx_string_tab[133];
     PyObject *__pyx_number_tab[1];
 /* #### Code section: module_state_contents ### */
 /* PyFrozenDict.module_state_decls */
@@ -2909,124 +2911,128 @@ static __pyx_mstatetype * const __pyx_mstate_global = &__pyx_mstate_global_stati
 #define __pyx_kp_u_bad_capacity __pyx_string_tab[8]
 #define __pyx_kp_u__3 __pyx_string_tab[9]
 #define __pyx_kp_u_Note_that_Cython_is_deliberately __pyx_string_tab[10]
-#define __pyx_kp_u_add_note __pyx_string_tab[11]
-#define __pyx_kp_u_bad_descriptor __pyx_string_tab[12]
-#define __pyx_kp_u_capacity_out_of_range __pyx_string_tab[13]
-#define __pyx_kp_u_circuit_at_offset __pyx_string_tab[14]
-#define __pyx_kp_u_circuit_window_arguments_out_of __pyx_string_tab[15]
-#define __pyx_kp_u_counters_at_offset __pyx_string_tab[16]
-#define __pyx_kp_u_counters_size_out_of_range __pyx_string_tab[17]
-#define __pyx_kp_u_disable __pyx_string_tab[18]
-#define __pyx_kp_u_enable __pyx_string_tab[19]
-#define __pyx_kp_u_gc __pyx_string_tab[20]
-#define __pyx_kp_u_isenabled __pyx_string_tab[21]
-#define __pyx_kp_u_keyed_table_arguments_out_of_ran __pyx_string_tab[22]
-#define __pyx_kp_u_keyed_table_at_offset __pyx_string_tab[23]
-#define __pyx_kp_u_no_default___reduce___due_to_non __pyx_string_tab[24]
-#define __pyx_kp_u_object_at_offset __pyx_string_tab[25]
-#define __pyx_kp_u_resilio__shm_c_declarations_diff __pyx_string_tab[26]
-#define __pyx_kp_u_secret_must_be_16_bytes __pyx_string_tab[27]
-#define __pyx_kp_u_slot_index_out_of_range __pyx_string_tab[28]
-#define __pyx_kp_u_the_mapping_is_not_64_byte_align __pyx_string_tab[29]
-#define __pyx_kp_u_the_mapping_is_smaller_than_a_he __pyx_string_tab[30]
-#define __pyx_kp_u_total_size_does_not_fit_the_mapp __pyx_string_tab[31]
-#define __pyx_n_u_ABI __pyx_string_tab[32]
-#define __pyx_n_u_ALIGN __pyx_string_tab[33]
-#define __pyx_n_u_BUCKET __pyx_string_tab[34]
-#define __pyx_n_u_BUCKET_SIZE __pyx_string_tab[35]
-#define __pyx_n_u_CIRCUIT __pyx_string_tab[36]
-#define __pyx_n_u_CIRCUIT_SIZE __pyx_string_tab[37]
-#define __pyx_n_u_COUNTERS __pyx_string_tab[38]
-#define __pyx_n_u_COUNTERS_SIZE __pyx_string_tab[39]
-#define __pyx_n_u_EMPTY __pyx_string_tab[40]
-#define __pyx_n_u_E_ABI __pyx_string_tab[41]
-#define __pyx_n_u_E_MAGIC __pyx_string_tab[42]
-#define __pyx_n_u_E_SIZE __pyx_string_tab[43]
-#define __pyx_n_u_E_TABLE __pyx_string_tab[44]
-#define __pyx_n_u_E_VERSION __pyx_string_tab[45]
-#define __pyx_n_u_GATE __pyx_string_tab[46]
-#define __pyx_n_u_GATE_SIZE __pyx_string_tab[47]
-#define __pyx_n_u_HEADER_SIZE __pyx_string_tab[48]
-#define __pyx_n_u_INIT __pyx_string_tab[49]
-#define __pyx_n_u_KEYED __pyx_string_tab[50]
-#define __pyx_n_u_MAGIC __pyx_string_tab[51]
-#define __pyx_n_u_Mapping __pyx_string_tab[52]
-#define __pyx_n_u_NAME_MAX __pyx_string_tab[53]
-#define __pyx_n_u_OBJECT_SIZE __pyx_string_tab[54]
-#define __pyx_n_u_OK __pyx_string_tab[55]
-#define __pyx_n_u_PARAMS __pyx_string_tab[56]
-#define __pyx_n_u_READY __pyx_string_tab[57]
-#define __pyx_n_u_VERSION __pyx_string_tab[58]
-#define __pyx_n_u_Pyx_PyDict_NextRef __pyx_string_tab[59]
-#define __pyx_n_u_getstate __pyx_string_tab[60]
-#define __pyx_n_u_main __pyx_string_tab[61]
-#define __pyx_n_u_module __pyx_string_tab[62]
-#define __pyx_n_u_name_2 __pyx_string_tab[63]
-#define __pyx_n_u_pyx_state __pyx_string_tab[64]
-#define __pyx_n_u_pyx_vtable __pyx_string_tab[65]
-#define __pyx_n_u_qualname __pyx_string_tab[66]
-#define __pyx_n_u_reduce __pyx_string_tab[67]
-#define __pyx_n_u_reduce_cython __pyx_string_tab[68]
-#define __pyx_n_u_reduce_ex __pyx_string_tab[69]
-#define __pyx_n_u_set_name __pyx_string_tab[70]
-#define __pyx_n_u_setstate __pyx_string_tab[71]
-#define __pyx_n_u_setstate_cython __pyx_string_tab[72]
-#define __pyx_n_u_test __pyx_string_tab[73]
-#define __pyx_n_u_abi __pyx_string_tab[74]
-#define __pyx_n_u_break_ns __pyx_string_tab[75]
-#define __pyx_n_u_buckets __pyx_string_tab[76]
-#define __pyx_n_u_buf __pyx_string_tab[77]
-#define __pyx_n_u_burst __pyx_string_tab[78]
-#define __pyx_n_u_capacity __pyx_string_tab[79]
-#define __pyx_n_u_claim __pyx_string_tab[80]
-#define __pyx_n_u_cline_in_traceback __pyx_string_tab[81]
-#define __pyx_n_u_created_unix_ns __pyx_string_tab[82]
-#define __pyx_n_u_creator_pid __pyx_string_tab[83]
-#define __pyx_n_u_desired __pyx_string_tab[84]
-#define __pyx_n_u_expected __pyx_string_tab[85]
-#define __pyx_n_u_failure_ppm __pyx_string_tab[86]
-#define __pyx_n_u_half_open_calls __pyx_string_tab[87]
-#define __pyx_n_u_header_size __pyx_string_tab[88]
-#define __pyx_n_u_heap_next __pyx_string_tab[89]
-#define __pyx_n_u_heap_offset __pyx_string_tab[90]
-#define __pyx_n_u_idx __pyx_string_tab[91]
-#define __pyx_n_u_init_header __pyx_string_tab[92]
-#define __pyx_n_u_interval_ns __pyx_string_tab[93]
-#define __pyx_n_u_items __pyx_string_tab[94]
-#define __pyx_n_u_key __pyx_string_tab[95]
-#define __pyx_n_u_keyed_size __pyx_string_tab[96]
-#define __pyx_n_u_kind __pyx_string_tab[97]
-#define __pyx_n_u_limit __pyx_string_tab[98]
-#define __pyx_n_u_magic __pyx_string_tab[99]
-#define __pyx_n_u_max_break_ns __pyx_string_tab[100]
-#define __pyx_n_u_min_throughput __pyx_string_tab[101]
-#define __pyx_n_u_n __pyx_string_tab[102]
-#define __pyx_n_u_name __pyx_string_tab[103]
-#define __pyx_n_u_now_ns __pyx_string_tab[104]
-#define __pyx_n_u_object_size __pyx_string_tab[105]
-#define __pyx_n_u_objects __pyx_string_tab[106]
-#define __pyx_n_u_offset __pyx_string_tab[107]
-#define __pyx_n_u_on_full __pyx_string_tab[108]
-#define __pyx_n_u_params __pyx_string_tab[109]
-#define __pyx_n_u_pid __pyx_string_tab[110]
-#define __pyx_n_u_pop __pyx_string_tab[111]
-#define __pyx_n_u_probe __pyx_string_tab[112]
-#define __pyx_n_u_rate __pyx_string_tab[113]
-#define __pyx_n_u_resilio__shm_c __pyx_string_tab[114]
-#define __pyx_n_u_sampling_ns __pyx_string_tab[115]
-#define __pyx_n_u_secret __pyx_string_tab[116]
-#define __pyx_n_u_setdefault __pyx_string_tab[117]
-#define __pyx_n_u_size __pyx_string_tab[118]
-#define __pyx_n_u_slot_count __pyx_string_tab[119]
-#define __pyx_n_u_slots_offset __pyx_string_tab[120]
-#define __pyx_n_u_slow_ppm __pyx_string_tab[121]
-#define __pyx_n_u_struct_size __pyx_string_tab[122]
-#define __pyx_n_u_takeovers __pyx_string_tab[123]
-#define __pyx_n_u_total_size __pyx_string_tab[124]
-#define __pyx_n_u_unix_ns __pyx_string_tab[125]
-#define __pyx_n_u_values __pyx_string_tab[126]
-#define __pyx_n_u_version __pyx_string_tab[127]
-#define __pyx_kp_b_keyed_secret __pyx_string_tab[128]
+#define __pyx_kp_u_a_header_is_HEADER_SIZE_bytes __pyx_string_tab[11]
+#define __pyx_kp_u_add_note __pyx_string_tab[12]
+#define __pyx_kp_u_bad_descriptor __pyx_string_tab[13]
+#define __pyx_kp_u_capacity_out_of_range __pyx_string_tab[14]
+#define __pyx_kp_u_circuit_at_offset __pyx_string_tab[15]
+#define __pyx_kp_u_circuit_window_arguments_out_of __pyx_string_tab[16]
+#define __pyx_kp_u_counters_at_offset __pyx_string_tab[17]
+#define __pyx_kp_u_counters_size_out_of_range __pyx_string_tab[18]
+#define __pyx_kp_u_disable __pyx_string_tab[19]
+#define __pyx_kp_u_enable __pyx_string_tab[20]
+#define __pyx_kp_u_gc __pyx_string_tab[21]
+#define __pyx_kp_u_isenabled __pyx_string_tab[22]
+#define __pyx_kp_u_keyed_table_arguments_out_of_ran __pyx_string_tab[23]
+#define __pyx_kp_u_keyed_table_at_offset __pyx_string_tab[24]
+#define __pyx_kp_u_no_default___reduce___due_to_non __pyx_string_tab[25]
+#define __pyx_kp_u_object_at_offset __pyx_string_tab[26]
+#define __pyx_kp_u_resilio__shm_c_declarations_diff __pyx_string_tab[27]
+#define __pyx_kp_u_secret_must_be_16_bytes __pyx_string_tab[28]
+#define __pyx_kp_u_slot_index_out_of_range __pyx_string_tab[29]
+#define __pyx_kp_u_the_mapping_is_not_64_byte_align __pyx_string_tab[30]
+#define __pyx_kp_u_the_mapping_is_smaller_than_a_he __pyx_string_tab[31]
+#define __pyx_kp_u_total_size_does_not_fit_the_mapp __pyx_string_tab[32]
+#define __pyx_n_u_ABI __pyx_string_tab[33]
+#define __pyx_n_u_ALIGN __pyx_string_tab[34]
+#define __pyx_n_u_BUCKET __pyx_string_tab[35]
+#define __pyx_n_u_BUCKET_SIZE __pyx_string_tab[36]
+#define __pyx_n_u_CIRCUIT __pyx_string_tab[37]
+#define __pyx_n_u_CIRCUIT_SIZE __pyx_string_tab[38]
+#define __pyx_n_u_COUNTERS __pyx_string_tab[39]
+#define __pyx_n_u_COUNTERS_SIZE __pyx_string_tab[40]
+#define __pyx_n_u_EMPTY __pyx_string_tab[41]
+#define __pyx_n_u_E_ABI __pyx_string_tab[42]
+#define __pyx_n_u_E_MAGIC __pyx_string_tab[43]
+#define __pyx_n_u_E_SIZE __pyx_string_tab[44]
+#define __pyx_n_u_E_TABLE __pyx_string_tab[45]
+#define __pyx_n_u_E_VERSION __pyx_string_tab[46]
+#define __pyx_n_u_GATE __pyx_string_tab[47]
+#define __pyx_n_u_GATE_SIZE __pyx_string_tab[48]
+#define __pyx_n_u_HEADER_SIZE __pyx_string_tab[49]
+#define __pyx_n_u_INIT __pyx_string_tab[50]
+#define __pyx_n_u_KEYED __pyx_string_tab[51]
+#define __pyx_n_u_MAGIC __pyx_string_tab[52]
+#define __pyx_n_u_Mapping __pyx_string_tab[53]
+#define __pyx_n_u_NAME_MAX __pyx_string_tab[54]
+#define __pyx_n_u_OBJECT_SIZE __pyx_string_tab[55]
+#define __pyx_n_u_OK __pyx_string_tab[56]
+#define __pyx_n_u_PARAMS __pyx_string_tab[57]
+#define __pyx_n_u_READY __pyx_string_tab[58]
+#define __pyx_n_u_VERSION __pyx_string_tab[59]
+#define __pyx_n_u_Pyx_PyDict_NextRef __pyx_string_tab[60]
+#define __pyx_n_u_getstate __pyx_string_tab[61]
+#define __pyx_n_u_main __pyx_string_tab[62]
+#define __pyx_n_u_module __pyx_string_tab[63]
+#define __pyx_n_u_name_2 __pyx_string_tab[64]
+#define __pyx_n_u_pyx_state __pyx_string_tab[65]
+#define __pyx_n_u_pyx_vtable __pyx_string_tab[66]
+#define __pyx_n_u_qualname __pyx_string_tab[67]
+#define __pyx_n_u_reduce __pyx_string_tab[68]
+#define __pyx_n_u_reduce_cython __pyx_string_tab[69]
+#define __pyx_n_u_reduce_ex __pyx_string_tab[70]
+#define __pyx_n_u_set_name __pyx_string_tab[71]
+#define __pyx_n_u_setstate __pyx_string_tab[72]
+#define __pyx_n_u_setstate_cython __pyx_string_tab[73]
+#define __pyx_n_u_test __pyx_string_tab[74]
+#define __pyx_n_u_abi __pyx_string_tab[75]
+#define __pyx_n_u_break_ns __pyx_string_tab[76]
+#define __pyx_n_u_buckets __pyx_string_tab[77]
+#define __pyx_n_u_buf __pyx_string_tab[78]
+#define __pyx_n_u_burst __pyx_string_tab[79]
+#define __pyx_n_u_capacity __pyx_string_tab[80]
+#define __pyx_n_u_check_header __pyx_string_tab[81]
+#define __pyx_n_u_claim __pyx_string_tab[82]
+#define __pyx_n_u_cline_in_traceback __pyx_string_tab[83]
+#define __pyx_n_u_created_unix_ns __pyx_string_tab[84]
+#define __pyx_n_u_creator_pid __pyx_string_tab[85]
+#define __pyx_n_u_data __pyx_string_tab[86]
+#define __pyx_n_u_desired __pyx_string_tab[87]
+#define __pyx_n_u_expected __pyx_string_tab[88]
+#define __pyx_n_u_failure_ppm __pyx_string_tab[89]
+#define __pyx_n_u_file_size __pyx_string_tab[90]
+#define __pyx_n_u_half_open_calls __pyx_string_tab[91]
+#define __pyx_n_u_header_size __pyx_string_tab[92]
+#define __pyx_n_u_heap_next __pyx_string_tab[93]
+#define __pyx_n_u_heap_offset __pyx_string_tab[94]
+#define __pyx_n_u_idx __pyx_string_tab[95]
+#define __pyx_n_u_init_header __pyx_string_tab[96]
+#define __pyx_n_u_interval_ns __pyx_string_tab[97]
+#define __pyx_n_u_items __pyx_string_tab[98]
+#define __pyx_n_u_key __pyx_string_tab[99]
+#define __pyx_n_u_keyed_size __pyx_string_tab[100]
+#define __pyx_n_u_kind __pyx_string_tab[101]
+#define __pyx_n_u_limit __pyx_string_tab[102]
+#define __pyx_n_u_magic __pyx_string_tab[103]
+#define __pyx_n_u_max_break_ns __pyx_string_tab[104]
+#define __pyx_n_u_min_throughput __pyx_string_tab[105]
+#define __pyx_n_u_n __pyx_string_tab[106]
+#define __pyx_n_u_name __pyx_string_tab[107]
+#define __pyx_n_u_now_ns __pyx_string_tab[108]
+#define __pyx_n_u_object_size __pyx_string_tab[109]
+#define __pyx_n_u_objects __pyx_string_tab[110]
+#define __pyx_n_u_offset __pyx_string_tab[111]
+#define __pyx_n_u_on_full __pyx_string_tab[112]
+#define __pyx_n_u_params __pyx_string_tab[113]
+#define __pyx_n_u_pid __pyx_string_tab[114]
+#define __pyx_n_u_pop __pyx_string_tab[115]
+#define __pyx_n_u_probe __pyx_string_tab[116]
+#define __pyx_n_u_rate __pyx_string_tab[117]
+#define __pyx_n_u_resilio__shm_c __pyx_string_tab[118]
+#define __pyx_n_u_sampling_ns __pyx_string_tab[119]
+#define __pyx_n_u_secret __pyx_string_tab[120]
+#define __pyx_n_u_setdefault __pyx_string_tab[121]
+#define __pyx_n_u_size __pyx_string_tab[122]
+#define __pyx_n_u_slot_count __pyx_string_tab[123]
+#define __pyx_n_u_slots_offset __pyx_string_tab[124]
+#define __pyx_n_u_slow_ppm __pyx_string_tab[125]
+#define __pyx_n_u_struct_size __pyx_string_tab[126]
+#define __pyx_n_u_takeovers __pyx_string_tab[127]
+#define __pyx_n_u_total_size __pyx_string_tab[128]
+#define __pyx_n_u_unix_ns __pyx_string_tab[129]
+#define __pyx_n_u_values __pyx_string_tab[130]
+#define __pyx_n_u_version __pyx_string_tab[131]
+#define __pyx_kp_b_keyed_secret __pyx_string_tab[132]
 #define __pyx_int_1 __pyx_number_tab[0]
 /* #### Code section: module_state_clear ### */
 #if CYTHON_USE_MODULE_STATE
@@ -3055,7 +3061,7 @@ static CYTHON_SMALL_CODE int __pyx_m_clear(PyObject *m) {
   Py_CLEAR(clear_module_state->__pyx_umethod_PyDict_Type_items.method);
   Py_CLEAR(clear_module_state->__pyx_umethod_PyDict_Type_pop.method);
   Py_CLEAR(clear_module_state->__pyx_umethod_PyDict_Type_values.method);
-  for (int i=0; i<129; ++i) { Py_CLEAR(clear_module_state->__pyx_string_tab[i]); }
+  for (int i=0; i<133; ++i) { Py_CLEAR(clear_module_state->__pyx_string_tab[i]); }
   for (int i=0; i<1; ++i) { Py_CLEAR(clear_module_state->__pyx_number_tab[i]); }
 /* #### Code section: module_state_clear_contents ### */
 /* #### Code section: module_state_clear_end ### */
@@ -3086,7 +3092,7 @@ static CYTHON_SMALL_CODE int __pyx_m_traverse(PyObject *m, visitproc visit, void
   Py_VISIT(traverse_module_state->__pyx_umethod_PyDict_Type_items.method);
   Py_VISIT(traverse_module_state->__pyx_umethod_PyDict_Type_pop.method);
   Py_VISIT(traverse_module_state->__pyx_umethod_PyDict_Type_values.method);
-  for (int i=0; i<129; ++i) { __Pyx_VISIT_CONST(traverse_module_state->__pyx_string_tab[i]); }
+  for (int i=0; i<133; ++i) { __Pyx_VISIT_CONST(traverse_module_state->__pyx_string_tab[i]); }
   for (int i=0; i<1; ++i) { __Pyx_VISIT_CONST(traverse_module_state->__pyx_number_tab[i]); }
 /* #### Code section: module_state_traverse_contents ### */
 /* #### Code section: module_state_traverse_end ### */
@@ -3859,7 +3865,454 @@ static PyObject *__pyx_pf_7resilio_6_shm_c_4init_header(CYTHON_UNUSED PyObject *
   return __pyx_r;
 }
 
-/* "resilio/_shm_c.pyx":174
+/* "resilio/_shm_c.pyx":161
+ * 
+ * 
+ * cdef dict _header_dict(rs_shm_header *h):             # <<<<<<<<<<<<<<
+ *     return {
+ *         "magic": PyBytes_FromStringAndSize(<char *>h.magic, RS_SHM_MAGIC_LEN),
+*/
+
+static PyObject *__pyx_f_7resilio_6_shm_c__header_dict(rs_shm_header *__pyx_v_h) {
+  PyObject *__pyx_r = NULL;
+  __Pyx_RefNannyDeclarations
+  PyObject *__pyx_t_1 = NULL;
+  PyObject *__pyx_t_2 = NULL;
+  int __pyx_lineno = 0;
+  const char *__pyx_filename = NULL;
+  int __pyx_clineno = 0;
+  __Pyx_RefNannySetupContext("_header_dict", 0);
+
+  /* "resilio/_shm_c.pyx":163
+ * cdef dict _header_dict(rs_shm_header *h):
+ *     return {
+ *         "magic": PyBytes_FromStringAndSize(<char *>h.magic, RS_SHM_MAGIC_LEN),             # <<<<<<<<<<<<<<
+ *         "version": h.version,
+ *         "header_size": h.header_size,
+*/
+  __pyx_t_1 = __Pyx_PyDict_NewPresized(14); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 163, __pyx_L1_error)
+  __Pyx_GOTREF(__pyx_t_1);
+  __pyx_t_2 = PyBytes_FromStringAndSize(((char *)__pyx_v_h->magic), RS_SHM_MAGIC_LEN); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 163, __pyx_L1_error)
+  __Pyx_GOTREF(__pyx_t_2);
+  if (PyDict_SetItem(__pyx_t_1, __pyx_mstate_global->__pyx_n_u_magic, __pyx_t_2) < (0)) __PYX_ERR(0, 163, __pyx_L1_error)
+  __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
+
+  /* "resilio/_shm_c.pyx":164
+ *     return {
+ *         "magic": PyBytes_FromStringAndSize(<char *>h.magic, RS_SHM_MAGIC_LEN),
+ *         "version": h.version,             # <<<<<<<<<<<<<<
+ *         "header_size": h.header_size,
+ *         "total_size": h.total_size,
+*/
+  __pyx_t_2 = __Pyx_PyLong_From_uint32_t(__pyx_v_h->version); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 164, __pyx_L1_error)
+  __Pyx_GOTREF(__pyx_t_2);
+  if (PyDict_SetItem(__pyx_t_1, __pyx_mstate_global->__pyx_n_u_version, __pyx_t_2) < (0)) __PYX_ERR(0, 163, __pyx_L1_error)
+  __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
+
+  /* "resilio/_shm_c.pyx":165
+ *         "magic": PyBytes_FromStringAndSize(<char *>h.magic, RS_SHM_MAGIC_LEN),
+ *         "version": h.version,
+ *         "header_size": h.header_size,             # <<<<<<<<<<<<<<
+ *         "total_size": h.total_size,
+ *         "abi": h.abi,
+*/
+  __pyx_t_2 = __Pyx_PyLong_From_uint32_t(__pyx_v_h->header_size); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 165, __pyx_L1_error)
+  __Pyx_GOTREF(__pyx_t_2);
+  if (PyDict_SetItem(__pyx_t_1, __pyx_mstate_global->__pyx_n_u_header_size, __pyx_t_2) < (0)) __PYX_ERR(0, 163, __pyx_L1_error)
+  __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
+
+  /* "resilio/_shm_c.pyx":166
+ *         "version": h.version,
+ *         "header_size": h.header_size,
+ *         "total_size": h.total_size,             # <<<<<<<<<<<<<<
+ *         "abi": h.abi,
+ *         "slot_count": h.slot_count,
+*/
+  __pyx_t_2 = __Pyx_PyLong_From_uint64_t(__pyx_v_h->total_size); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 166, __pyx_L1_error)
+  __Pyx_GOTREF(__pyx_t_2);
+  if (PyDict_SetItem(__pyx_t_1, __pyx_mstate_global->__pyx_n_u_total_size, __pyx_t_2) < (0)) __PYX_ERR(0, 163, __pyx_L1_error)
+  __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
+
+  /* "resilio/_shm_c.pyx":167
+ *         "header_size": h.header_size,
+ *         "total_size": h.total_size,
+ *         "abi": h.abi,             # <<<<<<<<<<<<<<
+ *         "slot_count": h.slot_count,
+ *         "object_size": h.object_size,
+*/
+  __pyx_t_2 = __Pyx_PyLong_From_uint64_t(__pyx_v_h->abi); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 167, __pyx_L1_error)
+  __Pyx_GOTREF(__pyx_t_2);
+  if (PyDict_SetItem(__pyx_t_1, __pyx_mstate_global->__pyx_n_u_abi, __pyx_t_2) < (0)) __PYX_ERR(0, 163, __pyx_L1_error)
+  __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
+
+  /* "resilio/_shm_c.pyx":168
+ *         "total_size": h.total_size,
+ *         "abi": h.abi,
+ *         "slot_count": h.slot_count,             # <<<<<<<<<<<<<<
+ *         "object_size": h.object_size,
+ *         "slots_offset": h.slots_offset,
+*/
+  __pyx_t_2 = __Pyx_PyLong_From_uint32_t(__pyx_v_h->slot_count); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 168, __pyx_L1_error)
+  __Pyx_GOTREF(__pyx_t_2);
+  if (PyDict_SetItem(__pyx_t_1, __pyx_mstate_global->__pyx_n_u_slot_count, __pyx_t_2) < (0)) __PYX_ERR(0, 163, __pyx_L1_error)
+  __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
+
+  /* "resilio/_shm_c.pyx":169
+ *         "abi": h.abi,
+ *         "slot_count": h.slot_count,
+ *         "object_size": h.object_size,             # <<<<<<<<<<<<<<
+ *         "slots_offset": h.slots_offset,
+ *         "heap_offset": h.heap_offset,
+*/
+  __pyx_t_2 = __Pyx_PyLong_From_uint32_t(__pyx_v_h->object_size); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 169, __pyx_L1_error)
+  __Pyx_GOTREF(__pyx_t_2);
+  if (PyDict_SetItem(__pyx_t_1, __pyx_mstate_global->__pyx_n_u_object_size, __pyx_t_2) < (0)) __PYX_ERR(0, 163, __pyx_L1_error)
+  __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
+
+  /* "resilio/_shm_c.pyx":170
+ *         "slot_count": h.slot_count,
+ *         "object_size": h.object_size,
+ *         "slots_offset": h.slots_offset,             # <<<<<<<<<<<<<<
+ *         "heap_offset": h.heap_offset,
+ *         "created_unix_ns": h.created_unix_ns,
+*/
+  __pyx_t_2 = __Pyx_PyLong_From_uint64_t(__pyx_v_h->slots_offset); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 170, __pyx_L1_error)
+  __Pyx_GOTREF(__pyx_t_2);
+  if (PyDict_SetItem(__pyx_t_1, __pyx_mstate_global->__pyx_n_u_slots_offset, __pyx_t_2) < (0)) __PYX_ERR(0, 163, __pyx_L1_error)
+  __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
+
+  /* "resilio/_shm_c.pyx":171
+ *         "object_size": h.object_size,
+ *         "slots_offset": h.slots_offset,
+ *         "heap_offset": h.heap_offset,             # <<<<<<<<<<<<<<
+ *         "created_unix_ns": h.created_unix_ns,
+ *         "creator_pid": h.creator_pid,
+*/
+  __pyx_t_2 = __Pyx_PyLong_From_uint64_t(__pyx_v_h->heap_offset); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 171, __pyx_L1_error)
+  __Pyx_GOTREF(__pyx_t_2);
+  if (PyDict_SetItem(__pyx_t_1, __pyx_mstate_global->__pyx_n_u_heap_offset, __pyx_t_2) < (0)) __PYX_ERR(0, 163, __pyx_L1_error)
+  __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
+
+  /* "resilio/_shm_c.pyx":172
+ *         "slots_offset": h.slots_offset,
+ *         "heap_offset": h.heap_offset,
+ *         "created_unix_ns": h.created_unix_ns,             # <<<<<<<<<<<<<<
+ *         "creator_pid": h.creator_pid,
+ *         "heap_next": rs_load_relaxed_u64(&h.heap_next),
+*/
+  __pyx_t_2 = __Pyx_PyLong_From_int64_t(__pyx_v_h->created_unix_ns); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 172, __pyx_L1_error)
+  __Pyx_GOTREF(__pyx_t_2);
+  if (PyDict_SetItem(__pyx_t_1, __pyx_mstate_global->__pyx_n_u_created_unix_ns, __pyx_t_2) < (0)) __PYX_ERR(0, 163, __pyx_L1_error)
+  __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
+
+  /* "resilio/_shm_c.pyx":173
+ *         "heap_offset": h.heap_offset,
+ *         "created_unix_ns": h.created_unix_ns,
+ *         "creator_pid": h.creator_pid,             # <<<<<<<<<<<<<<
+ *         "heap_next": rs_load_relaxed_u64(&h.heap_next),
+ *         "objects": rs_load_relaxed_u64(&h.objects),
+*/
+  __pyx_t_2 = __Pyx_PyLong_From_uint64_t(__pyx_v_h->creator_pid); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 173, __pyx_L1_error)
+  __Pyx_GOTREF(__pyx_t_2);
+  if (PyDict_SetItem(__pyx_t_1, __pyx_mstate_global->__pyx_n_u_creator_pid, __pyx_t_2) < (0)) __PYX_ERR(0, 163, __pyx_L1_error)
+  __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
+
+  /* "resilio/_shm_c.pyx":174
+ *         "created_unix_ns": h.created_unix_ns,
+ *         "creator_pid": h.creator_pid,
+ *         "heap_next": rs_load_relaxed_u64(&h.heap_next),             # <<<<<<<<<<<<<<
+ *         "objects": rs_load_relaxed_u64(&h.objects),
+ *         "takeovers": rs_load_relaxed_u64(&h.takeovers),
+*/
+  __pyx_t_2 = __Pyx_PyLong_From_uint64_t(rs_load_relaxed_u64((&__pyx_v_h->heap_next))); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 174, __pyx_L1_error)
+  __Pyx_GOTREF(__pyx_t_2);
+  if (PyDict_SetItem(__pyx_t_1, __pyx_mstate_global->__pyx_n_u_heap_next, __pyx_t_2) < (0)) __PYX_ERR(0, 163, __pyx_L1_error)
+  __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
+
+  /* "resilio/_shm_c.pyx":175
+ *         "creator_pid": h.creator_pid,
+ *         "heap_next": rs_load_relaxed_u64(&h.heap_next),
+ *         "objects": rs_load_relaxed_u64(&h.objects),             # <<<<<<<<<<<<<<
+ *         "takeovers": rs_load_relaxed_u64(&h.takeovers),
+ *     }
+*/
+  __pyx_t_2 = __Pyx_PyLong_From_uint64_t(rs_load_relaxed_u64((&__pyx_v_h->objects))); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 175, __pyx_L1_error)
+  __Pyx_GOTREF(__pyx_t_2);
+  if (PyDict_SetItem(__pyx_t_1, __pyx_mstate_global->__pyx_n_u_objects, __pyx_t_2) < (0)) __PYX_ERR(0, 163, __pyx_L1_error)
+  __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
+
+  /* "resilio/_shm_c.pyx":176
+ *         "heap_next": rs_load_relaxed_u64(&h.heap_next),
+ *         "objects": rs_load_relaxed_u64(&h.objects),
+ *         "takeovers": rs_load_relaxed_u64(&h.takeovers),             # <<<<<<<<<<<<<<
+ *     }
+ * 
+*/
+  __pyx_t_2 = __Pyx_PyLong_From_uint64_t(rs_load_relaxed_u64((&__pyx_v_h->takeovers))); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 176, __pyx_L1_error)
+  __Pyx_GOTREF(__pyx_t_2);
+  if (PyDict_SetItem(__pyx_t_1, __pyx_mstate_global->__pyx_n_u_takeovers, __pyx_t_2) < (0)) __PYX_ERR(0, 163, __pyx_L1_error)
+  __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
+  {
+    PyObject *__pyx_temp;
+    {
+      __pyx_temp = __pyx_r;
+      __pyx_r = ((PyObject*)__pyx_t_1);
+    }
+    __Pyx_XDECREF(__pyx_temp);
+  }
+  __pyx_t_1 = 0;
+  goto __pyx_L0;
+
+  /* "resilio/_shm_c.pyx":161
+ * 
+ * 
+ * cdef dict _header_dict(rs_shm_header *h):             # <<<<<<<<<<<<<<
+ *     return {
+ *         "magic": PyBytes_FromStringAndSize(<char *>h.magic, RS_SHM_MAGIC_LEN),
+*/
+
+  /* function exit code */
+  __pyx_L1_error:;
+  __Pyx_XDECREF(__pyx_t_1);
+  __Pyx_XDECREF(__pyx_t_2);
+  __Pyx_AddTraceback("resilio._shm_c._header_dict", __pyx_clineno, __pyx_lineno, __pyx_filename);
+  __pyx_r = 0;
+  __pyx_L0:;
+  __Pyx_XGIVEREF(__pyx_r);
+  __Pyx_RefNannyFinishContext();
+  return __pyx_r;
+}
+
+/* "resilio/_shm_c.pyx":180
+ * 
+ * 
+ * def check_header(bytes data, uint64_t file_size):             # <<<<<<<<<<<<<<
+ *     """(OK or the E_* reason a file cannot be used, its header's fields) for a copy of
+ *     the file's first HEADER_SIZE bytes: checked before the file is mapped."""
+*/
+
+/* Python wrapper */
+static PyObject *__pyx_pw_7resilio_6_shm_c_7check_header(PyObject *__pyx_self, 
+#if CYTHON_VECTORCALL
+PyObject *const *__pyx_args, Py_ssize_t __pyx_nargs, PyObject *__pyx_kwds
+#else
+PyObject *__pyx_args, PyObject *__pyx_kwds
+#endif
+); /*proto*/
+PyDoc_STRVAR(__pyx_doc_7resilio_6_shm_c_6check_header, "check_header(bytes data, uint64_t file_size)\n\n(OK or the E_* reason a file cannot be used, its header\047s fields) for a copy of\nthe file\047s first HEADER_SIZE bytes: checked before the file is mapped.");
+static PyMethodDef __pyx_mdef_7resilio_6_shm_c_7check_header = {"check_header", (PyCFunction)(void(*)(void))(__Pyx_PyCFunction_FastCallWithKeywords)__pyx_pw_7resilio_6_shm_c_7check_header, __Pyx_METH_FASTCALL|METH_KEYWORDS, __pyx_doc_7resilio_6_shm_c_6check_header};
+static PyObject *__pyx_pw_7resilio_6_shm_c_7check_header(PyObject *__pyx_self, 
+#if CYTHON_VECTORCALL
+PyObject *const *__pyx_args, Py_ssize_t __pyx_nargs, PyObject *__pyx_kwds
+#else
+PyObject *__pyx_args, PyObject *__pyx_kwds
+#endif
+) {
+  PyObject *__pyx_v_data = 0;
+  uint64_t __pyx_v_file_size;
+  #if !CYTHON_VECTORCALL
+  CYTHON_UNUSED Py_ssize_t __pyx_nargs;
+  #endif
+  CYTHON_UNUSED PyObject *const *__pyx_kwvalues;
+  PyObject* values[2] = {0,0};
+  int __pyx_lineno = 0;
+  const char *__pyx_filename = NULL;
+  int __pyx_clineno = 0;
+  PyObject *__pyx_r = 0;
+  __Pyx_RefNannyDeclarations
+  __Pyx_RefNannySetupContext("check_header (wrapper)", 0);
+  #if !CYTHON_VECTORCALL
+  #if CYTHON_ASSUME_SAFE_SIZE
+  __pyx_nargs = PyTuple_GET_SIZE(__pyx_args);
+  #else
+  __pyx_nargs = PyTuple_Size(__pyx_args); if (unlikely(__pyx_nargs < 0)) return NULL;
+  #endif
+  #endif
+  __pyx_kwvalues = __Pyx_KwValues_FASTCALL(__pyx_args, __pyx_nargs);
+  {
+    PyObject ** const __pyx_pyargnames[] = {&__pyx_mstate_global->__pyx_n_u_data,&__pyx_mstate_global->__pyx_n_u_file_size,0};
+    const Py_ssize_t __pyx_kwds_len = (__pyx_kwds) ? __Pyx_NumKwargs_FASTCALL(__pyx_kwds) : 0;
+    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(0, 180, __pyx_L3_error)
+    if (__pyx_kwds_len > 0) {
+      switch (__pyx_nargs) {
+        case  2:
+        values[1] = __Pyx_ArgRef_FASTCALL(__pyx_args, 1);
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 180, __pyx_L3_error)
+        CYTHON_FALLTHROUGH;
+        case  1:
+        values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 180, __pyx_L3_error)
+        CYTHON_FALLTHROUGH;
+        case  0: break;
+        default: goto __pyx_L5_argtuple_error;
+      }
+      const Py_ssize_t kwd_pos_args = __pyx_nargs;
+      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "check_header", 0) < (0)) __PYX_ERR(0, 180, __pyx_L3_error)
+      for (Py_ssize_t i = __pyx_nargs; i < 2; i++) {
+        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("check_header", 1, 2, 2, i); __PYX_ERR(0, 180, __pyx_L3_error) }
+      }
+    } else if (unlikely(__pyx_nargs != 2)) {
+      goto __pyx_L5_argtuple_error;
+    } else {
+      values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 180, __pyx_L3_error)
+      values[1] = __Pyx_ArgRef_FASTCALL(__pyx_args, 1);
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 180, __pyx_L3_error)
+    }
+    __pyx_v_data = ((PyObject*)values[0]);
+    __pyx_v_file_size = __Pyx_PyLong_As_uint64_t(values[1]); if (unlikely((__pyx_v_file_size == ((uint64_t)-1)) && PyErr_Occurred())) __PYX_ERR(0, 180, __pyx_L3_error)
+  }
+  goto __pyx_L6_skip;
+  __pyx_L5_argtuple_error:;
+  __Pyx_RaiseArgtupleInvalid("check_header", 1, 2, 2, __pyx_nargs); __PYX_ERR(0, 180, __pyx_L3_error)
+  __pyx_L6_skip:;
+  goto __pyx_L4_argument_unpacking_done;
+  __pyx_L3_error:;
+  for (Py_ssize_t __pyx_temp=0; __pyx_temp < (Py_ssize_t)(sizeof(values)/sizeof(values[0])); ++__pyx_temp) {
+    Py_XDECREF(values[__pyx_temp]);
+  }
+  __Pyx_AddTraceback("resilio._shm_c.check_header", __pyx_clineno, __pyx_lineno, __pyx_filename);
+  __Pyx_RefNannyFinishContext();
+  return NULL;
+  __pyx_L4_argument_unpacking_done:;
+  if (unlikely(!__Pyx_ArgTypeTest(((PyObject *)__pyx_v_data), (&PyBytes_Type), 1, "data", 1))) __PYX_ERR(0, 180, __pyx_L1_error)
+  __pyx_r = __pyx_pf_7resilio_6_shm_c_6check_header(__pyx_self, __pyx_v_data, __pyx_v_file_size);
+
+  /* function exit code */
+  goto __pyx_L0;
+  __pyx_L1_error:;
+  __pyx_r = NULL;
+  for (Py_ssize_t __pyx_temp=0; __pyx_temp < (Py_ssize_t)(sizeof(values)/sizeof(values[0])); ++__pyx_temp) {
+    Py_XDECREF(values[__pyx_temp]);
+  }
+  goto __pyx_L7_cleaned_up;
+  __pyx_L0:;
+  for (Py_ssize_t __pyx_temp=0; __pyx_temp < (Py_ssize_t)(sizeof(values)/sizeof(values[0])); ++__pyx_temp) {
+    Py_XDECREF(values[__pyx_temp]);
+  }
+  __pyx_L7_cleaned_up:;
+
+  __Pyx_RefNannyFinishContext();
+  return __pyx_r;
+}
+
+static PyObject *__pyx_pf_7resilio_6_shm_c_6check_header(CYTHON_UNUSED PyObject *__pyx_self, PyObject *__pyx_v_data, uint64_t __pyx_v_file_size) {
+  rs_shm_header __pyx_v_h;
+  PyObject *__pyx_r = NULL;
+  __Pyx_RefNannyDeclarations
+  int __pyx_t_1;
+  PyObject *__pyx_t_2 = NULL;
+  PyObject *__pyx_t_3 = NULL;
+  size_t __pyx_t_4;
+  PyObject *__pyx_t_5 = NULL;
+  int __pyx_lineno = 0;
+  const char *__pyx_filename = NULL;
+  int __pyx_clineno = 0;
+  __Pyx_RefNannySetupContext("check_header", 0);
+
+  /* "resilio/_shm_c.pyx":184
+ *     the file's first HEADER_SIZE bytes: checked before the file is mapped."""
+ *     cdef rs_shm_header h
+ *     if PyBytes_GET_SIZE(data) != RS_SHM_HEADER_SIZE:             # <<<<<<<<<<<<<<
+ *         raise ValueError("a header is HEADER_SIZE bytes")
+ *     memcpy(&h, PyBytes_AS_STRING(data), RS_SHM_HEADER_SIZE)
+*/
+  __pyx_t_1 = (PyBytes_GET_SIZE(__pyx_v_data) != RS_SHM_HEADER_SIZE);
+
+  if (unlikely(__pyx_t_1)) {
+
+
+    /* "resilio/_shm_c.pyx":185
+ *     cdef rs_shm_header h
+ *     if PyBytes_GET_SIZE(data) != RS_SHM_HEADER_SIZE:
+ *         raise ValueError("a header is HEADER_SIZE bytes")             # <<<<<<<<<<<<<<
+ *     memcpy(&h, PyBytes_AS_STRING(data), RS_SHM_HEADER_SIZE)
+ *     return rs_shm_header_check(&h, file_size), _header_dict(&h)
+*/
+    __pyx_t_3 = NULL;
+    __pyx_t_4 = 1;
+    {
+      PyObject *__pyx_callargs[2] = {__pyx_t_3, __pyx_mstate_global->__pyx_kp_u_a_header_is_HEADER_SIZE_bytes};
+      __pyx_t_2 = __Pyx_PyObject_FastCall((PyObject*)(((PyTypeObject*)PyExc_ValueError)), __pyx_callargs+__pyx_t_4, (2-__pyx_t_4) | (__pyx_t_4*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
+      __Pyx_XDECREF(__pyx_t_3); __pyx_t_3 = 0;
+      if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 185, __pyx_L1_error)
+      __Pyx_GOTREF(__pyx_t_2);
+    }
+    __Pyx_Raise(__pyx_t_2, 0, 0, 0);
+    __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
+    __PYX_ERR(0, 185, __pyx_L1_error)
+
+    /* "resilio/_shm_c.pyx":184
+ *     the file's first HEADER_SIZE bytes: checked before the file is mapped."""
+ *     cdef rs_shm_header h
+ *     if PyBytes_GET_SIZE(data) != RS_SHM_HEADER_SIZE:             # <<<<<<<<<<<<<<
+ *         raise ValueError("a header is HEADER_SIZE bytes")
+ *     memcpy(&h, PyBytes_AS_STRING(data), RS_SHM_HEADER_SIZE)
+*/
+  }
+
+  /* "resilio/_shm_c.pyx":186
+ *     if PyBytes_GET_SIZE(data) != RS_SHM_HEADER_SIZE:
+ *         raise ValueError("a header is HEADER_SIZE bytes")
+ *     memcpy(&h, PyBytes_AS_STRING(data), RS_SHM_HEADER_SIZE)             # <<<<<<<<<<<<<<
+ *     return rs_shm_header_check(&h, file_size), _header_dict(&h)
+ * 
+*/
+  (void)(memcpy((&__pyx_v_h), PyBytes_AS_STRING(__pyx_v_data), RS_SHM_HEADER_SIZE));
+
+  /* "resilio/_shm_c.pyx":187
+ *         raise ValueError("a header is HEADER_SIZE bytes")
+ *     memcpy(&h, PyBytes_AS_STRING(data), RS_SHM_HEADER_SIZE)
+ *     return rs_shm_header_check(&h, file_size), _header_dict(&h)             # <<<<<<<<<<<<<<
+ * 
+ * 
+*/
+  __pyx_t_2 = __Pyx_PyLong_From_int(rs_shm_header_check((&__pyx_v_h), __pyx_v_file_size)); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 187, __pyx_L1_error)
+  __Pyx_GOTREF(__pyx_t_2);
+  __pyx_t_3 = __pyx_f_7resilio_6_shm_c__header_dict((&__pyx_v_h)); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 187, __pyx_L1_error)
+  __Pyx_GOTREF(__pyx_t_3);
+  __pyx_t_5 = PyTuple_New(2); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 187, __pyx_L1_error)
+  __Pyx_GOTREF(__pyx_t_5);
+  __Pyx_GIVEREF(__pyx_t_2);
+  if (__Pyx_PyTuple_SET_ITEM(__pyx_t_5, 0, __pyx_t_2) != (0)) __PYX_ERR(0, 187, __pyx_L1_error);
+  __Pyx_GIVEREF(__pyx_t_3);
+  if (__Pyx_PyTuple_SET_ITEM(__pyx_t_5, 1, __pyx_t_3) != (0)) __PYX_ERR(0, 187, __pyx_L1_error);
+  __pyx_t_2 = 0;
+  __pyx_t_3 = 0;
+  {
+    PyObject *__pyx_temp;
+    {
+      __pyx_temp = __pyx_r;
+      __pyx_r = __pyx_t_5;
+    }
+    __Pyx_XDECREF(__pyx_temp);
+  }
+  __pyx_t_5 = 0;
+  goto __pyx_L0;
+
+  /* "resilio/_shm_c.pyx":180
+ * 
+ * 
+ * def check_header(bytes data, uint64_t file_size):             # <<<<<<<<<<<<<<
+ *     """(OK or the E_* reason a file cannot be used, its header's fields) for a copy of
+ *     the file's first HEADER_SIZE bytes: checked before the file is mapped."""
+*/
+
+  /* function exit code */
+  __pyx_L1_error:;
+  __Pyx_XDECREF(__pyx_t_2);
+  __Pyx_XDECREF(__pyx_t_3);
+  __Pyx_XDECREF(__pyx_t_5);
+  __Pyx_AddTraceback("resilio._shm_c.check_header", __pyx_clineno, __pyx_lineno, __pyx_filename);
+  __pyx_r = NULL;
+  __pyx_L0:;
+
+  __Pyx_XGIVEREF(__pyx_r);
+  __Pyx_RefNannyFinishContext();
+  return __pyx_r;
+}
+
+/* "resilio/_shm_c.pyx":203
  *     cdef rs_shm_header *h
  * 
  *     def __cinit__(self, buf):             # <<<<<<<<<<<<<<
@@ -3905,32 +4358,32 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   {
     PyObject ** const __pyx_pyargnames[] = {&__pyx_mstate_global->__pyx_n_u_buf,0};
     const Py_ssize_t __pyx_kwds_len = (__pyx_kwds) ? __Pyx_NumKwargs_FASTCALL_TPNEW(__pyx_kwds) : 0;
-    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(0, 174, __pyx_L3_error)
+    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(0, 203, __pyx_L3_error)
     if (__pyx_kwds_len > 0) {
       switch (__pyx_nargs) {
         case  1:
         values[0] = __Pyx_ArgRef_FASTCALL_TPNEW(__pyx_args, 0);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 174, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 203, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  0: break;
         default: goto __pyx_L5_argtuple_error;
       }
       const Py_ssize_t kwd_pos_args = __pyx_nargs;
-      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "__cinit__", 0) < (0)) __PYX_ERR(0, 174, __pyx_L3_error)
+      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "__cinit__", 0) < (0)) __PYX_ERR(0, 203, __pyx_L3_error)
       for (Py_ssize_t i = __pyx_nargs; i < 1; i++) {
-        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("__cinit__", 1, 1, 1, i); __PYX_ERR(0, 174, __pyx_L3_error) }
+        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("__cinit__", 1, 1, 1, i); __PYX_ERR(0, 203, __pyx_L3_error) }
       }
     } else if (unlikely(__pyx_nargs != 1)) {
       goto __pyx_L5_argtuple_error;
     } else {
       values[0] = __Pyx_ArgRef_FASTCALL_TPNEW(__pyx_args, 0);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 174, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 203, __pyx_L3_error)
     }
     __pyx_v_buf = values[0];
   }
   goto __pyx_L6_skip;
   __pyx_L5_argtuple_error:;
-  __Pyx_RaiseArgtupleInvalid("__cinit__", 1, 1, 1, __pyx_nargs); __PYX_ERR(0, 174, __pyx_L3_error)
+  __Pyx_RaiseArgtupleInvalid("__cinit__", 1, 1, 1, __pyx_nargs); __PYX_ERR(0, 203, __pyx_L3_error)
   __pyx_L6_skip:;
   goto __pyx_L4_argument_unpacking_done;
   __pyx_L3_error:;
@@ -3964,17 +4417,17 @@ static int __pyx_pf_7resilio_6_shm_c_7Mapping___cinit__(struct __pyx_obj_7resili
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("__cinit__", 0);
 
-  /* "resilio/_shm_c.pyx":175
+  /* "resilio/_shm_c.pyx":204
  * 
  *     def __cinit__(self, buf):
  *         PyObject_GetBuffer(buf, &self._view, PyBUF_WRITABLE)             # <<<<<<<<<<<<<<
  *         self._held = True
  *         self.base = <char *>self._view.buf
 */
-  __pyx_t_1 = PyObject_GetBuffer(__pyx_v_buf, (&__pyx_v_self->_view), PyBUF_WRITABLE); if (unlikely(__pyx_t_1 == ((int)-1))) __PYX_ERR(0, 175, __pyx_L1_error)
+  __pyx_t_1 = PyObject_GetBuffer(__pyx_v_buf, (&__pyx_v_self->_view), PyBUF_WRITABLE); if (unlikely(__pyx_t_1 == ((int)-1))) __PYX_ERR(0, 204, __pyx_L1_error)
 
 
-  /* "resilio/_shm_c.pyx":176
+  /* "resilio/_shm_c.pyx":205
  *     def __cinit__(self, buf):
  *         PyObject_GetBuffer(buf, &self._view, PyBUF_WRITABLE)
  *         self._held = True             # <<<<<<<<<<<<<<
@@ -3983,7 +4436,7 @@ static int __pyx_pf_7resilio_6_shm_c_7Mapping___cinit__(struct __pyx_obj_7resili
 */
   __pyx_v_self->_held = 1;
 
-  /* "resilio/_shm_c.pyx":177
+  /* "resilio/_shm_c.pyx":206
  *         PyObject_GetBuffer(buf, &self._view, PyBUF_WRITABLE)
  *         self._held = True
  *         self.base = <char *>self._view.buf             # <<<<<<<<<<<<<<
@@ -3992,7 +4445,7 @@ static int __pyx_pf_7resilio_6_shm_c_7Mapping___cinit__(struct __pyx_obj_7resili
 */
   __pyx_v_self->base = ((char *)__pyx_v_self->_view.buf);
 
-  /* "resilio/_shm_c.pyx":178
+  /* "resilio/_shm_c.pyx":207
  *         self._held = True
  *         self.base = <char *>self._view.buf
  *         self.size = <uint64_t>self._view.len             # <<<<<<<<<<<<<<
@@ -4001,7 +4454,7 @@ static int __pyx_pf_7resilio_6_shm_c_7Mapping___cinit__(struct __pyx_obj_7resili
 */
   __pyx_v_self->size = ((uint64_t)__pyx_v_self->_view.len);
 
-  /* "resilio/_shm_c.pyx":179
+  /* "resilio/_shm_c.pyx":208
  *         self.base = <char *>self._view.buf
  *         self.size = <uint64_t>self._view.len
  *         self.h = <rs_shm_header *>self.base             # <<<<<<<<<<<<<<
@@ -4010,7 +4463,7 @@ static int __pyx_pf_7resilio_6_shm_c_7Mapping___cinit__(struct __pyx_obj_7resili
 */
   __pyx_v_self->h = ((rs_shm_header *)__pyx_v_self->base);
 
-  /* "resilio/_shm_c.pyx":180
+  /* "resilio/_shm_c.pyx":209
  *         self.size = <uint64_t>self._view.len
  *         self.h = <rs_shm_header *>self.base
  *         if (<uintptr_t>self.base) % RS_SHM_ALIGN:             # <<<<<<<<<<<<<<
@@ -4022,7 +4475,7 @@ static int __pyx_pf_7resilio_6_shm_c_7Mapping___cinit__(struct __pyx_obj_7resili
   if (unlikely(__pyx_t_2)) {
 
 
-    /* "resilio/_shm_c.pyx":181
+    /* "resilio/_shm_c.pyx":210
  *         self.h = <rs_shm_header *>self.base
  *         if (<uintptr_t>self.base) % RS_SHM_ALIGN:
  *             raise ValueError("the mapping is not 64-byte aligned")             # <<<<<<<<<<<<<<
@@ -4035,14 +4488,14 @@ static int __pyx_pf_7resilio_6_shm_c_7Mapping___cinit__(struct __pyx_obj_7resili
       PyObject *__pyx_callargs[2] = {__pyx_t_4, __pyx_mstate_global->__pyx_kp_u_the_mapping_is_not_64_byte_align};
       __pyx_t_3 = __Pyx_PyObject_FastCall((PyObject*)(((PyTypeObject*)PyExc_ValueError)), __pyx_callargs+__pyx_t_5, (2-__pyx_t_5) | (__pyx_t_5*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
       __Pyx_XDECREF(__pyx_t_4); __pyx_t_4 = 0;
-      if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 181, __pyx_L1_error)
+      if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 210, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_3);
     }
     __Pyx_Raise(__pyx_t_3, 0, 0, 0);
     __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
-    __PYX_ERR(0, 181, __pyx_L1_error)
+    __PYX_ERR(0, 210, __pyx_L1_error)
 
-    /* "resilio/_shm_c.pyx":180
+    /* "resilio/_shm_c.pyx":209
  *         self.size = <uint64_t>self._view.len
  *         self.h = <rs_shm_header *>self.base
  *         if (<uintptr_t>self.base) % RS_SHM_ALIGN:             # <<<<<<<<<<<<<<
@@ -4051,7 +4504,7 @@ static int __pyx_pf_7resilio_6_shm_c_7Mapping___cinit__(struct __pyx_obj_7resili
 */
   }
 
-  /* "resilio/_shm_c.pyx":182
+  /* "resilio/_shm_c.pyx":211
  *         if (<uintptr_t>self.base) % RS_SHM_ALIGN:
  *             raise ValueError("the mapping is not 64-byte aligned")
  *         if self.size < RS_SHM_HEADER_SIZE:             # <<<<<<<<<<<<<<
@@ -4063,7 +4516,7 @@ static int __pyx_pf_7resilio_6_shm_c_7Mapping___cinit__(struct __pyx_obj_7resili
   if (unlikely(__pyx_t_2)) {
 
 
-    /* "resilio/_shm_c.pyx":183
+    /* "resilio/_shm_c.pyx":212
  *             raise ValueError("the mapping is not 64-byte aligned")
  *         if self.size < RS_SHM_HEADER_SIZE:
  *             raise ValueError("the mapping is smaller than a header")             # <<<<<<<<<<<<<<
@@ -4076,14 +4529,14 @@ static int __pyx_pf_7resilio_6_shm_c_7Mapping___cinit__(struct __pyx_obj_7resili
       PyObject *__pyx_callargs[2] = {__pyx_t_4, __pyx_mstate_global->__pyx_kp_u_the_mapping_is_smaller_than_a_he};
       __pyx_t_3 = __Pyx_PyObject_FastCall((PyObject*)(((PyTypeObject*)PyExc_ValueError)), __pyx_callargs+__pyx_t_5, (2-__pyx_t_5) | (__pyx_t_5*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
       __Pyx_XDECREF(__pyx_t_4); __pyx_t_4 = 0;
-      if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 183, __pyx_L1_error)
+      if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 212, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_3);
     }
     __Pyx_Raise(__pyx_t_3, 0, 0, 0);
     __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
-    __PYX_ERR(0, 183, __pyx_L1_error)
+    __PYX_ERR(0, 212, __pyx_L1_error)
 
-    /* "resilio/_shm_c.pyx":182
+    /* "resilio/_shm_c.pyx":211
  *         if (<uintptr_t>self.base) % RS_SHM_ALIGN:
  *             raise ValueError("the mapping is not 64-byte aligned")
  *         if self.size < RS_SHM_HEADER_SIZE:             # <<<<<<<<<<<<<<
@@ -4092,7 +4545,7 @@ static int __pyx_pf_7resilio_6_shm_c_7Mapping___cinit__(struct __pyx_obj_7resili
 */
   }
 
-  /* "resilio/_shm_c.pyx":174
+  /* "resilio/_shm_c.pyx":203
  *     cdef rs_shm_header *h
  * 
  *     def __cinit__(self, buf):             # <<<<<<<<<<<<<<
@@ -4114,7 +4567,7 @@ static int __pyx_pf_7resilio_6_shm_c_7Mapping___cinit__(struct __pyx_obj_7resili
   return __pyx_r;
 }
 
-/* "resilio/_shm_c.pyx":185
+/* "resilio/_shm_c.pyx":214
  *             raise ValueError("the mapping is smaller than a header")
  * 
  *     def __dealloc__(self):             # <<<<<<<<<<<<<<
@@ -4137,7 +4590,7 @@ static void __pyx_pw_7resilio_6_shm_c_7Mapping_3__dealloc__(PyObject *__pyx_v_se
 
 static void __pyx_pf_7resilio_6_shm_c_7Mapping_2__dealloc__(struct __pyx_obj_7resilio_6_shm_c_Mapping *__pyx_v_self) {
 
-  /* "resilio/_shm_c.pyx":186
+  /* "resilio/_shm_c.pyx":215
  * 
  *     def __dealloc__(self):
  *         if self._held:             # <<<<<<<<<<<<<<
@@ -4146,7 +4599,7 @@ static void __pyx_pf_7resilio_6_shm_c_7Mapping_2__dealloc__(struct __pyx_obj_7re
 */
   if (__pyx_v_self->_held) {
 
-    /* "resilio/_shm_c.pyx":187
+    /* "resilio/_shm_c.pyx":216
  *     def __dealloc__(self):
  *         if self._held:
  *             PyBuffer_Release(&self._view)             # <<<<<<<<<<<<<<
@@ -4155,7 +4608,7 @@ static void __pyx_pf_7resilio_6_shm_c_7Mapping_2__dealloc__(struct __pyx_obj_7re
 */
     PyBuffer_Release((&__pyx_v_self->_view));
 
-    /* "resilio/_shm_c.pyx":188
+    /* "resilio/_shm_c.pyx":217
  *         if self._held:
  *             PyBuffer_Release(&self._view)
  *             self._held = False             # <<<<<<<<<<<<<<
@@ -4164,7 +4617,7 @@ static void __pyx_pf_7resilio_6_shm_c_7Mapping_2__dealloc__(struct __pyx_obj_7re
 */
     __pyx_v_self->_held = 0;
 
-    /* "resilio/_shm_c.pyx":186
+    /* "resilio/_shm_c.pyx":215
  * 
  *     def __dealloc__(self):
  *         if self._held:             # <<<<<<<<<<<<<<
@@ -4173,7 +4626,7 @@ static void __pyx_pf_7resilio_6_shm_c_7Mapping_2__dealloc__(struct __pyx_obj_7re
 */
   }
 
-  /* "resilio/_shm_c.pyx":185
+  /* "resilio/_shm_c.pyx":214
  *             raise ValueError("the mapping is smaller than a header")
  * 
  *     def __dealloc__(self):             # <<<<<<<<<<<<<<
@@ -4185,7 +4638,7 @@ static void __pyx_pf_7resilio_6_shm_c_7Mapping_2__dealloc__(struct __pyx_obj_7re
 
 }
 
-/* "resilio/_shm_c.pyx":192
+/* "resilio/_shm_c.pyx":221
  *     # ---- header ----
  * 
  *     def check(self):             # <<<<<<<<<<<<<<
@@ -4244,14 +4697,14 @@ static PyObject *__pyx_pf_7resilio_6_shm_c_7Mapping_4check(struct __pyx_obj_7res
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("check", 0);
 
-  /* "resilio/_shm_c.pyx":194
+  /* "resilio/_shm_c.pyx":223
  *     def check(self):
  *         """OK, or the E_* reason this file cannot be used by this build."""
  *         return rs_shm_header_check(self.h, self.size)             # <<<<<<<<<<<<<<
  * 
  *     def header(self):
 */
-  __pyx_t_1 = __Pyx_PyLong_From_int(rs_shm_header_check(__pyx_v_self->h, __pyx_v_self->size)); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 194, __pyx_L1_error)
+  __pyx_t_1 = __Pyx_PyLong_From_int(rs_shm_header_check(__pyx_v_self->h, __pyx_v_self->size)); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 223, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
   {
     PyObject *__pyx_temp;
@@ -4264,7 +4717,7 @@ static PyObject *__pyx_pf_7resilio_6_shm_c_7Mapping_4check(struct __pyx_obj_7res
   __pyx_t_1 = 0;
   goto __pyx_L0;
 
-  /* "resilio/_shm_c.pyx":192
+  /* "resilio/_shm_c.pyx":221
  *     # ---- header ----
  * 
  *     def check(self):             # <<<<<<<<<<<<<<
@@ -4283,12 +4736,12 @@ static PyObject *__pyx_pf_7resilio_6_shm_c_7Mapping_4check(struct __pyx_obj_7res
   return __pyx_r;
 }
 
-/* "resilio/_shm_c.pyx":196
+/* "resilio/_shm_c.pyx":225
  *         return rs_shm_header_check(self.h, self.size)
  * 
  *     def header(self):             # <<<<<<<<<<<<<<
  *         """The header's fields, as a dict (magic as bytes, secret left out)."""
- *         cdef rs_shm_header *h = self.h
+ *         return _header_dict(self.h)
 */
 
 /* Python wrapper */
@@ -4334,231 +4787,55 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
 }
 
 static PyObject *__pyx_pf_7resilio_6_shm_c_7Mapping_6header(struct __pyx_obj_7resilio_6_shm_c_Mapping *__pyx_v_self) {
-  rs_shm_header *__pyx_v_h;
   PyObject *__pyx_r = NULL;
   __Pyx_RefNannyDeclarations
-  rs_shm_header *__pyx_t_1;
-  PyObject *__pyx_t_2 = NULL;
-  PyObject *__pyx_t_3 = NULL;
+  PyObject *__pyx_t_1 = NULL;
   int __pyx_lineno = 0;
   const char *__pyx_filename = NULL;
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("header", 0);
 
-  /* "resilio/_shm_c.pyx":198
+  /* "resilio/_shm_c.pyx":227
  *     def header(self):
  *         """The header's fields, as a dict (magic as bytes, secret left out)."""
- *         cdef rs_shm_header *h = self.h             # <<<<<<<<<<<<<<
- *         return {
- *             "magic": PyBytes_FromStringAndSize(<char *>h.magic, RS_SHM_MAGIC_LEN),
-*/
-  __pyx_t_1 = __pyx_v_self->h;
-
-  __pyx_v_h = __pyx_t_1;
-
-  /* "resilio/_shm_c.pyx":200
- *         cdef rs_shm_header *h = self.h
- *         return {
- *             "magic": PyBytes_FromStringAndSize(<char *>h.magic, RS_SHM_MAGIC_LEN),             # <<<<<<<<<<<<<<
- *             "version": h.version,
- *             "header_size": h.header_size,
-*/
-  __pyx_t_2 = __Pyx_PyDict_NewPresized(14); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 200, __pyx_L1_error)
-  __Pyx_GOTREF(__pyx_t_2);
-  __pyx_t_3 = PyBytes_FromStringAndSize(((char *)__pyx_v_h->magic), RS_SHM_MAGIC_LEN); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 200, __pyx_L1_error)
-  __Pyx_GOTREF(__pyx_t_3);
-  if (PyDict_SetItem(__pyx_t_2, __pyx_mstate_global->__pyx_n_u_magic, __pyx_t_3) < (0)) __PYX_ERR(0, 200, __pyx_L1_error)
-  __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
-
-  /* "resilio/_shm_c.pyx":201
- *         return {
- *             "magic": PyBytes_FromStringAndSize(<char *>h.magic, RS_SHM_MAGIC_LEN),
- *             "version": h.version,             # <<<<<<<<<<<<<<
- *             "header_size": h.header_size,
- *             "total_size": h.total_size,
-*/
-  __pyx_t_3 = __Pyx_PyLong_From_uint32_t(__pyx_v_h->version); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 201, __pyx_L1_error)
-  __Pyx_GOTREF(__pyx_t_3);
-  if (PyDict_SetItem(__pyx_t_2, __pyx_mstate_global->__pyx_n_u_version, __pyx_t_3) < (0)) __PYX_ERR(0, 200, __pyx_L1_error)
-  __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
-
-  /* "resilio/_shm_c.pyx":202
- *             "magic": PyBytes_FromStringAndSize(<char *>h.magic, RS_SHM_MAGIC_LEN),
- *             "version": h.version,
- *             "header_size": h.header_size,             # <<<<<<<<<<<<<<
- *             "total_size": h.total_size,
- *             "abi": h.abi,
-*/
-  __pyx_t_3 = __Pyx_PyLong_From_uint32_t(__pyx_v_h->header_size); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 202, __pyx_L1_error)
-  __Pyx_GOTREF(__pyx_t_3);
-  if (PyDict_SetItem(__pyx_t_2, __pyx_mstate_global->__pyx_n_u_header_size, __pyx_t_3) < (0)) __PYX_ERR(0, 200, __pyx_L1_error)
-  __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
-
-  /* "resilio/_shm_c.pyx":203
- *             "version": h.version,
- *             "header_size": h.header_size,
- *             "total_size": h.total_size,             # <<<<<<<<<<<<<<
- *             "abi": h.abi,
- *             "slot_count": h.slot_count,
-*/
-  __pyx_t_3 = __Pyx_PyLong_From_uint64_t(__pyx_v_h->total_size); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 203, __pyx_L1_error)
-  __Pyx_GOTREF(__pyx_t_3);
-  if (PyDict_SetItem(__pyx_t_2, __pyx_mstate_global->__pyx_n_u_total_size, __pyx_t_3) < (0)) __PYX_ERR(0, 200, __pyx_L1_error)
-  __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
-
-  /* "resilio/_shm_c.pyx":204
- *             "header_size": h.header_size,
- *             "total_size": h.total_size,
- *             "abi": h.abi,             # <<<<<<<<<<<<<<
- *             "slot_count": h.slot_count,
- *             "object_size": h.object_size,
-*/
-  __pyx_t_3 = __Pyx_PyLong_From_uint64_t(__pyx_v_h->abi); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 204, __pyx_L1_error)
-  __Pyx_GOTREF(__pyx_t_3);
-  if (PyDict_SetItem(__pyx_t_2, __pyx_mstate_global->__pyx_n_u_abi, __pyx_t_3) < (0)) __PYX_ERR(0, 200, __pyx_L1_error)
-  __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
-
-  /* "resilio/_shm_c.pyx":205
- *             "total_size": h.total_size,
- *             "abi": h.abi,
- *             "slot_count": h.slot_count,             # <<<<<<<<<<<<<<
- *             "object_size": h.object_size,
- *             "slots_offset": h.slots_offset,
-*/
-  __pyx_t_3 = __Pyx_PyLong_From_uint32_t(__pyx_v_h->slot_count); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 205, __pyx_L1_error)
-  __Pyx_GOTREF(__pyx_t_3);
-  if (PyDict_SetItem(__pyx_t_2, __pyx_mstate_global->__pyx_n_u_slot_count, __pyx_t_3) < (0)) __PYX_ERR(0, 200, __pyx_L1_error)
-  __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
-
-  /* "resilio/_shm_c.pyx":206
- *             "abi": h.abi,
- *             "slot_count": h.slot_count,
- *             "object_size": h.object_size,             # <<<<<<<<<<<<<<
- *             "slots_offset": h.slots_offset,
- *             "heap_offset": h.heap_offset,
-*/
-  __pyx_t_3 = __Pyx_PyLong_From_uint32_t(__pyx_v_h->object_size); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 206, __pyx_L1_error)
-  __Pyx_GOTREF(__pyx_t_3);
-  if (PyDict_SetItem(__pyx_t_2, __pyx_mstate_global->__pyx_n_u_object_size, __pyx_t_3) < (0)) __PYX_ERR(0, 200, __pyx_L1_error)
-  __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
-
-  /* "resilio/_shm_c.pyx":207
- *             "slot_count": h.slot_count,
- *             "object_size": h.object_size,
- *             "slots_offset": h.slots_offset,             # <<<<<<<<<<<<<<
- *             "heap_offset": h.heap_offset,
- *             "created_unix_ns": h.created_unix_ns,
-*/
-  __pyx_t_3 = __Pyx_PyLong_From_uint64_t(__pyx_v_h->slots_offset); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 207, __pyx_L1_error)
-  __Pyx_GOTREF(__pyx_t_3);
-  if (PyDict_SetItem(__pyx_t_2, __pyx_mstate_global->__pyx_n_u_slots_offset, __pyx_t_3) < (0)) __PYX_ERR(0, 200, __pyx_L1_error)
-  __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
-
-  /* "resilio/_shm_c.pyx":208
- *             "object_size": h.object_size,
- *             "slots_offset": h.slots_offset,
- *             "heap_offset": h.heap_offset,             # <<<<<<<<<<<<<<
- *             "created_unix_ns": h.created_unix_ns,
- *             "creator_pid": h.creator_pid,
-*/
-  __pyx_t_3 = __Pyx_PyLong_From_uint64_t(__pyx_v_h->heap_offset); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 208, __pyx_L1_error)
-  __Pyx_GOTREF(__pyx_t_3);
-  if (PyDict_SetItem(__pyx_t_2, __pyx_mstate_global->__pyx_n_u_heap_offset, __pyx_t_3) < (0)) __PYX_ERR(0, 200, __pyx_L1_error)
-  __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
-
-  /* "resilio/_shm_c.pyx":209
- *             "slots_offset": h.slots_offset,
- *             "heap_offset": h.heap_offset,
- *             "created_unix_ns": h.created_unix_ns,             # <<<<<<<<<<<<<<
- *             "creator_pid": h.creator_pid,
- *             "heap_next": rs_load_relaxed_u64(&h.heap_next),
-*/
-  __pyx_t_3 = __Pyx_PyLong_From_int64_t(__pyx_v_h->created_unix_ns); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 209, __pyx_L1_error)
-  __Pyx_GOTREF(__pyx_t_3);
-  if (PyDict_SetItem(__pyx_t_2, __pyx_mstate_global->__pyx_n_u_created_unix_ns, __pyx_t_3) < (0)) __PYX_ERR(0, 200, __pyx_L1_error)
-  __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
-
-  /* "resilio/_shm_c.pyx":210
- *             "heap_offset": h.heap_offset,
- *             "created_unix_ns": h.created_unix_ns,
- *             "creator_pid": h.creator_pid,             # <<<<<<<<<<<<<<
- *             "heap_next": rs_load_relaxed_u64(&h.heap_next),
- *             "objects": rs_load_relaxed_u64(&h.objects),
-*/
-  __pyx_t_3 = __Pyx_PyLong_From_uint64_t(__pyx_v_h->creator_pid); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 210, __pyx_L1_error)
-  __Pyx_GOTREF(__pyx_t_3);
-  if (PyDict_SetItem(__pyx_t_2, __pyx_mstate_global->__pyx_n_u_creator_pid, __pyx_t_3) < (0)) __PYX_ERR(0, 200, __pyx_L1_error)
-  __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
-
-  /* "resilio/_shm_c.pyx":211
- *             "created_unix_ns": h.created_unix_ns,
- *             "creator_pid": h.creator_pid,
- *             "heap_next": rs_load_relaxed_u64(&h.heap_next),             # <<<<<<<<<<<<<<
- *             "objects": rs_load_relaxed_u64(&h.objects),
- *             "takeovers": rs_load_relaxed_u64(&h.takeovers),
-*/
-  __pyx_t_3 = __Pyx_PyLong_From_uint64_t(rs_load_relaxed_u64((&__pyx_v_h->heap_next))); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 211, __pyx_L1_error)
-  __Pyx_GOTREF(__pyx_t_3);
-  if (PyDict_SetItem(__pyx_t_2, __pyx_mstate_global->__pyx_n_u_heap_next, __pyx_t_3) < (0)) __PYX_ERR(0, 200, __pyx_L1_error)
-  __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
-
-  /* "resilio/_shm_c.pyx":212
- *             "creator_pid": h.creator_pid,
- *             "heap_next": rs_load_relaxed_u64(&h.heap_next),
- *             "objects": rs_load_relaxed_u64(&h.objects),             # <<<<<<<<<<<<<<
- *             "takeovers": rs_load_relaxed_u64(&h.takeovers),
- *         }
-*/
-  __pyx_t_3 = __Pyx_PyLong_From_uint64_t(rs_load_relaxed_u64((&__pyx_v_h->objects))); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 212, __pyx_L1_error)
-  __Pyx_GOTREF(__pyx_t_3);
-  if (PyDict_SetItem(__pyx_t_2, __pyx_mstate_global->__pyx_n_u_objects, __pyx_t_3) < (0)) __PYX_ERR(0, 200, __pyx_L1_error)
-  __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
-
-  /* "resilio/_shm_c.pyx":213
- *             "heap_next": rs_load_relaxed_u64(&h.heap_next),
- *             "objects": rs_load_relaxed_u64(&h.objects),
- *             "takeovers": rs_load_relaxed_u64(&h.takeovers),             # <<<<<<<<<<<<<<
- *         }
+ *         return _header_dict(self.h)             # <<<<<<<<<<<<<<
  * 
+ *     def name_key(self, uint32_t kind, bytes name):
 */
-  __pyx_t_3 = __Pyx_PyLong_From_uint64_t(rs_load_relaxed_u64((&__pyx_v_h->takeovers))); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 213, __pyx_L1_error)
-  __Pyx_GOTREF(__pyx_t_3);
-  if (PyDict_SetItem(__pyx_t_2, __pyx_mstate_global->__pyx_n_u_takeovers, __pyx_t_3) < (0)) __PYX_ERR(0, 200, __pyx_L1_error)
-  __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
+  __pyx_t_1 = __pyx_f_7resilio_6_shm_c__header_dict(__pyx_v_self->h); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 227, __pyx_L1_error)
+  __Pyx_GOTREF(__pyx_t_1);
   {
     PyObject *__pyx_temp;
     {
       __pyx_temp = __pyx_r;
-      __pyx_r = __pyx_t_2;
+      __pyx_r = __pyx_t_1;
     }
     __Pyx_XDECREF(__pyx_temp);
   }
-  __pyx_t_2 = 0;
+  __pyx_t_1 = 0;
   goto __pyx_L0;
 
-  /* "resilio/_shm_c.pyx":196
+  /* "resilio/_shm_c.pyx":225
  *         return rs_shm_header_check(self.h, self.size)
  * 
  *     def header(self):             # <<<<<<<<<<<<<<
  *         """The header's fields, as a dict (magic as bytes, secret left out)."""
- *         cdef rs_shm_header *h = self.h
+ *         return _header_dict(self.h)
 */
 
   /* function exit code */
   __pyx_L1_error:;
-  __Pyx_XDECREF(__pyx_t_2);
-  __Pyx_XDECREF(__pyx_t_3);
+  __Pyx_XDECREF(__pyx_t_1);
   __Pyx_AddTraceback("resilio._shm_c.Mapping.header", __pyx_clineno, __pyx_lineno, __pyx_filename);
   __pyx_r = NULL;
   __pyx_L0:;
-
   __Pyx_XGIVEREF(__pyx_r);
   __Pyx_RefNannyFinishContext();
   return __pyx_r;
 }
 
-/* "resilio/_shm_c.pyx":216
- *         }
+/* "resilio/_shm_c.pyx":229
+ *         return _header_dict(self.h)
  * 
  *     def name_key(self, uint32_t kind, bytes name):             # <<<<<<<<<<<<<<
  *         """Registry key of (kind, name): SipHash under the file's secret, never 0."""
@@ -4605,39 +4882,39 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   {
     PyObject ** const __pyx_pyargnames[] = {&__pyx_mstate_global->__pyx_n_u_kind,&__pyx_mstate_global->__pyx_n_u_name,0};
     const Py_ssize_t __pyx_kwds_len = (__pyx_kwds) ? __Pyx_NumKwargs_FASTCALL(__pyx_kwds) : 0;
-    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(0, 216, __pyx_L3_error)
+    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(0, 229, __pyx_L3_error)
     if (__pyx_kwds_len > 0) {
       switch (__pyx_nargs) {
         case  2:
         values[1] = __Pyx_ArgRef_FASTCALL(__pyx_args, 1);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 216, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 229, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  1:
         values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 216, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 229, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  0: break;
         default: goto __pyx_L5_argtuple_error;
       }
       const Py_ssize_t kwd_pos_args = __pyx_nargs;
-      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "name_key", 0) < (0)) __PYX_ERR(0, 216, __pyx_L3_error)
+      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "name_key", 0) < (0)) __PYX_ERR(0, 229, __pyx_L3_error)
       for (Py_ssize_t i = __pyx_nargs; i < 2; i++) {
-        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("name_key", 1, 2, 2, i); __PYX_ERR(0, 216, __pyx_L3_error) }
+        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("name_key", 1, 2, 2, i); __PYX_ERR(0, 229, __pyx_L3_error) }
       }
     } else if (unlikely(__pyx_nargs != 2)) {
       goto __pyx_L5_argtuple_error;
     } else {
       values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 216, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 229, __pyx_L3_error)
       values[1] = __Pyx_ArgRef_FASTCALL(__pyx_args, 1);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 216, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 229, __pyx_L3_error)
     }
-    __pyx_v_kind = __Pyx_PyLong_As_uint32_t(values[0]); if (unlikely((__pyx_v_kind == ((uint32_t)-1)) && PyErr_Occurred())) __PYX_ERR(0, 216, __pyx_L3_error)
+    __pyx_v_kind = __Pyx_PyLong_As_uint32_t(values[0]); if (unlikely((__pyx_v_kind == ((uint32_t)-1)) && PyErr_Occurred())) __PYX_ERR(0, 229, __pyx_L3_error)
     __pyx_v_name = ((PyObject*)values[1]);
   }
   goto __pyx_L6_skip;
   __pyx_L5_argtuple_error:;
-  __Pyx_RaiseArgtupleInvalid("name_key", 1, 2, 2, __pyx_nargs); __PYX_ERR(0, 216, __pyx_L3_error)
+  __Pyx_RaiseArgtupleInvalid("name_key", 1, 2, 2, __pyx_nargs); __PYX_ERR(0, 229, __pyx_L3_error)
   __pyx_L6_skip:;
   goto __pyx_L4_argument_unpacking_done;
   __pyx_L3_error:;
@@ -4648,7 +4925,7 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   __Pyx_RefNannyFinishContext();
   return NULL;
   __pyx_L4_argument_unpacking_done:;
-  if (unlikely(!__Pyx_ArgTypeTest(((PyObject *)__pyx_v_name), (&PyBytes_Type), 1, "name", 1))) __PYX_ERR(0, 216, __pyx_L1_error)
+  if (unlikely(!__Pyx_ArgTypeTest(((PyObject *)__pyx_v_name), (&PyBytes_Type), 1, "name", 1))) __PYX_ERR(0, 229, __pyx_L1_error)
   __pyx_r = __pyx_pf_7resilio_6_shm_c_7Mapping_8name_key(((struct __pyx_obj_7resilio_6_shm_c_Mapping *)__pyx_v_self), __pyx_v_kind, __pyx_v_name);
 
   /* function exit code */
@@ -4685,7 +4962,7 @@ static PyObject *__pyx_pf_7resilio_6_shm_c_7Mapping_8name_key(struct __pyx_obj_7
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("name_key", 0);
 
-  /* "resilio/_shm_c.pyx":219
+  /* "resilio/_shm_c.pyx":232
  *         """Registry key of (kind, name): SipHash under the file's secret, never 0."""
  *         cdef uint64_t fp[2]
  *         cdef bytes data = bytes([kind & 0xFF]) + name             # <<<<<<<<<<<<<<
@@ -4693,12 +4970,12 @@ static PyObject *__pyx_pf_7resilio_6_shm_c_7Mapping_8name_key(struct __pyx_obj_7
  *                       self.h.secret, fp)
 */
   __pyx_t_2 = NULL;
-  __pyx_t_3 = __Pyx_PyLong_From_long((__pyx_v_kind & 0xFF)); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 219, __pyx_L1_error)
+  __pyx_t_3 = __Pyx_PyLong_From_long((__pyx_v_kind & 0xFF)); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 232, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
-  __pyx_t_4 = PyList_New(1); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 219, __pyx_L1_error)
+  __pyx_t_4 = PyList_New(1); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 232, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
   __Pyx_GIVEREF(__pyx_t_3);
-  if (__Pyx_PyList_SET_ITEM(__pyx_t_4, 0, __pyx_t_3) != (0)) __PYX_ERR(0, 219, __pyx_L1_error);
+  if (__Pyx_PyList_SET_ITEM(__pyx_t_4, 0, __pyx_t_3) != (0)) __PYX_ERR(0, 232, __pyx_L1_error);
   __pyx_t_3 = 0;
   __pyx_t_5 = 1;
   {
@@ -4706,16 +4983,16 @@ static PyObject *__pyx_pf_7resilio_6_shm_c_7Mapping_8name_key(struct __pyx_obj_7
     __pyx_t_1 = __Pyx_PyObject_FastCall((PyObject*)(&PyBytes_Type), __pyx_callargs+__pyx_t_5, (2-__pyx_t_5) | (__pyx_t_5*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
     __Pyx_XDECREF(__pyx_t_2); __pyx_t_2 = 0;
     __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
-    if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 219, __pyx_L1_error)
+    if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 232, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_1);
   }
-  __pyx_t_4 = PyNumber_Add(__pyx_t_1, __pyx_v_name); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 219, __pyx_L1_error)
+  __pyx_t_4 = PyNumber_Add(__pyx_t_1, __pyx_v_name); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 232, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
   __Pyx_DECREF(__pyx_t_1); __pyx_t_1 = 0;
   __pyx_v_data = ((PyObject*)__pyx_t_4);
   __pyx_t_4 = 0;
 
-  /* "resilio/_shm_c.pyx":220
+  /* "resilio/_shm_c.pyx":233
  *         cdef uint64_t fp[2]
  *         cdef bytes data = bytes([kind & 0xFF]) + name
  *         rs_siphash128(<const uint8_t *>PyBytes_AS_STRING(data), <size_t>PyBytes_GET_SIZE(data),             # <<<<<<<<<<<<<<
@@ -4724,7 +5001,7 @@ static PyObject *__pyx_pf_7resilio_6_shm_c_7Mapping_8name_key(struct __pyx_obj_7
 */
   rs_siphash128(((uint8_t const *)PyBytes_AS_STRING(__pyx_v_data)), ((size_t)PyBytes_GET_SIZE(__pyx_v_data)), __pyx_v_self->h->secret, __pyx_v_fp);
 
-  /* "resilio/_shm_c.pyx":222
+  /* "resilio/_shm_c.pyx":235
  *         rs_siphash128(<const uint8_t *>PyBytes_AS_STRING(data), <size_t>PyBytes_GET_SIZE(data),
  *                       self.h.secret, fp)
  *         return fp[0] if fp[0] != 0 else 1             # <<<<<<<<<<<<<<
@@ -4734,7 +5011,7 @@ static PyObject *__pyx_pf_7resilio_6_shm_c_7Mapping_8name_key(struct __pyx_obj_7
   __pyx_t_6 = ((__pyx_v_fp[0]) != 0);
 
   if (__pyx_t_6) {
-    __pyx_t_1 = __Pyx_PyLong_From_uint64_t((__pyx_v_fp[0])); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 222, __pyx_L1_error)
+    __pyx_t_1 = __Pyx_PyLong_From_uint64_t((__pyx_v_fp[0])); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 235, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_1);
     __pyx_t_4 = __pyx_t_1;
     __pyx_t_1 = 0;
@@ -4754,8 +5031,8 @@ static PyObject *__pyx_pf_7resilio_6_shm_c_7Mapping_8name_key(struct __pyx_obj_7
   __pyx_t_4 = 0;
   goto __pyx_L0;
 
-  /* "resilio/_shm_c.pyx":216
- *         }
+  /* "resilio/_shm_c.pyx":229
+ *         return _header_dict(self.h)
  * 
  *     def name_key(self, uint32_t kind, bytes name):             # <<<<<<<<<<<<<<
  *         """Registry key of (kind, name): SipHash under the file's secret, never 0."""
@@ -4778,7 +5055,7 @@ static PyObject *__pyx_pf_7resilio_6_shm_c_7Mapping_8name_key(struct __pyx_obj_7
   return __pyx_r;
 }
 
-/* "resilio/_shm_c.pyx":224
+/* "resilio/_shm_c.pyx":237
  *         return fp[0] if fp[0] != 0 else 1
  * 
  *     def table_secret(self, bytes name):             # <<<<<<<<<<<<<<
@@ -4825,32 +5102,32 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   {
     PyObject ** const __pyx_pyargnames[] = {&__pyx_mstate_global->__pyx_n_u_name,0};
     const Py_ssize_t __pyx_kwds_len = (__pyx_kwds) ? __Pyx_NumKwargs_FASTCALL(__pyx_kwds) : 0;
-    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(0, 224, __pyx_L3_error)
+    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(0, 237, __pyx_L3_error)
     if (__pyx_kwds_len > 0) {
       switch (__pyx_nargs) {
         case  1:
         values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 224, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 237, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  0: break;
         default: goto __pyx_L5_argtuple_error;
       }
       const Py_ssize_t kwd_pos_args = __pyx_nargs;
-      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "table_secret", 0) < (0)) __PYX_ERR(0, 224, __pyx_L3_error)
+      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "table_secret", 0) < (0)) __PYX_ERR(0, 237, __pyx_L3_error)
       for (Py_ssize_t i = __pyx_nargs; i < 1; i++) {
-        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("table_secret", 1, 1, 1, i); __PYX_ERR(0, 224, __pyx_L3_error) }
+        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("table_secret", 1, 1, 1, i); __PYX_ERR(0, 237, __pyx_L3_error) }
       }
     } else if (unlikely(__pyx_nargs != 1)) {
       goto __pyx_L5_argtuple_error;
     } else {
       values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 224, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 237, __pyx_L3_error)
     }
     __pyx_v_name = ((PyObject*)values[0]);
   }
   goto __pyx_L6_skip;
   __pyx_L5_argtuple_error:;
-  __Pyx_RaiseArgtupleInvalid("table_secret", 1, 1, 1, __pyx_nargs); __PYX_ERR(0, 224, __pyx_L3_error)
+  __Pyx_RaiseArgtupleInvalid("table_secret", 1, 1, 1, __pyx_nargs); __PYX_ERR(0, 237, __pyx_L3_error)
   __pyx_L6_skip:;
   goto __pyx_L4_argument_unpacking_done;
   __pyx_L3_error:;
@@ -4861,7 +5138,7 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   __Pyx_RefNannyFinishContext();
   return NULL;
   __pyx_L4_argument_unpacking_done:;
-  if (unlikely(!__Pyx_ArgTypeTest(((PyObject *)__pyx_v_name), (&PyBytes_Type), 1, "name", 1))) __PYX_ERR(0, 224, __pyx_L1_error)
+  if (unlikely(!__Pyx_ArgTypeTest(((PyObject *)__pyx_v_name), (&PyBytes_Type), 1, "name", 1))) __PYX_ERR(0, 237, __pyx_L1_error)
   __pyx_r = __pyx_pf_7resilio_6_shm_c_7Mapping_10table_secret(((struct __pyx_obj_7resilio_6_shm_c_Mapping *)__pyx_v_self), __pyx_v_name);
 
   /* function exit code */
@@ -4895,19 +5172,19 @@ static PyObject *__pyx_pf_7resilio_6_shm_c_7Mapping_10table_secret(struct __pyx_
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("table_secret", 0);
 
-  /* "resilio/_shm_c.pyx":227
+  /* "resilio/_shm_c.pyx":240
  *         """SipHash key of the keyed table `name`, derived from the file's secret."""
  *         cdef uint64_t fp[2]
  *         cdef bytes data = b"keyed-secret\x00" + name             # <<<<<<<<<<<<<<
  *         cdef uint8_t out[16]
  *         cdef int i
 */
-  __pyx_t_1 = PyNumber_Add(__pyx_mstate_global->__pyx_kp_b_keyed_secret, __pyx_v_name); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 227, __pyx_L1_error)
+  __pyx_t_1 = PyNumber_Add(__pyx_mstate_global->__pyx_kp_b_keyed_secret, __pyx_v_name); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 240, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
   __pyx_v_data = ((PyObject*)__pyx_t_1);
   __pyx_t_1 = 0;
 
-  /* "resilio/_shm_c.pyx":230
+  /* "resilio/_shm_c.pyx":243
  *         cdef uint8_t out[16]
  *         cdef int i
  *         rs_siphash128(<const uint8_t *>PyBytes_AS_STRING(data), <size_t>PyBytes_GET_SIZE(data),             # <<<<<<<<<<<<<<
@@ -4916,7 +5193,7 @@ static PyObject *__pyx_pf_7resilio_6_shm_c_7Mapping_10table_secret(struct __pyx_
 */
   rs_siphash128(((uint8_t const *)PyBytes_AS_STRING(__pyx_v_data)), ((size_t)PyBytes_GET_SIZE(__pyx_v_data)), __pyx_v_self->h->secret, __pyx_v_fp);
 
-  /* "resilio/_shm_c.pyx":232
+  /* "resilio/_shm_c.pyx":245
  *         rs_siphash128(<const uint8_t *>PyBytes_AS_STRING(data), <size_t>PyBytes_GET_SIZE(data),
  *                       self.h.secret, fp)
  *         for i in range(8):             # <<<<<<<<<<<<<<
@@ -4926,7 +5203,7 @@ static PyObject *__pyx_pf_7resilio_6_shm_c_7Mapping_10table_secret(struct __pyx_
   for (__pyx_t_2 = 0; __pyx_t_2 < 8; __pyx_t_2+=1) {
     __pyx_v_i = __pyx_t_2;
 
-    /* "resilio/_shm_c.pyx":233
+    /* "resilio/_shm_c.pyx":246
  *                       self.h.secret, fp)
  *         for i in range(8):
  *             out[i] = <uint8_t>(fp[0] >> (8 * i))             # <<<<<<<<<<<<<<
@@ -4935,7 +5212,7 @@ static PyObject *__pyx_pf_7resilio_6_shm_c_7Mapping_10table_secret(struct __pyx_
 */
     (__pyx_v_out[__pyx_v_i]) = ((uint8_t)((__pyx_v_fp[0]) >> (8 * __pyx_v_i)));
 
-    /* "resilio/_shm_c.pyx":234
+    /* "resilio/_shm_c.pyx":247
  *         for i in range(8):
  *             out[i] = <uint8_t>(fp[0] >> (8 * i))
  *             out[8 + i] = <uint8_t>(fp[1] >> (8 * i))             # <<<<<<<<<<<<<<
@@ -4945,14 +5222,14 @@ static PyObject *__pyx_pf_7resilio_6_shm_c_7Mapping_10table_secret(struct __pyx_
     (__pyx_v_out[(8 + __pyx_v_i)]) = ((uint8_t)((__pyx_v_fp[1]) >> (8 * __pyx_v_i)));
   }
 
-  /* "resilio/_shm_c.pyx":235
+  /* "resilio/_shm_c.pyx":248
  *             out[i] = <uint8_t>(fp[0] >> (8 * i))
  *             out[8 + i] = <uint8_t>(fp[1] >> (8 * i))
  *         return PyBytes_FromStringAndSize(<char *>out, 16)             # <<<<<<<<<<<<<<
  * 
  *     def count_object(self):
 */
-  __pyx_t_1 = PyBytes_FromStringAndSize(((char *)__pyx_v_out), 16); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 235, __pyx_L1_error)
+  __pyx_t_1 = PyBytes_FromStringAndSize(((char *)__pyx_v_out), 16); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 248, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
   {
     PyObject *__pyx_temp;
@@ -4965,7 +5242,7 @@ static PyObject *__pyx_pf_7resilio_6_shm_c_7Mapping_10table_secret(struct __pyx_
   __pyx_t_1 = 0;
   goto __pyx_L0;
 
-  /* "resilio/_shm_c.pyx":224
+  /* "resilio/_shm_c.pyx":237
  *         return fp[0] if fp[0] != 0 else 1
  * 
  *     def table_secret(self, bytes name):             # <<<<<<<<<<<<<<
@@ -4988,7 +5265,7 @@ static PyObject *__pyx_pf_7resilio_6_shm_c_7Mapping_10table_secret(struct __pyx_
   return __pyx_r;
 }
 
-/* "resilio/_shm_c.pyx":237
+/* "resilio/_shm_c.pyx":250
  *         return PyBytes_FromStringAndSize(<char *>out, 16)
  * 
  *     def count_object(self):             # <<<<<<<<<<<<<<
@@ -5043,7 +5320,7 @@ static PyObject *__pyx_pf_7resilio_6_shm_c_7Mapping_12count_object(struct __pyx_
   __Pyx_RefNannyDeclarations
   __Pyx_RefNannySetupContext("count_object", 0);
 
-  /* "resilio/_shm_c.pyx":238
+  /* "resilio/_shm_c.pyx":251
  * 
  *     def count_object(self):
  *         rs_add_relaxed_u64(&self.h.objects, 1)  # relaxed: a tally             # <<<<<<<<<<<<<<
@@ -5052,7 +5329,7 @@ static PyObject *__pyx_pf_7resilio_6_shm_c_7Mapping_12count_object(struct __pyx_
 */
   (void)(rs_add_relaxed_u64((&__pyx_v_self->h->objects), 1));
 
-  /* "resilio/_shm_c.pyx":237
+  /* "resilio/_shm_c.pyx":250
  *         return PyBytes_FromStringAndSize(<char *>out, 16)
  * 
  *     def count_object(self):             # <<<<<<<<<<<<<<
@@ -5067,7 +5344,7 @@ static PyObject *__pyx_pf_7resilio_6_shm_c_7Mapping_12count_object(struct __pyx_
   return __pyx_r;
 }
 
-/* "resilio/_shm_c.pyx":240
+/* "resilio/_shm_c.pyx":253
  *         rs_add_relaxed_u64(&self.h.objects, 1)  # relaxed: a tally
  * 
  *     def count_takeover(self):             # <<<<<<<<<<<<<<
@@ -5122,7 +5399,7 @@ static PyObject *__pyx_pf_7resilio_6_shm_c_7Mapping_14count_takeover(struct __py
   __Pyx_RefNannyDeclarations
   __Pyx_RefNannySetupContext("count_takeover", 0);
 
-  /* "resilio/_shm_c.pyx":241
+  /* "resilio/_shm_c.pyx":254
  * 
  *     def count_takeover(self):
  *         rs_add_relaxed_u64(&self.h.takeovers, 1)  # relaxed: a tally             # <<<<<<<<<<<<<<
@@ -5131,7 +5408,7 @@ static PyObject *__pyx_pf_7resilio_6_shm_c_7Mapping_14count_takeover(struct __py
 */
   (void)(rs_add_relaxed_u64((&__pyx_v_self->h->takeovers), 1));
 
-  /* "resilio/_shm_c.pyx":240
+  /* "resilio/_shm_c.pyx":253
  *         rs_add_relaxed_u64(&self.h.objects, 1)  # relaxed: a tally
  * 
  *     def count_takeover(self):             # <<<<<<<<<<<<<<
@@ -5146,7 +5423,7 @@ static PyObject *__pyx_pf_7resilio_6_shm_c_7Mapping_14count_takeover(struct __py
   return __pyx_r;
 }
 
-/* "resilio/_shm_c.pyx":245
+/* "resilio/_shm_c.pyx":258
  *     # ---- registry ----
  * 
  *     def slot_find(self, uint64_t key, uint32_t probe):             # <<<<<<<<<<<<<<
@@ -5194,39 +5471,39 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   {
     PyObject ** const __pyx_pyargnames[] = {&__pyx_mstate_global->__pyx_n_u_key,&__pyx_mstate_global->__pyx_n_u_probe,0};
     const Py_ssize_t __pyx_kwds_len = (__pyx_kwds) ? __Pyx_NumKwargs_FASTCALL(__pyx_kwds) : 0;
-    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(0, 245, __pyx_L3_error)
+    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(0, 258, __pyx_L3_error)
     if (__pyx_kwds_len > 0) {
       switch (__pyx_nargs) {
         case  2:
         values[1] = __Pyx_ArgRef_FASTCALL(__pyx_args, 1);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 245, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 258, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  1:
         values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 245, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 258, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  0: break;
         default: goto __pyx_L5_argtuple_error;
       }
       const Py_ssize_t kwd_pos_args = __pyx_nargs;
-      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "slot_find", 0) < (0)) __PYX_ERR(0, 245, __pyx_L3_error)
+      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "slot_find", 0) < (0)) __PYX_ERR(0, 258, __pyx_L3_error)
       for (Py_ssize_t i = __pyx_nargs; i < 2; i++) {
-        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("slot_find", 1, 2, 2, i); __PYX_ERR(0, 245, __pyx_L3_error) }
+        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("slot_find", 1, 2, 2, i); __PYX_ERR(0, 258, __pyx_L3_error) }
       }
     } else if (unlikely(__pyx_nargs != 2)) {
       goto __pyx_L5_argtuple_error;
     } else {
       values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 245, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 258, __pyx_L3_error)
       values[1] = __Pyx_ArgRef_FASTCALL(__pyx_args, 1);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 245, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 258, __pyx_L3_error)
     }
-    __pyx_v_key = __Pyx_PyLong_As_uint64_t(values[0]); if (unlikely((__pyx_v_key == ((uint64_t)-1)) && PyErr_Occurred())) __PYX_ERR(0, 245, __pyx_L3_error)
-    __pyx_v_probe = __Pyx_PyLong_As_uint32_t(values[1]); if (unlikely((__pyx_v_probe == ((uint32_t)-1)) && PyErr_Occurred())) __PYX_ERR(0, 245, __pyx_L3_error)
+    __pyx_v_key = __Pyx_PyLong_As_uint64_t(values[0]); if (unlikely((__pyx_v_key == ((uint64_t)-1)) && PyErr_Occurred())) __PYX_ERR(0, 258, __pyx_L3_error)
+    __pyx_v_probe = __Pyx_PyLong_As_uint32_t(values[1]); if (unlikely((__pyx_v_probe == ((uint32_t)-1)) && PyErr_Occurred())) __PYX_ERR(0, 258, __pyx_L3_error)
   }
   goto __pyx_L6_skip;
   __pyx_L5_argtuple_error:;
-  __Pyx_RaiseArgtupleInvalid("slot_find", 1, 2, 2, __pyx_nargs); __PYX_ERR(0, 245, __pyx_L3_error)
+  __Pyx_RaiseArgtupleInvalid("slot_find", 1, 2, 2, __pyx_nargs); __PYX_ERR(0, 258, __pyx_L3_error)
   __pyx_L6_skip:;
   goto __pyx_L4_argument_unpacking_done;
   __pyx_L3_error:;
@@ -5262,7 +5539,7 @@ static PyObject *__pyx_pf_7resilio_6_shm_c_7Mapping_16slot_find(struct __pyx_obj
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("slot_find", 0);
 
-  /* "resilio/_shm_c.pyx":248
+  /* "resilio/_shm_c.pyx":261
  *         """(slot index, probe position) of key from probe position `probe` on,
  *         claiming a free slot on the way; None when the registry has no room."""
  *         cdef int64_t idx = rs_shm_slot_find(self.h, key, &probe)             # <<<<<<<<<<<<<<
@@ -5271,7 +5548,7 @@ static PyObject *__pyx_pf_7resilio_6_shm_c_7Mapping_16slot_find(struct __pyx_obj
 */
   __pyx_v_idx = rs_shm_slot_find(__pyx_v_self->h, __pyx_v_key, (&__pyx_v_probe));
 
-  /* "resilio/_shm_c.pyx":249
+  /* "resilio/_shm_c.pyx":262
  *         claiming a free slot on the way; None when the registry has no room."""
  *         cdef int64_t idx = rs_shm_slot_find(self.h, key, &probe)
  *         if idx < 0:             # <<<<<<<<<<<<<<
@@ -5283,7 +5560,7 @@ static PyObject *__pyx_pf_7resilio_6_shm_c_7Mapping_16slot_find(struct __pyx_obj
   if (__pyx_t_1) {
 
 
-    /* "resilio/_shm_c.pyx":250
+    /* "resilio/_shm_c.pyx":263
  *         cdef int64_t idx = rs_shm_slot_find(self.h, key, &probe)
  *         if idx < 0:
  *             return None             # <<<<<<<<<<<<<<
@@ -5300,7 +5577,7 @@ static PyObject *__pyx_pf_7resilio_6_shm_c_7Mapping_16slot_find(struct __pyx_obj
     }
     goto __pyx_L0;
 
-    /* "resilio/_shm_c.pyx":249
+    /* "resilio/_shm_c.pyx":262
  *         claiming a free slot on the way; None when the registry has no room."""
  *         cdef int64_t idx = rs_shm_slot_find(self.h, key, &probe)
  *         if idx < 0:             # <<<<<<<<<<<<<<
@@ -5309,23 +5586,23 @@ static PyObject *__pyx_pf_7resilio_6_shm_c_7Mapping_16slot_find(struct __pyx_obj
 */
   }
 
-  /* "resilio/_shm_c.pyx":251
+  /* "resilio/_shm_c.pyx":264
  *         if idx < 0:
  *             return None
  *         return idx, probe             # <<<<<<<<<<<<<<
  * 
  *     def slot_state(self, uint64_t idx):
 */
-  __pyx_t_2 = __Pyx_PyLong_From_int64_t(__pyx_v_idx); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 251, __pyx_L1_error)
+  __pyx_t_2 = __Pyx_PyLong_From_int64_t(__pyx_v_idx); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 264, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_2);
-  __pyx_t_3 = __Pyx_PyLong_From_uint32_t(__pyx_v_probe); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 251, __pyx_L1_error)
+  __pyx_t_3 = __Pyx_PyLong_From_uint32_t(__pyx_v_probe); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 264, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
-  __pyx_t_4 = PyTuple_New(2); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 251, __pyx_L1_error)
+  __pyx_t_4 = PyTuple_New(2); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 264, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
   __Pyx_GIVEREF(__pyx_t_2);
-  if (__Pyx_PyTuple_SET_ITEM(__pyx_t_4, 0, __pyx_t_2) != (0)) __PYX_ERR(0, 251, __pyx_L1_error);
+  if (__Pyx_PyTuple_SET_ITEM(__pyx_t_4, 0, __pyx_t_2) != (0)) __PYX_ERR(0, 264, __pyx_L1_error);
   __Pyx_GIVEREF(__pyx_t_3);
-  if (__Pyx_PyTuple_SET_ITEM(__pyx_t_4, 1, __pyx_t_3) != (0)) __PYX_ERR(0, 251, __pyx_L1_error);
+  if (__Pyx_PyTuple_SET_ITEM(__pyx_t_4, 1, __pyx_t_3) != (0)) __PYX_ERR(0, 264, __pyx_L1_error);
   __pyx_t_2 = 0;
   __pyx_t_3 = 0;
   {
@@ -5339,7 +5616,7 @@ static PyObject *__pyx_pf_7resilio_6_shm_c_7Mapping_16slot_find(struct __pyx_obj
   __pyx_t_4 = 0;
   goto __pyx_L0;
 
-  /* "resilio/_shm_c.pyx":245
+  /* "resilio/_shm_c.pyx":258
  *     # ---- registry ----
  * 
  *     def slot_find(self, uint64_t key, uint32_t probe):             # <<<<<<<<<<<<<<
@@ -5361,7 +5638,7 @@ static PyObject *__pyx_pf_7resilio_6_shm_c_7Mapping_16slot_find(struct __pyx_obj
   return __pyx_r;
 }
 
-/* "resilio/_shm_c.pyx":253
+/* "resilio/_shm_c.pyx":266
  *         return idx, probe
  * 
  *     def slot_state(self, uint64_t idx):             # <<<<<<<<<<<<<<
@@ -5408,32 +5685,32 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   {
     PyObject ** const __pyx_pyargnames[] = {&__pyx_mstate_global->__pyx_n_u_idx,0};
     const Py_ssize_t __pyx_kwds_len = (__pyx_kwds) ? __Pyx_NumKwargs_FASTCALL(__pyx_kwds) : 0;
-    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(0, 253, __pyx_L3_error)
+    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(0, 266, __pyx_L3_error)
     if (__pyx_kwds_len > 0) {
       switch (__pyx_nargs) {
         case  1:
         values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 253, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 266, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  0: break;
         default: goto __pyx_L5_argtuple_error;
       }
       const Py_ssize_t kwd_pos_args = __pyx_nargs;
-      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "slot_state", 0) < (0)) __PYX_ERR(0, 253, __pyx_L3_error)
+      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "slot_state", 0) < (0)) __PYX_ERR(0, 266, __pyx_L3_error)
       for (Py_ssize_t i = __pyx_nargs; i < 1; i++) {
-        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("slot_state", 1, 1, 1, i); __PYX_ERR(0, 253, __pyx_L3_error) }
+        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("slot_state", 1, 1, 1, i); __PYX_ERR(0, 266, __pyx_L3_error) }
       }
     } else if (unlikely(__pyx_nargs != 1)) {
       goto __pyx_L5_argtuple_error;
     } else {
       values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 253, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 266, __pyx_L3_error)
     }
-    __pyx_v_idx = __Pyx_PyLong_As_uint64_t(values[0]); if (unlikely((__pyx_v_idx == ((uint64_t)-1)) && PyErr_Occurred())) __PYX_ERR(0, 253, __pyx_L3_error)
+    __pyx_v_idx = __Pyx_PyLong_As_uint64_t(values[0]); if (unlikely((__pyx_v_idx == ((uint64_t)-1)) && PyErr_Occurred())) __PYX_ERR(0, 266, __pyx_L3_error)
   }
   goto __pyx_L6_skip;
   __pyx_L5_argtuple_error:;
-  __Pyx_RaiseArgtupleInvalid("slot_state", 1, 1, 1, __pyx_nargs); __PYX_ERR(0, 253, __pyx_L3_error)
+  __Pyx_RaiseArgtupleInvalid("slot_state", 1, 1, 1, __pyx_nargs); __PYX_ERR(0, 266, __pyx_L3_error)
   __pyx_L6_skip:;
   goto __pyx_L4_argument_unpacking_done;
   __pyx_L3_error:;
@@ -5467,7 +5744,7 @@ static PyObject *__pyx_pf_7resilio_6_shm_c_7Mapping_18slot_state(struct __pyx_ob
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("slot_state", 0);
 
-  /* "resilio/_shm_c.pyx":255
+  /* "resilio/_shm_c.pyx":268
  *     def slot_state(self, uint64_t idx):
  *         """The slot's state word (acquire)."""
  *         if idx >= self.h.slot_count:             # <<<<<<<<<<<<<<
@@ -5479,7 +5756,7 @@ static PyObject *__pyx_pf_7resilio_6_shm_c_7Mapping_18slot_state(struct __pyx_ob
   if (unlikely(__pyx_t_1)) {
 
 
-    /* "resilio/_shm_c.pyx":256
+    /* "resilio/_shm_c.pyx":269
  *         """The slot's state word (acquire)."""
  *         if idx >= self.h.slot_count:
  *             raise IndexError("slot index out of range")             # <<<<<<<<<<<<<<
@@ -5492,14 +5769,14 @@ static PyObject *__pyx_pf_7resilio_6_shm_c_7Mapping_18slot_state(struct __pyx_ob
       PyObject *__pyx_callargs[2] = {__pyx_t_3, __pyx_mstate_global->__pyx_kp_u_slot_index_out_of_range};
       __pyx_t_2 = __Pyx_PyObject_FastCall((PyObject*)(((PyTypeObject*)PyExc_IndexError)), __pyx_callargs+__pyx_t_4, (2-__pyx_t_4) | (__pyx_t_4*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
       __Pyx_XDECREF(__pyx_t_3); __pyx_t_3 = 0;
-      if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 256, __pyx_L1_error)
+      if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 269, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_2);
     }
     __Pyx_Raise(__pyx_t_2, 0, 0, 0);
     __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
-    __PYX_ERR(0, 256, __pyx_L1_error)
+    __PYX_ERR(0, 269, __pyx_L1_error)
 
-    /* "resilio/_shm_c.pyx":255
+    /* "resilio/_shm_c.pyx":268
  *     def slot_state(self, uint64_t idx):
  *         """The slot's state word (acquire)."""
  *         if idx >= self.h.slot_count:             # <<<<<<<<<<<<<<
@@ -5508,14 +5785,14 @@ static PyObject *__pyx_pf_7resilio_6_shm_c_7Mapping_18slot_state(struct __pyx_ob
 */
   }
 
-  /* "resilio/_shm_c.pyx":257
+  /* "resilio/_shm_c.pyx":270
  *         if idx >= self.h.slot_count:
  *             raise IndexError("slot index out of range")
  *         return rs_shm_slot_state(self.h, idx)             # <<<<<<<<<<<<<<
  * 
  *     def slot_cas(self, uint64_t idx, uint64_t expected, uint64_t desired):
 */
-  __pyx_t_2 = __Pyx_PyLong_From_uint64_t(rs_shm_slot_state(__pyx_v_self->h, __pyx_v_idx)); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 257, __pyx_L1_error)
+  __pyx_t_2 = __Pyx_PyLong_From_uint64_t(rs_shm_slot_state(__pyx_v_self->h, __pyx_v_idx)); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 270, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_2);
   {
     PyObject *__pyx_temp;
@@ -5528,7 +5805,7 @@ static PyObject *__pyx_pf_7resilio_6_shm_c_7Mapping_18slot_state(struct __pyx_ob
   __pyx_t_2 = 0;
   goto __pyx_L0;
 
-  /* "resilio/_shm_c.pyx":253
+  /* "resilio/_shm_c.pyx":266
  *         return idx, probe
  * 
  *     def slot_state(self, uint64_t idx):             # <<<<<<<<<<<<<<
@@ -5548,7 +5825,7 @@ static PyObject *__pyx_pf_7resilio_6_shm_c_7Mapping_18slot_state(struct __pyx_ob
   return __pyx_r;
 }
 
-/* "resilio/_shm_c.pyx":259
+/* "resilio/_shm_c.pyx":272
  *         return rs_shm_slot_state(self.h, idx)
  * 
  *     def slot_cas(self, uint64_t idx, uint64_t expected, uint64_t desired):             # <<<<<<<<<<<<<<
@@ -5597,46 +5874,46 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   {
     PyObject ** const __pyx_pyargnames[] = {&__pyx_mstate_global->__pyx_n_u_idx,&__pyx_mstate_global->__pyx_n_u_expected,&__pyx_mstate_global->__pyx_n_u_desired,0};
     const Py_ssize_t __pyx_kwds_len = (__pyx_kwds) ? __Pyx_NumKwargs_FASTCALL(__pyx_kwds) : 0;
-    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(0, 259, __pyx_L3_error)
+    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(0, 272, __pyx_L3_error)
     if (__pyx_kwds_len > 0) {
       switch (__pyx_nargs) {
         case  3:
         values[2] = __Pyx_ArgRef_FASTCALL(__pyx_args, 2);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[2])) __PYX_ERR(0, 259, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[2])) __PYX_ERR(0, 272, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  2:
         values[1] = __Pyx_ArgRef_FASTCALL(__pyx_args, 1);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 259, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 272, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  1:
         values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 259, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 272, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  0: break;
         default: goto __pyx_L5_argtuple_error;
       }
       const Py_ssize_t kwd_pos_args = __pyx_nargs;
-      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "slot_cas", 0) < (0)) __PYX_ERR(0, 259, __pyx_L3_error)
+      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "slot_cas", 0) < (0)) __PYX_ERR(0, 272, __pyx_L3_error)
       for (Py_ssize_t i = __pyx_nargs; i < 3; i++) {
-        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("slot_cas", 1, 3, 3, i); __PYX_ERR(0, 259, __pyx_L3_error) }
+        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("slot_cas", 1, 3, 3, i); __PYX_ERR(0, 272, __pyx_L3_error) }
       }
     } else if (unlikely(__pyx_nargs != 3)) {
       goto __pyx_L5_argtuple_error;
     } else {
       values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 259, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 272, __pyx_L3_error)
       values[1] = __Pyx_ArgRef_FASTCALL(__pyx_args, 1);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 259, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 272, __pyx_L3_error)
       values[2] = __Pyx_ArgRef_FASTCALL(__pyx_args, 2);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[2])) __PYX_ERR(0, 259, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[2])) __PYX_ERR(0, 272, __pyx_L3_error)
     }
-    __pyx_v_idx = __Pyx_PyLong_As_uint64_t(values[0]); if (unlikely((__pyx_v_idx == ((uint64_t)-1)) && PyErr_Occurred())) __PYX_ERR(0, 259, __pyx_L3_error)
-    __pyx_v_expected = __Pyx_PyLong_As_uint64_t(values[1]); if (unlikely((__pyx_v_expected == ((uint64_t)-1)) && PyErr_Occurred())) __PYX_ERR(0, 259, __pyx_L3_error)
-    __pyx_v_desired = __Pyx_PyLong_As_uint64_t(values[2]); if (unlikely((__pyx_v_desired == ((uint64_t)-1)) && PyErr_Occurred())) __PYX_ERR(0, 259, __pyx_L3_error)
+    __pyx_v_idx = __Pyx_PyLong_As_uint64_t(values[0]); if (unlikely((__pyx_v_idx == ((uint64_t)-1)) && PyErr_Occurred())) __PYX_ERR(0, 272, __pyx_L3_error)
+    __pyx_v_expected = __Pyx_PyLong_As_uint64_t(values[1]); if (unlikely((__pyx_v_expected == ((uint64_t)-1)) && PyErr_Occurred())) __PYX_ERR(0, 272, __pyx_L3_error)
+    __pyx_v_desired = __Pyx_PyLong_As_uint64_t(values[2]); if (unlikely((__pyx_v_desired == ((uint64_t)-1)) && PyErr_Occurred())) __PYX_ERR(0, 272, __pyx_L3_error)
   }
   goto __pyx_L6_skip;
   __pyx_L5_argtuple_error:;
-  __Pyx_RaiseArgtupleInvalid("slot_cas", 1, 3, 3, __pyx_nargs); __PYX_ERR(0, 259, __pyx_L3_error)
+  __Pyx_RaiseArgtupleInvalid("slot_cas", 1, 3, 3, __pyx_nargs); __PYX_ERR(0, 272, __pyx_L3_error)
   __pyx_L6_skip:;
   goto __pyx_L4_argument_unpacking_done;
   __pyx_L3_error:;
@@ -5672,7 +5949,7 @@ static PyObject *__pyx_pf_7resilio_6_shm_c_7Mapping_20slot_cas(struct __pyx_obj_
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("slot_cas", 0);
 
-  /* "resilio/_shm_c.pyx":262
+  /* "resilio/_shm_c.pyx":275
  *         """(True, desired) if the state word was `expected` and is now `desired`;
  *         else (False, the current word)."""
  *         if idx >= self.h.slot_count:             # <<<<<<<<<<<<<<
@@ -5684,7 +5961,7 @@ static PyObject *__pyx_pf_7resilio_6_shm_c_7Mapping_20slot_cas(struct __pyx_obj_
   if (unlikely(__pyx_t_1)) {
 
 
-    /* "resilio/_shm_c.pyx":263
+    /* "resilio/_shm_c.pyx":276
  *         else (False, the current word)."""
  *         if idx >= self.h.slot_count:
  *             raise IndexError("slot index out of range")             # <<<<<<<<<<<<<<
@@ -5697,14 +5974,14 @@ static PyObject *__pyx_pf_7resilio_6_shm_c_7Mapping_20slot_cas(struct __pyx_obj_
       PyObject *__pyx_callargs[2] = {__pyx_t_3, __pyx_mstate_global->__pyx_kp_u_slot_index_out_of_range};
       __pyx_t_2 = __Pyx_PyObject_FastCall((PyObject*)(((PyTypeObject*)PyExc_IndexError)), __pyx_callargs+__pyx_t_4, (2-__pyx_t_4) | (__pyx_t_4*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
       __Pyx_XDECREF(__pyx_t_3); __pyx_t_3 = 0;
-      if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 263, __pyx_L1_error)
+      if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 276, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_2);
     }
     __Pyx_Raise(__pyx_t_2, 0, 0, 0);
     __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
-    __PYX_ERR(0, 263, __pyx_L1_error)
+    __PYX_ERR(0, 276, __pyx_L1_error)
 
-    /* "resilio/_shm_c.pyx":262
+    /* "resilio/_shm_c.pyx":275
  *         """(True, desired) if the state word was `expected` and is now `desired`;
  *         else (False, the current word)."""
  *         if idx >= self.h.slot_count:             # <<<<<<<<<<<<<<
@@ -5713,7 +5990,7 @@ static PyObject *__pyx_pf_7resilio_6_shm_c_7Mapping_20slot_cas(struct __pyx_obj_
 */
   }
 
-  /* "resilio/_shm_c.pyx":264
+  /* "resilio/_shm_c.pyx":277
  *         if idx >= self.h.slot_count:
  *             raise IndexError("slot index out of range")
  *         if rs_shm_slot_cas(self.h, idx, &expected, desired):             # <<<<<<<<<<<<<<
@@ -5725,22 +6002,22 @@ static PyObject *__pyx_pf_7resilio_6_shm_c_7Mapping_20slot_cas(struct __pyx_obj_
   if (__pyx_t_1) {
 
 
-    /* "resilio/_shm_c.pyx":265
+    /* "resilio/_shm_c.pyx":278
  *             raise IndexError("slot index out of range")
  *         if rs_shm_slot_cas(self.h, idx, &expected, desired):
  *             return True, desired             # <<<<<<<<<<<<<<
  *         return False, expected
  * 
 */
-    __pyx_t_2 = __Pyx_PyLong_From_uint64_t(__pyx_v_desired); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 265, __pyx_L1_error)
+    __pyx_t_2 = __Pyx_PyLong_From_uint64_t(__pyx_v_desired); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 278, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_2);
-    __pyx_t_3 = PyTuple_New(2); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 265, __pyx_L1_error)
+    __pyx_t_3 = PyTuple_New(2); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 278, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_3);
     __Pyx_INCREF(Py_True);
     __Pyx_GIVEREF(Py_True);
-    if (__Pyx_PyTuple_SET_ITEM(__pyx_t_3, 0, Py_True) != (0)) __PYX_ERR(0, 265, __pyx_L1_error);
+    if (__Pyx_PyTuple_SET_ITEM(__pyx_t_3, 0, Py_True) != (0)) __PYX_ERR(0, 278, __pyx_L1_error);
     __Pyx_GIVEREF(__pyx_t_2);
-    if (__Pyx_PyTuple_SET_ITEM(__pyx_t_3, 1, __pyx_t_2) != (0)) __PYX_ERR(0, 265, __pyx_L1_error);
+    if (__Pyx_PyTuple_SET_ITEM(__pyx_t_3, 1, __pyx_t_2) != (0)) __PYX_ERR(0, 278, __pyx_L1_error);
     __pyx_t_2 = 0;
     {
       PyObject *__pyx_temp;
@@ -5753,7 +6030,7 @@ static PyObject *__pyx_pf_7resilio_6_shm_c_7Mapping_20slot_cas(struct __pyx_obj_
     __pyx_t_3 = 0;
     goto __pyx_L0;
 
-    /* "resilio/_shm_c.pyx":264
+    /* "resilio/_shm_c.pyx":277
  *         if idx >= self.h.slot_count:
  *             raise IndexError("slot index out of range")
  *         if rs_shm_slot_cas(self.h, idx, &expected, desired):             # <<<<<<<<<<<<<<
@@ -5762,22 +6039,22 @@ static PyObject *__pyx_pf_7resilio_6_shm_c_7Mapping_20slot_cas(struct __pyx_obj_
 */
   }
 
-  /* "resilio/_shm_c.pyx":266
+  /* "resilio/_shm_c.pyx":279
  *         if rs_shm_slot_cas(self.h, idx, &expected, desired):
  *             return True, desired
  *         return False, expected             # <<<<<<<<<<<<<<
  * 
  *     def alloc(self, uint64_t size):
 */
-  __pyx_t_3 = __Pyx_PyLong_From_uint64_t(__pyx_v_expected); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 266, __pyx_L1_error)
+  __pyx_t_3 = __Pyx_PyLong_From_uint64_t(__pyx_v_expected); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 279, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
-  __pyx_t_2 = PyTuple_New(2); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 266, __pyx_L1_error)
+  __pyx_t_2 = PyTuple_New(2); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 279, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_2);
   __Pyx_INCREF(Py_False);
   __Pyx_GIVEREF(Py_False);
-  if (__Pyx_PyTuple_SET_ITEM(__pyx_t_2, 0, Py_False) != (0)) __PYX_ERR(0, 266, __pyx_L1_error);
+  if (__Pyx_PyTuple_SET_ITEM(__pyx_t_2, 0, Py_False) != (0)) __PYX_ERR(0, 279, __pyx_L1_error);
   __Pyx_GIVEREF(__pyx_t_3);
-  if (__Pyx_PyTuple_SET_ITEM(__pyx_t_2, 1, __pyx_t_3) != (0)) __PYX_ERR(0, 266, __pyx_L1_error);
+  if (__Pyx_PyTuple_SET_ITEM(__pyx_t_2, 1, __pyx_t_3) != (0)) __PYX_ERR(0, 279, __pyx_L1_error);
   __pyx_t_3 = 0;
   {
     PyObject *__pyx_temp;
@@ -5790,7 +6067,7 @@ static PyObject *__pyx_pf_7resilio_6_shm_c_7Mapping_20slot_cas(struct __pyx_obj_
   __pyx_t_2 = 0;
   goto __pyx_L0;
 
-  /* "resilio/_shm_c.pyx":259
+  /* "resilio/_shm_c.pyx":272
  *         return rs_shm_slot_state(self.h, idx)
  * 
  *     def slot_cas(self, uint64_t idx, uint64_t expected, uint64_t desired):             # <<<<<<<<<<<<<<
@@ -5810,7 +6087,7 @@ static PyObject *__pyx_pf_7resilio_6_shm_c_7Mapping_20slot_cas(struct __pyx_obj_
   return __pyx_r;
 }
 
-/* "resilio/_shm_c.pyx":268
+/* "resilio/_shm_c.pyx":281
  *         return False, expected
  * 
  *     def alloc(self, uint64_t size):             # <<<<<<<<<<<<<<
@@ -5857,32 +6134,32 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   {
     PyObject ** const __pyx_pyargnames[] = {&__pyx_mstate_global->__pyx_n_u_size,0};
     const Py_ssize_t __pyx_kwds_len = (__pyx_kwds) ? __Pyx_NumKwargs_FASTCALL(__pyx_kwds) : 0;
-    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(0, 268, __pyx_L3_error)
+    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(0, 281, __pyx_L3_error)
     if (__pyx_kwds_len > 0) {
       switch (__pyx_nargs) {
         case  1:
         values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 268, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 281, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  0: break;
         default: goto __pyx_L5_argtuple_error;
       }
       const Py_ssize_t kwd_pos_args = __pyx_nargs;
-      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "alloc", 0) < (0)) __PYX_ERR(0, 268, __pyx_L3_error)
+      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "alloc", 0) < (0)) __PYX_ERR(0, 281, __pyx_L3_error)
       for (Py_ssize_t i = __pyx_nargs; i < 1; i++) {
-        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("alloc", 1, 1, 1, i); __PYX_ERR(0, 268, __pyx_L3_error) }
+        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("alloc", 1, 1, 1, i); __PYX_ERR(0, 281, __pyx_L3_error) }
       }
     } else if (unlikely(__pyx_nargs != 1)) {
       goto __pyx_L5_argtuple_error;
     } else {
       values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 268, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 281, __pyx_L3_error)
     }
-    __pyx_v_size = __Pyx_PyLong_As_uint64_t(values[0]); if (unlikely((__pyx_v_size == ((uint64_t)-1)) && PyErr_Occurred())) __PYX_ERR(0, 268, __pyx_L3_error)
+    __pyx_v_size = __Pyx_PyLong_As_uint64_t(values[0]); if (unlikely((__pyx_v_size == ((uint64_t)-1)) && PyErr_Occurred())) __PYX_ERR(0, 281, __pyx_L3_error)
   }
   goto __pyx_L6_skip;
   __pyx_L5_argtuple_error:;
-  __Pyx_RaiseArgtupleInvalid("alloc", 1, 1, 1, __pyx_nargs); __PYX_ERR(0, 268, __pyx_L3_error)
+  __Pyx_RaiseArgtupleInvalid("alloc", 1, 1, 1, __pyx_nargs); __PYX_ERR(0, 281, __pyx_L3_error)
   __pyx_L6_skip:;
   goto __pyx_L4_argument_unpacking_done;
   __pyx_L3_error:;
@@ -5913,14 +6190,14 @@ static PyObject *__pyx_pf_7resilio_6_shm_c_7Mapping_22alloc(struct __pyx_obj_7re
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("alloc", 0);
 
-  /* "resilio/_shm_c.pyx":270
+  /* "resilio/_shm_c.pyx":283
  *     def alloc(self, uint64_t size):
  *         """Offset of `size` fresh heap bytes, or 0 when the file is full."""
  *         return rs_shm_alloc(self.h, size)             # <<<<<<<<<<<<<<
  * 
  *     # ---- descriptors ----
 */
-  __pyx_t_1 = __Pyx_PyLong_From_uint64_t(rs_shm_alloc(__pyx_v_self->h, __pyx_v_size)); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 270, __pyx_L1_error)
+  __pyx_t_1 = __Pyx_PyLong_From_uint64_t(rs_shm_alloc(__pyx_v_self->h, __pyx_v_size)); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 283, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
   {
     PyObject *__pyx_temp;
@@ -5933,7 +6210,7 @@ static PyObject *__pyx_pf_7resilio_6_shm_c_7Mapping_22alloc(struct __pyx_obj_7re
   __pyx_t_1 = 0;
   goto __pyx_L0;
 
-  /* "resilio/_shm_c.pyx":268
+  /* "resilio/_shm_c.pyx":281
  *         return False, expected
  * 
  *     def alloc(self, uint64_t size):             # <<<<<<<<<<<<<<
@@ -5952,7 +6229,7 @@ static PyObject *__pyx_pf_7resilio_6_shm_c_7Mapping_22alloc(struct __pyx_obj_7re
   return __pyx_r;
 }
 
-/* "resilio/_shm_c.pyx":274
+/* "resilio/_shm_c.pyx":287
  *     # ---- descriptors ----
  * 
  *     cdef char *_region(self, uint64_t offset, uint64_t struct_size) except NULL:             # <<<<<<<<<<<<<<
@@ -5983,7 +6260,7 @@ static char *__pyx_f_7resilio_6_shm_c_7Mapping__region(struct __pyx_obj_7resilio
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("_region", 0);
 
-  /* "resilio/_shm_c.pyx":276
+  /* "resilio/_shm_c.pyx":289
  *     cdef char *_region(self, uint64_t offset, uint64_t struct_size) except NULL:
  *         """The descriptor at offset, once checked to lie in the heap with its struct."""
  *         cdef uint64_t heap = self.h.heap_offset             # <<<<<<<<<<<<<<
@@ -5994,7 +6271,7 @@ static char *__pyx_f_7resilio_6_shm_c_7Mapping__region(struct __pyx_obj_7resilio
 
   __pyx_v_heap = __pyx_t_1;
 
-  /* "resilio/_shm_c.pyx":277
+  /* "resilio/_shm_c.pyx":290
  *         """The descriptor at offset, once checked to lie in the heap with its struct."""
  *         cdef uint64_t heap = self.h.heap_offset
  *         if (offset % RS_SHM_ALIGN or offset < heap or offset > self.size             # <<<<<<<<<<<<<<
@@ -6022,7 +6299,7 @@ static char *__pyx_f_7resilio_6_shm_c_7Mapping__region(struct __pyx_obj_7resilio
     goto __pyx_L4_bool_binop_done;
   }
 
-  /* "resilio/_shm_c.pyx":278
+  /* "resilio/_shm_c.pyx":291
  *         cdef uint64_t heap = self.h.heap_offset
  *         if (offset % RS_SHM_ALIGN or offset < heap or offset > self.size
  *                 or struct_size > self.size             # <<<<<<<<<<<<<<
@@ -6040,7 +6317,7 @@ static char *__pyx_f_7resilio_6_shm_c_7Mapping__region(struct __pyx_obj_7resilio
     goto __pyx_L4_bool_binop_done;
   }
 
-  /* "resilio/_shm_c.pyx":279
+  /* "resilio/_shm_c.pyx":292
  *         if (offset % RS_SHM_ALIGN or offset < heap or offset > self.size
  *                 or struct_size > self.size
  *                 or self.size - offset < RS_SHM_OBJECT_SIZE + struct_size):             # <<<<<<<<<<<<<<
@@ -6064,7 +6341,7 @@ static char *__pyx_f_7resilio_6_shm_c_7Mapping__region(struct __pyx_obj_7resilio
 
   __pyx_L4_bool_binop_done:;
 
-  /* "resilio/_shm_c.pyx":277
+  /* "resilio/_shm_c.pyx":290
  *         """The descriptor at offset, once checked to lie in the heap with its struct."""
  *         cdef uint64_t heap = self.h.heap_offset
  *         if (offset % RS_SHM_ALIGN or offset < heap or offset > self.size             # <<<<<<<<<<<<<<
@@ -6074,7 +6351,7 @@ static char *__pyx_f_7resilio_6_shm_c_7Mapping__region(struct __pyx_obj_7resilio
   if (unlikely(__pyx_t_2)) {
 
 
-    /* "resilio/_shm_c.pyx":280
+    /* "resilio/_shm_c.pyx":293
  *                 or struct_size > self.size
  *                 or self.size - offset < RS_SHM_OBJECT_SIZE + struct_size):
  *             raise ValueError(             # <<<<<<<<<<<<<<
@@ -6083,28 +6360,28 @@ static char *__pyx_f_7resilio_6_shm_c_7Mapping__region(struct __pyx_obj_7resilio
 */
     __pyx_t_5 = NULL;
 
-    /* "resilio/_shm_c.pyx":281
+    /* "resilio/_shm_c.pyx":294
  *                 or self.size - offset < RS_SHM_OBJECT_SIZE + struct_size):
  *             raise ValueError(
  *                 f"object at offset {offset} (+{RS_SHM_OBJECT_SIZE + struct_size} bytes) lies "             # <<<<<<<<<<<<<<
  *                 f"outside the heap [{heap}, {self.size}): the file is damaged"
  *             )
 */
-    __pyx_t_6 = __Pyx_PyUnicode_From_uint64_t(__pyx_v_offset, 0, ' ', 'd'); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 281, __pyx_L1_error)
+    __pyx_t_6 = __Pyx_PyUnicode_From_uint64_t(__pyx_v_offset, 0, ' ', 'd'); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 294, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_6);
-    __pyx_t_7 = __Pyx_PyUnicode_From_uint64_t((RS_SHM_OBJECT_SIZE + __pyx_v_struct_size), 0, ' ', 'd'); if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 281, __pyx_L1_error)
+    __pyx_t_7 = __Pyx_PyUnicode_From_uint64_t((RS_SHM_OBJECT_SIZE + __pyx_v_struct_size), 0, ' ', 'd'); if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 294, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_7);
 
-    /* "resilio/_shm_c.pyx":282
+    /* "resilio/_shm_c.pyx":295
  *             raise ValueError(
  *                 f"object at offset {offset} (+{RS_SHM_OBJECT_SIZE + struct_size} bytes) lies "
  *                 f"outside the heap [{heap}, {self.size}): the file is damaged"             # <<<<<<<<<<<<<<
  *             )
  *         return self.base + offset
 */
-    __pyx_t_8 = __Pyx_PyUnicode_From_uint64_t(__pyx_v_heap, 0, ' ', 'd'); if (unlikely(!__pyx_t_8)) __PYX_ERR(0, 282, __pyx_L1_error)
+    __pyx_t_8 = __Pyx_PyUnicode_From_uint64_t(__pyx_v_heap, 0, ' ', 'd'); if (unlikely(!__pyx_t_8)) __PYX_ERR(0, 295, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_8);
-    __pyx_t_9 = __Pyx_PyUnicode_From_uint64_t(__pyx_v_self->size, 0, ' ', 'd'); if (unlikely(!__pyx_t_9)) __PYX_ERR(0, 282, __pyx_L1_error)
+    __pyx_t_9 = __Pyx_PyUnicode_From_uint64_t(__pyx_v_self->size, 0, ' ', 'd'); if (unlikely(!__pyx_t_9)) __PYX_ERR(0, 295, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_9);
     __pyx_t_10[0] = __pyx_mstate_global->__pyx_kp_u_object_at_offset;
     __pyx_t_10[1] = __pyx_t_6;
@@ -6116,7 +6393,7 @@ static char *__pyx_f_7resilio_6_shm_c_7Mapping__region(struct __pyx_obj_7resilio
     __pyx_t_10[7] = __pyx_t_9;
     __pyx_t_10[8] = __pyx_mstate_global->__pyx_kp_u_the_file_is_damaged;
 
-    /* "resilio/_shm_c.pyx":281
+    /* "resilio/_shm_c.pyx":294
  *                 or self.size - offset < RS_SHM_OBJECT_SIZE + struct_size):
  *             raise ValueError(
  *                 f"object at offset {offset} (+{RS_SHM_OBJECT_SIZE + struct_size} bytes) lies "             # <<<<<<<<<<<<<<
@@ -6132,7 +6409,7 @@ static char *__pyx_f_7resilio_6_shm_c_7Mapping__region(struct __pyx_obj_7resilio
     #endif
     __pyx_t_12 = 0;
     __pyx_t_13 = __Pyx_PyUnicode_Join(__pyx_t_10, 9, __pyx_t_11, __pyx_t_12);
-    if (unlikely(!__pyx_t_13)) __PYX_ERR(0, 281, __pyx_L1_error)
+    if (unlikely(!__pyx_t_13)) __PYX_ERR(0, 294, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_13);
     __Pyx_DECREF(__pyx_t_6); __pyx_t_6 = 0;
     __Pyx_DECREF(__pyx_t_7); __pyx_t_7 = 0;
@@ -6144,14 +6421,14 @@ static char *__pyx_f_7resilio_6_shm_c_7Mapping__region(struct __pyx_obj_7resilio
       __pyx_t_4 = __Pyx_PyObject_FastCall((PyObject*)(((PyTypeObject*)PyExc_ValueError)), __pyx_callargs+__pyx_t_14, (2-__pyx_t_14) | (__pyx_t_14*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
       __Pyx_XDECREF(__pyx_t_5); __pyx_t_5 = 0;
       __Pyx_DECREF(__pyx_t_13); __pyx_t_13 = 0;
-      if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 280, __pyx_L1_error)
+      if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 293, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_4);
     }
     __Pyx_Raise(__pyx_t_4, 0, 0, 0);
     __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
-    __PYX_ERR(0, 280, __pyx_L1_error)
+    __PYX_ERR(0, 293, __pyx_L1_error)
 
-    /* "resilio/_shm_c.pyx":277
+    /* "resilio/_shm_c.pyx":290
  *         """The descriptor at offset, once checked to lie in the heap with its struct."""
  *         cdef uint64_t heap = self.h.heap_offset
  *         if (offset % RS_SHM_ALIGN or offset < heap or offset > self.size             # <<<<<<<<<<<<<<
@@ -6160,7 +6437,7 @@ static char *__pyx_f_7resilio_6_shm_c_7Mapping__region(struct __pyx_obj_7resilio
 */
   }
 
-  /* "resilio/_shm_c.pyx":284
+  /* "resilio/_shm_c.pyx":297
  *                 f"outside the heap [{heap}, {self.size}): the file is damaged"
  *             )
  *         return self.base + offset             # <<<<<<<<<<<<<<
@@ -6173,7 +6450,7 @@ static char *__pyx_f_7resilio_6_shm_c_7Mapping__region(struct __pyx_obj_7resilio
   }
   goto __pyx_L0;
 
-  /* "resilio/_shm_c.pyx":274
+  /* "resilio/_shm_c.pyx":287
  *     # ---- descriptors ----
  * 
  *     cdef char *_region(self, uint64_t offset, uint64_t struct_size) except NULL:             # <<<<<<<<<<<<<<
@@ -6199,7 +6476,7 @@ static char *__pyx_f_7resilio_6_shm_c_7Mapping__region(struct __pyx_obj_7resilio
   return __pyx_r;
 }
 
-/* "resilio/_shm_c.pyx":286
+/* "resilio/_shm_c.pyx":299
  *         return self.base + offset
  * 
  *     def write_object(self, uint64_t offset, uint32_t kind, bytes name, params,             # <<<<<<<<<<<<<<
@@ -6251,67 +6528,67 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   {
     PyObject ** const __pyx_pyargnames[] = {&__pyx_mstate_global->__pyx_n_u_offset,&__pyx_mstate_global->__pyx_n_u_kind,&__pyx_mstate_global->__pyx_n_u_name,&__pyx_mstate_global->__pyx_n_u_params,&__pyx_mstate_global->__pyx_n_u_struct_size,&__pyx_mstate_global->__pyx_n_u_claim,0};
     const Py_ssize_t __pyx_kwds_len = (__pyx_kwds) ? __Pyx_NumKwargs_FASTCALL(__pyx_kwds) : 0;
-    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(0, 286, __pyx_L3_error)
+    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(0, 299, __pyx_L3_error)
     if (__pyx_kwds_len > 0) {
       switch (__pyx_nargs) {
         case  6:
         values[5] = __Pyx_ArgRef_FASTCALL(__pyx_args, 5);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[5])) __PYX_ERR(0, 286, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[5])) __PYX_ERR(0, 299, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  5:
         values[4] = __Pyx_ArgRef_FASTCALL(__pyx_args, 4);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[4])) __PYX_ERR(0, 286, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[4])) __PYX_ERR(0, 299, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  4:
         values[3] = __Pyx_ArgRef_FASTCALL(__pyx_args, 3);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[3])) __PYX_ERR(0, 286, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[3])) __PYX_ERR(0, 299, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  3:
         values[2] = __Pyx_ArgRef_FASTCALL(__pyx_args, 2);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[2])) __PYX_ERR(0, 286, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[2])) __PYX_ERR(0, 299, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  2:
         values[1] = __Pyx_ArgRef_FASTCALL(__pyx_args, 1);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 286, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 299, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  1:
         values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 286, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 299, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  0: break;
         default: goto __pyx_L5_argtuple_error;
       }
       const Py_ssize_t kwd_pos_args = __pyx_nargs;
-      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "write_object", 0) < (0)) __PYX_ERR(0, 286, __pyx_L3_error)
+      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "write_object", 0) < (0)) __PYX_ERR(0, 299, __pyx_L3_error)
       for (Py_ssize_t i = __pyx_nargs; i < 6; i++) {
-        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("write_object", 1, 6, 6, i); __PYX_ERR(0, 286, __pyx_L3_error) }
+        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("write_object", 1, 6, 6, i); __PYX_ERR(0, 299, __pyx_L3_error) }
       }
     } else if (unlikely(__pyx_nargs != 6)) {
       goto __pyx_L5_argtuple_error;
     } else {
       values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 286, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 299, __pyx_L3_error)
       values[1] = __Pyx_ArgRef_FASTCALL(__pyx_args, 1);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 286, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 299, __pyx_L3_error)
       values[2] = __Pyx_ArgRef_FASTCALL(__pyx_args, 2);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[2])) __PYX_ERR(0, 286, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[2])) __PYX_ERR(0, 299, __pyx_L3_error)
       values[3] = __Pyx_ArgRef_FASTCALL(__pyx_args, 3);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[3])) __PYX_ERR(0, 286, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[3])) __PYX_ERR(0, 299, __pyx_L3_error)
       values[4] = __Pyx_ArgRef_FASTCALL(__pyx_args, 4);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[4])) __PYX_ERR(0, 286, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[4])) __PYX_ERR(0, 299, __pyx_L3_error)
       values[5] = __Pyx_ArgRef_FASTCALL(__pyx_args, 5);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[5])) __PYX_ERR(0, 286, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[5])) __PYX_ERR(0, 299, __pyx_L3_error)
     }
-    __pyx_v_offset = __Pyx_PyLong_As_uint64_t(values[0]); if (unlikely((__pyx_v_offset == ((uint64_t)-1)) && PyErr_Occurred())) __PYX_ERR(0, 286, __pyx_L3_error)
-    __pyx_v_kind = __Pyx_PyLong_As_uint32_t(values[1]); if (unlikely((__pyx_v_kind == ((uint32_t)-1)) && PyErr_Occurred())) __PYX_ERR(0, 286, __pyx_L3_error)
+    __pyx_v_offset = __Pyx_PyLong_As_uint64_t(values[0]); if (unlikely((__pyx_v_offset == ((uint64_t)-1)) && PyErr_Occurred())) __PYX_ERR(0, 299, __pyx_L3_error)
+    __pyx_v_kind = __Pyx_PyLong_As_uint32_t(values[1]); if (unlikely((__pyx_v_kind == ((uint32_t)-1)) && PyErr_Occurred())) __PYX_ERR(0, 299, __pyx_L3_error)
     __pyx_v_name = ((PyObject*)values[2]);
     __pyx_v_params = values[3];
-    __pyx_v_struct_size = __Pyx_PyLong_As_uint64_t(values[4]); if (unlikely((__pyx_v_struct_size == ((uint64_t)-1)) && PyErr_Occurred())) __PYX_ERR(0, 287, __pyx_L3_error)
-    __pyx_v_claim = __Pyx_PyLong_As_uint64_t(values[5]); if (unlikely((__pyx_v_claim == ((uint64_t)-1)) && PyErr_Occurred())) __PYX_ERR(0, 287, __pyx_L3_error)
+    __pyx_v_struct_size = __Pyx_PyLong_As_uint64_t(values[4]); if (unlikely((__pyx_v_struct_size == ((uint64_t)-1)) && PyErr_Occurred())) __PYX_ERR(0, 300, __pyx_L3_error)
+    __pyx_v_claim = __Pyx_PyLong_As_uint64_t(values[5]); if (unlikely((__pyx_v_claim == ((uint64_t)-1)) && PyErr_Occurred())) __PYX_ERR(0, 300, __pyx_L3_error)
   }
   goto __pyx_L6_skip;
   __pyx_L5_argtuple_error:;
-  __Pyx_RaiseArgtupleInvalid("write_object", 1, 6, 6, __pyx_nargs); __PYX_ERR(0, 286, __pyx_L3_error)
+  __Pyx_RaiseArgtupleInvalid("write_object", 1, 6, 6, __pyx_nargs); __PYX_ERR(0, 299, __pyx_L3_error)
   __pyx_L6_skip:;
   goto __pyx_L4_argument_unpacking_done;
   __pyx_L3_error:;
@@ -6322,7 +6599,7 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   __Pyx_RefNannyFinishContext();
   return NULL;
   __pyx_L4_argument_unpacking_done:;
-  if (unlikely(!__Pyx_ArgTypeTest(((PyObject *)__pyx_v_name), (&PyBytes_Type), 1, "name", 1))) __PYX_ERR(0, 286, __pyx_L1_error)
+  if (unlikely(!__Pyx_ArgTypeTest(((PyObject *)__pyx_v_name), (&PyBytes_Type), 1, "name", 1))) __PYX_ERR(0, 299, __pyx_L1_error)
   __pyx_r = __pyx_pf_7resilio_6_shm_c_7Mapping_24write_object(((struct __pyx_obj_7resilio_6_shm_c_Mapping *)__pyx_v_self), __pyx_v_offset, __pyx_v_kind, __pyx_v_name, __pyx_v_params, __pyx_v_struct_size, __pyx_v_claim);
 
   /* function exit code */
@@ -6369,18 +6646,18 @@ static PyObject *__pyx_pf_7resilio_6_shm_c_7Mapping_24write_object(struct __pyx_
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("write_object", 0);
 
-  /* "resilio/_shm_c.pyx":289
+  /* "resilio/_shm_c.pyx":302
  *                      uint64_t struct_size, uint64_t claim):
  *         """Fill the descriptor of a region this process allocated (not yet published)."""
  *         cdef rs_shm_object *o = <rs_shm_object *>self._region(offset, struct_size)             # <<<<<<<<<<<<<<
  *         cdef Py_ssize_t n = PyBytes_GET_SIZE(name)
  *         cdef Py_ssize_t i
 */
-  __pyx_t_1 = ((struct __pyx_vtabstruct_7resilio_6_shm_c_Mapping *)__pyx_v_self->__pyx_vtab)->_region(__pyx_v_self, __pyx_v_offset, __pyx_v_struct_size); if (unlikely(__pyx_t_1 == ((void *)NULL))) __PYX_ERR(0, 289, __pyx_L1_error)
+  __pyx_t_1 = ((struct __pyx_vtabstruct_7resilio_6_shm_c_Mapping *)__pyx_v_self->__pyx_vtab)->_region(__pyx_v_self, __pyx_v_offset, __pyx_v_struct_size); if (unlikely(__pyx_t_1 == ((void *)NULL))) __PYX_ERR(0, 302, __pyx_L1_error)
   __pyx_v_o = ((rs_shm_object *)__pyx_t_1);
 
 
-  /* "resilio/_shm_c.pyx":290
+  /* "resilio/_shm_c.pyx":303
  *         """Fill the descriptor of a region this process allocated (not yet published)."""
  *         cdef rs_shm_object *o = <rs_shm_object *>self._region(offset, struct_size)
  *         cdef Py_ssize_t n = PyBytes_GET_SIZE(name)             # <<<<<<<<<<<<<<
@@ -6389,7 +6666,7 @@ static PyObject *__pyx_pf_7resilio_6_shm_c_7Mapping_24write_object(struct __pyx_
 */
   __pyx_v_n = PyBytes_GET_SIZE(__pyx_v_name);
 
-  /* "resilio/_shm_c.pyx":292
+  /* "resilio/_shm_c.pyx":305
  *         cdef Py_ssize_t n = PyBytes_GET_SIZE(name)
  *         cdef Py_ssize_t i
  *         if n < 1 or n > RS_SHM_NAME_MAX or len(params) > RS_SHM_PARAMS:             # <<<<<<<<<<<<<<
@@ -6416,7 +6693,7 @@ static PyObject *__pyx_pf_7resilio_6_shm_c_7Mapping_24write_object(struct __pyx_
 
     goto __pyx_L4_bool_binop_done;
   }
-  __pyx_t_4 = PyObject_Length(__pyx_v_params); if (unlikely(__pyx_t_4 == ((Py_ssize_t)-1))) __PYX_ERR(0, 292, __pyx_L1_error)
+  __pyx_t_4 = PyObject_Length(__pyx_v_params); if (unlikely(__pyx_t_4 == ((Py_ssize_t)-1))) __PYX_ERR(0, 305, __pyx_L1_error)
   __pyx_t_3 = (__pyx_t_4 > RS_SHM_PARAMS);
 
 
@@ -6427,7 +6704,7 @@ static PyObject *__pyx_pf_7resilio_6_shm_c_7Mapping_24write_object(struct __pyx_
   if (unlikely(__pyx_t_2)) {
 
 
-    /* "resilio/_shm_c.pyx":293
+    /* "resilio/_shm_c.pyx":306
  *         cdef Py_ssize_t i
  *         if n < 1 or n > RS_SHM_NAME_MAX or len(params) > RS_SHM_PARAMS:
  *             raise ValueError("bad descriptor")             # <<<<<<<<<<<<<<
@@ -6440,14 +6717,14 @@ static PyObject *__pyx_pf_7resilio_6_shm_c_7Mapping_24write_object(struct __pyx_
       PyObject *__pyx_callargs[2] = {__pyx_t_6, __pyx_mstate_global->__pyx_kp_u_bad_descriptor};
       __pyx_t_5 = __Pyx_PyObject_FastCall((PyObject*)(((PyTypeObject*)PyExc_ValueError)), __pyx_callargs+__pyx_t_7, (2-__pyx_t_7) | (__pyx_t_7*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
       __Pyx_XDECREF(__pyx_t_6); __pyx_t_6 = 0;
-      if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 293, __pyx_L1_error)
+      if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 306, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_5);
     }
     __Pyx_Raise(__pyx_t_5, 0, 0, 0);
     __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
-    __PYX_ERR(0, 293, __pyx_L1_error)
+    __PYX_ERR(0, 306, __pyx_L1_error)
 
-    /* "resilio/_shm_c.pyx":292
+    /* "resilio/_shm_c.pyx":305
  *         cdef Py_ssize_t n = PyBytes_GET_SIZE(name)
  *         cdef Py_ssize_t i
  *         if n < 1 or n > RS_SHM_NAME_MAX or len(params) > RS_SHM_PARAMS:             # <<<<<<<<<<<<<<
@@ -6456,7 +6733,7 @@ static PyObject *__pyx_pf_7resilio_6_shm_c_7Mapping_24write_object(struct __pyx_
 */
   }
 
-  /* "resilio/_shm_c.pyx":294
+  /* "resilio/_shm_c.pyx":307
  *         if n < 1 or n > RS_SHM_NAME_MAX or len(params) > RS_SHM_PARAMS:
  *             raise ValueError("bad descriptor")
  *         o.kind = kind             # <<<<<<<<<<<<<<
@@ -6465,7 +6742,7 @@ static PyObject *__pyx_pf_7resilio_6_shm_c_7Mapping_24write_object(struct __pyx_
 */
   __pyx_v_o->kind = __pyx_v_kind;
 
-  /* "resilio/_shm_c.pyx":295
+  /* "resilio/_shm_c.pyx":308
  *             raise ValueError("bad descriptor")
  *         o.kind = kind
  *         o.name_len = <uint32_t>n             # <<<<<<<<<<<<<<
@@ -6474,7 +6751,7 @@ static PyObject *__pyx_pf_7resilio_6_shm_c_7Mapping_24write_object(struct __pyx_
 */
   __pyx_v_o->name_len = ((uint32_t)__pyx_v_n);
 
-  /* "resilio/_shm_c.pyx":296
+  /* "resilio/_shm_c.pyx":309
  *         o.kind = kind
  *         o.name_len = <uint32_t>n
  *         o.struct_size = struct_size             # <<<<<<<<<<<<<<
@@ -6483,7 +6760,7 @@ static PyObject *__pyx_pf_7resilio_6_shm_c_7Mapping_24write_object(struct __pyx_
 */
   __pyx_v_o->struct_size = __pyx_v_struct_size;
 
-  /* "resilio/_shm_c.pyx":297
+  /* "resilio/_shm_c.pyx":310
  *         o.name_len = <uint32_t>n
  *         o.struct_size = struct_size
  *         o.claim = claim             # <<<<<<<<<<<<<<
@@ -6492,7 +6769,7 @@ static PyObject *__pyx_pf_7resilio_6_shm_c_7Mapping_24write_object(struct __pyx_
 */
   __pyx_v_o->claim = __pyx_v_claim;
 
-  /* "resilio/_shm_c.pyx":298
+  /* "resilio/_shm_c.pyx":311
  *         o.struct_size = struct_size
  *         o.claim = claim
  *         for i in range(RS_SHM_PARAMS):             # <<<<<<<<<<<<<<
@@ -6506,21 +6783,21 @@ static PyObject *__pyx_pf_7resilio_6_shm_c_7Mapping_24write_object(struct __pyx_
   for (__pyx_t_4 = 0; __pyx_t_4 < __pyx_t_9; __pyx_t_4+=1) {
     __pyx_v_i = __pyx_t_4;
 
-    /* "resilio/_shm_c.pyx":299
+    /* "resilio/_shm_c.pyx":312
  *         o.claim = claim
  *         for i in range(RS_SHM_PARAMS):
  *             o.params[i] = params[i] if i < len(params) else 0             # <<<<<<<<<<<<<<
  *         memcpy(o.name, PyBytes_AS_STRING(name), <size_t>n)
  * 
 */
-    __pyx_t_11 = PyObject_Length(__pyx_v_params); if (unlikely(__pyx_t_11 == ((Py_ssize_t)-1))) __PYX_ERR(0, 299, __pyx_L1_error)
+    __pyx_t_11 = PyObject_Length(__pyx_v_params); if (unlikely(__pyx_t_11 == ((Py_ssize_t)-1))) __PYX_ERR(0, 312, __pyx_L1_error)
     __pyx_t_2 = (__pyx_v_i < __pyx_t_11);
 
 
     if (__pyx_t_2) {
-      __pyx_t_5 = __Pyx_GetItemInt(__pyx_v_params, __pyx_v_i, Py_ssize_t, 1, PyLong_FromSsize_t, 0, 0, 1, __Pyx_ReferenceSharing_FunctionArgument); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 299, __pyx_L1_error)
+      __pyx_t_5 = __Pyx_GetItemInt(__pyx_v_params, __pyx_v_i, Py_ssize_t, 1, PyLong_FromSsize_t, 0, 0, 1, __Pyx_ReferenceSharing_FunctionArgument); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 312, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_5);
-      __pyx_t_12 = __Pyx_PyLong_As_uint64_t(__pyx_t_5); if (unlikely((__pyx_t_12 == ((uint64_t)-1)) && PyErr_Occurred())) __PYX_ERR(0, 299, __pyx_L1_error)
+      __pyx_t_12 = __Pyx_PyLong_As_uint64_t(__pyx_t_5); if (unlikely((__pyx_t_12 == ((uint64_t)-1)) && PyErr_Occurred())) __PYX_ERR(0, 312, __pyx_L1_error)
       __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
       __pyx_t_10 = __pyx_t_12;
     } else {
@@ -6533,7 +6810,7 @@ static PyObject *__pyx_pf_7resilio_6_shm_c_7Mapping_24write_object(struct __pyx_
   }
 
 
-  /* "resilio/_shm_c.pyx":300
+  /* "resilio/_shm_c.pyx":313
  *         for i in range(RS_SHM_PARAMS):
  *             o.params[i] = params[i] if i < len(params) else 0
  *         memcpy(o.name, PyBytes_AS_STRING(name), <size_t>n)             # <<<<<<<<<<<<<<
@@ -6542,7 +6819,7 @@ static PyObject *__pyx_pf_7resilio_6_shm_c_7Mapping_24write_object(struct __pyx_
 */
   (void)(memcpy(__pyx_v_o->name, PyBytes_AS_STRING(__pyx_v_name), ((size_t)__pyx_v_n)));
 
-  /* "resilio/_shm_c.pyx":286
+  /* "resilio/_shm_c.pyx":299
  *         return self.base + offset
  * 
  *     def write_object(self, uint64_t offset, uint32_t kind, bytes name, params,             # <<<<<<<<<<<<<<
@@ -6567,7 +6844,7 @@ static PyObject *__pyx_pf_7resilio_6_shm_c_7Mapping_24write_object(struct __pyx_
   return __pyx_r;
 }
 
-/* "resilio/_shm_c.pyx":302
+/* "resilio/_shm_c.pyx":315
  *         memcpy(o.name, PyBytes_AS_STRING(name), <size_t>n)
  * 
  *     def read_object(self, uint64_t offset):             # <<<<<<<<<<<<<<
@@ -6614,32 +6891,32 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   {
     PyObject ** const __pyx_pyargnames[] = {&__pyx_mstate_global->__pyx_n_u_offset,0};
     const Py_ssize_t __pyx_kwds_len = (__pyx_kwds) ? __Pyx_NumKwargs_FASTCALL(__pyx_kwds) : 0;
-    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(0, 302, __pyx_L3_error)
+    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(0, 315, __pyx_L3_error)
     if (__pyx_kwds_len > 0) {
       switch (__pyx_nargs) {
         case  1:
         values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 302, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 315, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  0: break;
         default: goto __pyx_L5_argtuple_error;
       }
       const Py_ssize_t kwd_pos_args = __pyx_nargs;
-      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "read_object", 0) < (0)) __PYX_ERR(0, 302, __pyx_L3_error)
+      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "read_object", 0) < (0)) __PYX_ERR(0, 315, __pyx_L3_error)
       for (Py_ssize_t i = __pyx_nargs; i < 1; i++) {
-        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("read_object", 1, 1, 1, i); __PYX_ERR(0, 302, __pyx_L3_error) }
+        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("read_object", 1, 1, 1, i); __PYX_ERR(0, 315, __pyx_L3_error) }
       }
     } else if (unlikely(__pyx_nargs != 1)) {
       goto __pyx_L5_argtuple_error;
     } else {
       values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 302, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 315, __pyx_L3_error)
     }
-    __pyx_v_offset = __Pyx_PyLong_As_uint64_t(values[0]); if (unlikely((__pyx_v_offset == ((uint64_t)-1)) && PyErr_Occurred())) __PYX_ERR(0, 302, __pyx_L3_error)
+    __pyx_v_offset = __Pyx_PyLong_As_uint64_t(values[0]); if (unlikely((__pyx_v_offset == ((uint64_t)-1)) && PyErr_Occurred())) __PYX_ERR(0, 315, __pyx_L3_error)
   }
   goto __pyx_L6_skip;
   __pyx_L5_argtuple_error:;
-  __Pyx_RaiseArgtupleInvalid("read_object", 1, 1, 1, __pyx_nargs); __PYX_ERR(0, 302, __pyx_L3_error)
+  __Pyx_RaiseArgtupleInvalid("read_object", 1, 1, 1, __pyx_nargs); __PYX_ERR(0, 315, __pyx_L3_error)
   __pyx_L6_skip:;
   goto __pyx_L4_argument_unpacking_done;
   __pyx_L3_error:;
@@ -6689,18 +6966,18 @@ static PyObject *__pyx_pf_7resilio_6_shm_c_7Mapping_26read_object(struct __pyx_o
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("read_object", 0);
 
-  /* "resilio/_shm_c.pyx":304
+  /* "resilio/_shm_c.pyx":317
  *     def read_object(self, uint64_t offset):
  *         """(kind, name, params, struct_size, claim) of a published descriptor."""
  *         cdef rs_shm_object *o = <rs_shm_object *>self._region(offset, 0)             # <<<<<<<<<<<<<<
  *         cdef uint32_t n = o.name_len
  *         if n < 1 or n > RS_SHM_NAME_MAX:
 */
-  __pyx_t_1 = ((struct __pyx_vtabstruct_7resilio_6_shm_c_Mapping *)__pyx_v_self->__pyx_vtab)->_region(__pyx_v_self, __pyx_v_offset, 0); if (unlikely(__pyx_t_1 == ((void *)NULL))) __PYX_ERR(0, 304, __pyx_L1_error)
+  __pyx_t_1 = ((struct __pyx_vtabstruct_7resilio_6_shm_c_Mapping *)__pyx_v_self->__pyx_vtab)->_region(__pyx_v_self, __pyx_v_offset, 0); if (unlikely(__pyx_t_1 == ((void *)NULL))) __PYX_ERR(0, 317, __pyx_L1_error)
   __pyx_v_o = ((rs_shm_object *)__pyx_t_1);
 
 
-  /* "resilio/_shm_c.pyx":305
+  /* "resilio/_shm_c.pyx":318
  *         """(kind, name, params, struct_size, claim) of a published descriptor."""
  *         cdef rs_shm_object *o = <rs_shm_object *>self._region(offset, 0)
  *         cdef uint32_t n = o.name_len             # <<<<<<<<<<<<<<
@@ -6711,7 +6988,7 @@ static PyObject *__pyx_pf_7resilio_6_shm_c_7Mapping_26read_object(struct __pyx_o
 
   __pyx_v_n = __pyx_t_2;
 
-  /* "resilio/_shm_c.pyx":306
+  /* "resilio/_shm_c.pyx":319
  *         cdef rs_shm_object *o = <rs_shm_object *>self._region(offset, 0)
  *         cdef uint32_t n = o.name_len
  *         if n < 1 or n > RS_SHM_NAME_MAX:             # <<<<<<<<<<<<<<
@@ -6737,7 +7014,7 @@ static PyObject *__pyx_pf_7resilio_6_shm_c_7Mapping_26read_object(struct __pyx_o
   if (unlikely(__pyx_t_3)) {
 
 
-    /* "resilio/_shm_c.pyx":307
+    /* "resilio/_shm_c.pyx":320
  *         cdef uint32_t n = o.name_len
  *         if n < 1 or n > RS_SHM_NAME_MAX:
  *             raise ValueError(f"object at offset {offset} has a bad name length: damaged file")             # <<<<<<<<<<<<<<
@@ -6745,7 +7022,7 @@ static PyObject *__pyx_pf_7resilio_6_shm_c_7Mapping_26read_object(struct __pyx_o
  *         name = PyBytes_FromStringAndSize(<char *>o.name, n)
 */
     __pyx_t_6 = NULL;
-    __pyx_t_7 = __Pyx_PyUnicode_From_uint64_t(__pyx_v_offset, 0, ' ', 'd'); if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 307, __pyx_L1_error)
+    __pyx_t_7 = __Pyx_PyUnicode_From_uint64_t(__pyx_v_offset, 0, ' ', 'd'); if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 320, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_7);
     __pyx_t_8[0] = __pyx_mstate_global->__pyx_kp_u_object_at_offset;
     __pyx_t_8[1] = __pyx_t_7;
@@ -6756,7 +7033,7 @@ static PyObject *__pyx_pf_7resilio_6_shm_c_7Mapping_26read_object(struct __pyx_o
     #endif
     __pyx_t_10 = 0;
     __pyx_t_11 = __Pyx_PyUnicode_Join(__pyx_t_8, 3, __pyx_t_9, __pyx_t_10);
-    if (unlikely(!__pyx_t_11)) __PYX_ERR(0, 307, __pyx_L1_error)
+    if (unlikely(!__pyx_t_11)) __PYX_ERR(0, 320, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_11);
     __Pyx_DECREF(__pyx_t_7); __pyx_t_7 = 0;
     __pyx_t_12 = 1;
@@ -6765,14 +7042,14 @@ static PyObject *__pyx_pf_7resilio_6_shm_c_7Mapping_26read_object(struct __pyx_o
       __pyx_t_5 = __Pyx_PyObject_FastCall((PyObject*)(((PyTypeObject*)PyExc_ValueError)), __pyx_callargs+__pyx_t_12, (2-__pyx_t_12) | (__pyx_t_12*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
       __Pyx_XDECREF(__pyx_t_6); __pyx_t_6 = 0;
       __Pyx_DECREF(__pyx_t_11); __pyx_t_11 = 0;
-      if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 307, __pyx_L1_error)
+      if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 320, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_5);
     }
     __Pyx_Raise(__pyx_t_5, 0, 0, 0);
     __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
-    __PYX_ERR(0, 307, __pyx_L1_error)
+    __PYX_ERR(0, 320, __pyx_L1_error)
 
-    /* "resilio/_shm_c.pyx":306
+    /* "resilio/_shm_c.pyx":319
  *         cdef rs_shm_object *o = <rs_shm_object *>self._region(offset, 0)
  *         cdef uint32_t n = o.name_len
  *         if n < 1 or n > RS_SHM_NAME_MAX:             # <<<<<<<<<<<<<<
@@ -6781,29 +7058,29 @@ static PyObject *__pyx_pf_7resilio_6_shm_c_7Mapping_26read_object(struct __pyx_o
 */
   }
 
-  /* "resilio/_shm_c.pyx":308
+  /* "resilio/_shm_c.pyx":321
  *         if n < 1 or n > RS_SHM_NAME_MAX:
  *             raise ValueError(f"object at offset {offset} has a bad name length: damaged file")
  *         self._region(offset, o.struct_size)             # <<<<<<<<<<<<<<
  *         name = PyBytes_FromStringAndSize(<char *>o.name, n)
  *         params = tuple([o.params[i] for i in range(RS_SHM_PARAMS)])
 */
-  __pyx_t_1 = ((struct __pyx_vtabstruct_7resilio_6_shm_c_Mapping *)__pyx_v_self->__pyx_vtab)->_region(__pyx_v_self, __pyx_v_offset, __pyx_v_o->struct_size); if (unlikely(__pyx_t_1 == ((void *)NULL))) __PYX_ERR(0, 308, __pyx_L1_error)
+  __pyx_t_1 = ((struct __pyx_vtabstruct_7resilio_6_shm_c_Mapping *)__pyx_v_self->__pyx_vtab)->_region(__pyx_v_self, __pyx_v_offset, __pyx_v_o->struct_size); if (unlikely(__pyx_t_1 == ((void *)NULL))) __PYX_ERR(0, 321, __pyx_L1_error)
 
 
-  /* "resilio/_shm_c.pyx":309
+  /* "resilio/_shm_c.pyx":322
  *             raise ValueError(f"object at offset {offset} has a bad name length: damaged file")
  *         self._region(offset, o.struct_size)
  *         name = PyBytes_FromStringAndSize(<char *>o.name, n)             # <<<<<<<<<<<<<<
  *         params = tuple([o.params[i] for i in range(RS_SHM_PARAMS)])
  *         return o.kind, name, params, o.struct_size, o.claim
 */
-  __pyx_t_5 = PyBytes_FromStringAndSize(((char *)__pyx_v_o->name), __pyx_v_n); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 309, __pyx_L1_error)
+  __pyx_t_5 = PyBytes_FromStringAndSize(((char *)__pyx_v_o->name), __pyx_v_n); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 322, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_5);
   __pyx_v_name = ((PyObject*)__pyx_t_5);
   __pyx_t_5 = 0;
 
-  /* "resilio/_shm_c.pyx":310
+  /* "resilio/_shm_c.pyx":323
  *         self._region(offset, o.struct_size)
  *         name = PyBytes_FromStringAndSize(<char *>o.name, n)
  *         params = tuple([o.params[i] for i in range(RS_SHM_PARAMS)])             # <<<<<<<<<<<<<<
@@ -6811,7 +7088,7 @@ static PyObject *__pyx_pf_7resilio_6_shm_c_7Mapping_26read_object(struct __pyx_o
  * 
 */
   { /* enter inner scope */
-    __pyx_t_5 = PyList_New(0); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 310, __pyx_L1_error)
+    __pyx_t_5 = PyList_New(0); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 323, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_5);
 
     __pyx_t_13 = RS_SHM_PARAMS;
@@ -6819,47 +7096,47 @@ static PyObject *__pyx_pf_7resilio_6_shm_c_7Mapping_26read_object(struct __pyx_o
 
     for (__pyx_t_15 = 0; __pyx_t_15 < __pyx_t_14; __pyx_t_15+=1) {
       __pyx_7genexpr__pyx_v_i = __pyx_t_15;
-      __pyx_t_11 = __Pyx_PyLong_From_uint64_t((__pyx_v_o->params[__pyx_7genexpr__pyx_v_i])); if (unlikely(!__pyx_t_11)) __PYX_ERR(0, 310, __pyx_L1_error)
+      __pyx_t_11 = __Pyx_PyLong_From_uint64_t((__pyx_v_o->params[__pyx_7genexpr__pyx_v_i])); if (unlikely(!__pyx_t_11)) __PYX_ERR(0, 323, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_11);
       __Pyx_GIVEREF(__pyx_t_11);
-      if (unlikely(__Pyx_ListComp_AppendAndDecref(__pyx_t_5, __pyx_t_11))) __PYX_ERR(0, 310, __pyx_L1_error)
+      if (unlikely(__Pyx_ListComp_AppendAndDecref(__pyx_t_5, __pyx_t_11))) __PYX_ERR(0, 323, __pyx_L1_error)
       __pyx_t_11 = 0;
     }
 
   } /* exit inner scope */
-  __pyx_t_11 = PyList_AsTuple(((PyObject*)__pyx_t_5)); if (unlikely(!__pyx_t_11)) __PYX_ERR(0, 310, __pyx_L1_error)
+  __pyx_t_11 = PyList_AsTuple(((PyObject*)__pyx_t_5)); if (unlikely(!__pyx_t_11)) __PYX_ERR(0, 323, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_11);
   __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
   __pyx_v_params = ((PyObject*)__pyx_t_11);
   __pyx_t_11 = 0;
 
-  /* "resilio/_shm_c.pyx":311
+  /* "resilio/_shm_c.pyx":324
  *         name = PyBytes_FromStringAndSize(<char *>o.name, n)
  *         params = tuple([o.params[i] for i in range(RS_SHM_PARAMS)])
  *         return o.kind, name, params, o.struct_size, o.claim             # <<<<<<<<<<<<<<
  * 
  *     # ---- structs: initialize in place (creator), place a compiled object (everyone) ----
 */
-  __pyx_t_11 = __Pyx_PyLong_From_uint32_t(__pyx_v_o->kind); if (unlikely(!__pyx_t_11)) __PYX_ERR(0, 311, __pyx_L1_error)
+  __pyx_t_11 = __Pyx_PyLong_From_uint32_t(__pyx_v_o->kind); if (unlikely(!__pyx_t_11)) __PYX_ERR(0, 324, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_11);
-  __pyx_t_5 = __Pyx_PyLong_From_uint64_t(__pyx_v_o->struct_size); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 311, __pyx_L1_error)
+  __pyx_t_5 = __Pyx_PyLong_From_uint64_t(__pyx_v_o->struct_size); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 324, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_5);
-  __pyx_t_6 = __Pyx_PyLong_From_uint64_t(__pyx_v_o->claim); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 311, __pyx_L1_error)
+  __pyx_t_6 = __Pyx_PyLong_From_uint64_t(__pyx_v_o->claim); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 324, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_6);
-  __pyx_t_7 = PyTuple_New(5); if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 311, __pyx_L1_error)
+  __pyx_t_7 = PyTuple_New(5); if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 324, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_7);
   __Pyx_GIVEREF(__pyx_t_11);
-  if (__Pyx_PyTuple_SET_ITEM(__pyx_t_7, 0, __pyx_t_11) != (0)) __PYX_ERR(0, 311, __pyx_L1_error);
+  if (__Pyx_PyTuple_SET_ITEM(__pyx_t_7, 0, __pyx_t_11) != (0)) __PYX_ERR(0, 324, __pyx_L1_error);
   __Pyx_INCREF(__pyx_v_name);
   __Pyx_GIVEREF(__pyx_v_name);
-  if (__Pyx_PyTuple_SET_ITEM(__pyx_t_7, 1, __pyx_v_name) != (0)) __PYX_ERR(0, 311, __pyx_L1_error);
+  if (__Pyx_PyTuple_SET_ITEM(__pyx_t_7, 1, __pyx_v_name) != (0)) __PYX_ERR(0, 324, __pyx_L1_error);
   __Pyx_INCREF(__pyx_v_params);
   __Pyx_GIVEREF(__pyx_v_params);
-  if (__Pyx_PyTuple_SET_ITEM(__pyx_t_7, 2, __pyx_v_params) != (0)) __PYX_ERR(0, 311, __pyx_L1_error);
+  if (__Pyx_PyTuple_SET_ITEM(__pyx_t_7, 2, __pyx_v_params) != (0)) __PYX_ERR(0, 324, __pyx_L1_error);
   __Pyx_GIVEREF(__pyx_t_5);
-  if (__Pyx_PyTuple_SET_ITEM(__pyx_t_7, 3, __pyx_t_5) != (0)) __PYX_ERR(0, 311, __pyx_L1_error);
+  if (__Pyx_PyTuple_SET_ITEM(__pyx_t_7, 3, __pyx_t_5) != (0)) __PYX_ERR(0, 324, __pyx_L1_error);
   __Pyx_GIVEREF(__pyx_t_6);
-  if (__Pyx_PyTuple_SET_ITEM(__pyx_t_7, 4, __pyx_t_6) != (0)) __PYX_ERR(0, 311, __pyx_L1_error);
+  if (__Pyx_PyTuple_SET_ITEM(__pyx_t_7, 4, __pyx_t_6) != (0)) __PYX_ERR(0, 324, __pyx_L1_error);
   __pyx_t_11 = 0;
   __pyx_t_5 = 0;
   __pyx_t_6 = 0;
@@ -6874,7 +7151,7 @@ static PyObject *__pyx_pf_7resilio_6_shm_c_7Mapping_26read_object(struct __pyx_o
   __pyx_t_7 = 0;
   goto __pyx_L0;
 
-  /* "resilio/_shm_c.pyx":302
+  /* "resilio/_shm_c.pyx":315
  *         memcpy(o.name, PyBytes_AS_STRING(name), <size_t>n)
  * 
  *     def read_object(self, uint64_t offset):             # <<<<<<<<<<<<<<
@@ -6901,7 +7178,7 @@ static PyObject *__pyx_pf_7resilio_6_shm_c_7Mapping_26read_object(struct __pyx_o
   return __pyx_r;
 }
 
-/* "resilio/_shm_c.pyx":315
+/* "resilio/_shm_c.pyx":328
  *     # ---- structs: initialize in place (creator), place a compiled object (everyone) ----
  * 
  *     cdef void *_struct(self, uint64_t offset, uint64_t struct_size) except NULL:             # <<<<<<<<<<<<<<
@@ -6916,14 +7193,14 @@ static void *__pyx_f_7resilio_6_shm_c_7Mapping__struct(struct __pyx_obj_7resilio
   const char *__pyx_filename = NULL;
   int __pyx_clineno = 0;
 
-  /* "resilio/_shm_c.pyx":316
+  /* "resilio/_shm_c.pyx":329
  * 
  *     cdef void *_struct(self, uint64_t offset, uint64_t struct_size) except NULL:
  *         return self._region(offset, struct_size) + RS_SHM_OBJECT_SIZE             # <<<<<<<<<<<<<<
  * 
  *     def init_bucket(self, uint64_t offset, int64_t interval_ns, int64_t burst):
 */
-  __pyx_t_1 = ((struct __pyx_vtabstruct_7resilio_6_shm_c_Mapping *)__pyx_v_self->__pyx_vtab)->_region(__pyx_v_self, __pyx_v_offset, __pyx_v_struct_size); if (unlikely(__pyx_t_1 == ((void *)NULL))) __PYX_ERR(0, 316, __pyx_L1_error)
+  __pyx_t_1 = ((struct __pyx_vtabstruct_7resilio_6_shm_c_Mapping *)__pyx_v_self->__pyx_vtab)->_region(__pyx_v_self, __pyx_v_offset, __pyx_v_struct_size); if (unlikely(__pyx_t_1 == ((void *)NULL))) __PYX_ERR(0, 329, __pyx_L1_error)
   {
 
     __pyx_r = (__pyx_t_1 + RS_SHM_OBJECT_SIZE);
@@ -6931,7 +7208,7 @@ static void *__pyx_f_7resilio_6_shm_c_7Mapping__struct(struct __pyx_obj_7resilio
 
   goto __pyx_L0;
 
-  /* "resilio/_shm_c.pyx":315
+  /* "resilio/_shm_c.pyx":328
  *     # ---- structs: initialize in place (creator), place a compiled object (everyone) ----
  * 
  *     cdef void *_struct(self, uint64_t offset, uint64_t struct_size) except NULL:             # <<<<<<<<<<<<<<
@@ -6948,7 +7225,7 @@ static void *__pyx_f_7resilio_6_shm_c_7Mapping__struct(struct __pyx_obj_7resilio
   return __pyx_r;
 }
 
-/* "resilio/_shm_c.pyx":318
+/* "resilio/_shm_c.pyx":331
  *         return self._region(offset, struct_size) + RS_SHM_OBJECT_SIZE
  * 
  *     def init_bucket(self, uint64_t offset, int64_t interval_ns, int64_t burst):             # <<<<<<<<<<<<<<
@@ -6997,46 +7274,46 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   {
     PyObject ** const __pyx_pyargnames[] = {&__pyx_mstate_global->__pyx_n_u_offset,&__pyx_mstate_global->__pyx_n_u_interval_ns,&__pyx_mstate_global->__pyx_n_u_burst,0};
     const Py_ssize_t __pyx_kwds_len = (__pyx_kwds) ? __Pyx_NumKwargs_FASTCALL(__pyx_kwds) : 0;
-    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(0, 318, __pyx_L3_error)
+    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(0, 331, __pyx_L3_error)
     if (__pyx_kwds_len > 0) {
       switch (__pyx_nargs) {
         case  3:
         values[2] = __Pyx_ArgRef_FASTCALL(__pyx_args, 2);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[2])) __PYX_ERR(0, 318, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[2])) __PYX_ERR(0, 331, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  2:
         values[1] = __Pyx_ArgRef_FASTCALL(__pyx_args, 1);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 318, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 331, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  1:
         values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 318, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 331, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  0: break;
         default: goto __pyx_L5_argtuple_error;
       }
       const Py_ssize_t kwd_pos_args = __pyx_nargs;
-      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "init_bucket", 0) < (0)) __PYX_ERR(0, 318, __pyx_L3_error)
+      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "init_bucket", 0) < (0)) __PYX_ERR(0, 331, __pyx_L3_error)
       for (Py_ssize_t i = __pyx_nargs; i < 3; i++) {
-        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("init_bucket", 1, 3, 3, i); __PYX_ERR(0, 318, __pyx_L3_error) }
+        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("init_bucket", 1, 3, 3, i); __PYX_ERR(0, 331, __pyx_L3_error) }
       }
     } else if (unlikely(__pyx_nargs != 3)) {
       goto __pyx_L5_argtuple_error;
     } else {
       values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 318, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 331, __pyx_L3_error)
       values[1] = __Pyx_ArgRef_FASTCALL(__pyx_args, 1);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 318, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 331, __pyx_L3_error)
       values[2] = __Pyx_ArgRef_FASTCALL(__pyx_args, 2);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[2])) __PYX_ERR(0, 318, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[2])) __PYX_ERR(0, 331, __pyx_L3_error)
     }
-    __pyx_v_offset = __Pyx_PyLong_As_uint64_t(values[0]); if (unlikely((__pyx_v_offset == ((uint64_t)-1)) && PyErr_Occurred())) __PYX_ERR(0, 318, __pyx_L3_error)
-    __pyx_v_interval_ns = __Pyx_PyLong_As_int64_t(values[1]); if (unlikely((__pyx_v_interval_ns == ((int64_t)-1)) && PyErr_Occurred())) __PYX_ERR(0, 318, __pyx_L3_error)
-    __pyx_v_burst = __Pyx_PyLong_As_int64_t(values[2]); if (unlikely((__pyx_v_burst == ((int64_t)-1)) && PyErr_Occurred())) __PYX_ERR(0, 318, __pyx_L3_error)
+    __pyx_v_offset = __Pyx_PyLong_As_uint64_t(values[0]); if (unlikely((__pyx_v_offset == ((uint64_t)-1)) && PyErr_Occurred())) __PYX_ERR(0, 331, __pyx_L3_error)
+    __pyx_v_interval_ns = __Pyx_PyLong_As_int64_t(values[1]); if (unlikely((__pyx_v_interval_ns == ((int64_t)-1)) && PyErr_Occurred())) __PYX_ERR(0, 331, __pyx_L3_error)
+    __pyx_v_burst = __Pyx_PyLong_As_int64_t(values[2]); if (unlikely((__pyx_v_burst == ((int64_t)-1)) && PyErr_Occurred())) __PYX_ERR(0, 331, __pyx_L3_error)
   }
   goto __pyx_L6_skip;
   __pyx_L5_argtuple_error:;
-  __Pyx_RaiseArgtupleInvalid("init_bucket", 1, 3, 3, __pyx_nargs); __PYX_ERR(0, 318, __pyx_L3_error)
+  __Pyx_RaiseArgtupleInvalid("init_bucket", 1, 3, 3, __pyx_nargs); __PYX_ERR(0, 331, __pyx_L3_error)
   __pyx_L6_skip:;
   goto __pyx_L4_argument_unpacking_done;
   __pyx_L3_error:;
@@ -7069,18 +7346,18 @@ static PyObject *__pyx_pf_7resilio_6_shm_c_7Mapping_28init_bucket(struct __pyx_o
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("init_bucket", 0);
 
-  /* "resilio/_shm_c.pyx":319
+  /* "resilio/_shm_c.pyx":332
  * 
  *     def init_bucket(self, uint64_t offset, int64_t interval_ns, int64_t burst):
  *         rs_bucket_init(<rs_bucket *>self._struct(offset, sizeof(rs_bucket)), interval_ns, burst)             # <<<<<<<<<<<<<<
  * 
  *     def bucket_at(self, uint64_t offset, double rate):
 */
-  __pyx_t_1 = ((struct __pyx_vtabstruct_7resilio_6_shm_c_Mapping *)__pyx_v_self->__pyx_vtab)->_struct(__pyx_v_self, __pyx_v_offset, (sizeof(rs_bucket))); if (unlikely(__pyx_t_1 == ((void *)NULL))) __PYX_ERR(0, 319, __pyx_L1_error)
+  __pyx_t_1 = ((struct __pyx_vtabstruct_7resilio_6_shm_c_Mapping *)__pyx_v_self->__pyx_vtab)->_struct(__pyx_v_self, __pyx_v_offset, (sizeof(rs_bucket))); if (unlikely(__pyx_t_1 == ((void *)NULL))) __PYX_ERR(0, 332, __pyx_L1_error)
   rs_bucket_init(((rs_bucket *)__pyx_t_1), __pyx_v_interval_ns, __pyx_v_burst);
 
 
-  /* "resilio/_shm_c.pyx":318
+  /* "resilio/_shm_c.pyx":331
  *         return self._region(offset, struct_size) + RS_SHM_OBJECT_SIZE
  * 
  *     def init_bucket(self, uint64_t offset, int64_t interval_ns, int64_t burst):             # <<<<<<<<<<<<<<
@@ -7100,7 +7377,7 @@ static PyObject *__pyx_pf_7resilio_6_shm_c_7Mapping_28init_bucket(struct __pyx_o
   return __pyx_r;
 }
 
-/* "resilio/_shm_c.pyx":321
+/* "resilio/_shm_c.pyx":334
  *         rs_bucket_init(<rs_bucket *>self._struct(offset, sizeof(rs_bucket)), interval_ns, burst)
  * 
  *     def bucket_at(self, uint64_t offset, double rate):             # <<<<<<<<<<<<<<
@@ -7148,39 +7425,39 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   {
     PyObject ** const __pyx_pyargnames[] = {&__pyx_mstate_global->__pyx_n_u_offset,&__pyx_mstate_global->__pyx_n_u_rate,0};
     const Py_ssize_t __pyx_kwds_len = (__pyx_kwds) ? __Pyx_NumKwargs_FASTCALL(__pyx_kwds) : 0;
-    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(0, 321, __pyx_L3_error)
+    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(0, 334, __pyx_L3_error)
     if (__pyx_kwds_len > 0) {
       switch (__pyx_nargs) {
         case  2:
         values[1] = __Pyx_ArgRef_FASTCALL(__pyx_args, 1);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 321, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 334, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  1:
         values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 321, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 334, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  0: break;
         default: goto __pyx_L5_argtuple_error;
       }
       const Py_ssize_t kwd_pos_args = __pyx_nargs;
-      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "bucket_at", 0) < (0)) __PYX_ERR(0, 321, __pyx_L3_error)
+      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "bucket_at", 0) < (0)) __PYX_ERR(0, 334, __pyx_L3_error)
       for (Py_ssize_t i = __pyx_nargs; i < 2; i++) {
-        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("bucket_at", 1, 2, 2, i); __PYX_ERR(0, 321, __pyx_L3_error) }
+        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("bucket_at", 1, 2, 2, i); __PYX_ERR(0, 334, __pyx_L3_error) }
       }
     } else if (unlikely(__pyx_nargs != 2)) {
       goto __pyx_L5_argtuple_error;
     } else {
       values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 321, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 334, __pyx_L3_error)
       values[1] = __Pyx_ArgRef_FASTCALL(__pyx_args, 1);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 321, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 334, __pyx_L3_error)
     }
-    __pyx_v_offset = __Pyx_PyLong_As_uint64_t(values[0]); if (unlikely((__pyx_v_offset == ((uint64_t)-1)) && PyErr_Occurred())) __PYX_ERR(0, 321, __pyx_L3_error)
-    __pyx_v_rate = __Pyx_PyFloat_AsDouble(values[1]); if (unlikely((__pyx_v_rate == (double)-1) && PyErr_Occurred())) __PYX_ERR(0, 321, __pyx_L3_error)
+    __pyx_v_offset = __Pyx_PyLong_As_uint64_t(values[0]); if (unlikely((__pyx_v_offset == ((uint64_t)-1)) && PyErr_Occurred())) __PYX_ERR(0, 334, __pyx_L3_error)
+    __pyx_v_rate = __Pyx_PyFloat_AsDouble(values[1]); if (unlikely((__pyx_v_rate == (double)-1) && PyErr_Occurred())) __PYX_ERR(0, 334, __pyx_L3_error)
   }
   goto __pyx_L6_skip;
   __pyx_L5_argtuple_error:;
-  __Pyx_RaiseArgtupleInvalid("bucket_at", 1, 2, 2, __pyx_nargs); __PYX_ERR(0, 321, __pyx_L3_error)
+  __Pyx_RaiseArgtupleInvalid("bucket_at", 1, 2, 2, __pyx_nargs); __PYX_ERR(0, 334, __pyx_L3_error)
   __pyx_L6_skip:;
   goto __pyx_L4_argument_unpacking_done;
   __pyx_L3_error:;
@@ -7215,31 +7492,31 @@ static PyObject *__pyx_pf_7resilio_6_shm_c_7Mapping_30bucket_at(struct __pyx_obj
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("bucket_at", 0);
 
-  /* "resilio/_shm_c.pyx":322
+  /* "resilio/_shm_c.pyx":335
  * 
  *     def bucket_at(self, uint64_t offset, double rate):
  *         cdef rs_bucket *b = <rs_bucket *>self._struct(offset, sizeof(rs_bucket))             # <<<<<<<<<<<<<<
  *         cdef TokenBucket o = TokenBucket.__new__(TokenBucket)
  *         PyMem_Free(o._mem)
 */
-  __pyx_t_1 = ((struct __pyx_vtabstruct_7resilio_6_shm_c_Mapping *)__pyx_v_self->__pyx_vtab)->_struct(__pyx_v_self, __pyx_v_offset, (sizeof(rs_bucket))); if (unlikely(__pyx_t_1 == ((void *)NULL))) __PYX_ERR(0, 322, __pyx_L1_error)
+  __pyx_t_1 = ((struct __pyx_vtabstruct_7resilio_6_shm_c_Mapping *)__pyx_v_self->__pyx_vtab)->_struct(__pyx_v_self, __pyx_v_offset, (sizeof(rs_bucket))); if (unlikely(__pyx_t_1 == ((void *)NULL))) __PYX_ERR(0, 335, __pyx_L1_error)
   __pyx_v_b = ((rs_bucket *)__pyx_t_1);
 
 
-  /* "resilio/_shm_c.pyx":323
+  /* "resilio/_shm_c.pyx":336
  *     def bucket_at(self, uint64_t offset, double rate):
  *         cdef rs_bucket *b = <rs_bucket *>self._struct(offset, sizeof(rs_bucket))
  *         cdef TokenBucket o = TokenBucket.__new__(TokenBucket)             # <<<<<<<<<<<<<<
  *         PyMem_Free(o._mem)
  *         o._mem = NULL
 */
-  __pyx_t_2 = __Pyx_tp_new(((PyObject *)__pyx_mstate_global->__pyx_ptype_7resilio_7_core_c_TokenBucket), __pyx_mstate_global->__pyx_empty_tuple); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 323, __pyx_L1_error)
+  __pyx_t_2 = __Pyx_tp_new(((PyObject *)__pyx_mstate_global->__pyx_ptype_7resilio_7_core_c_TokenBucket), __pyx_mstate_global->__pyx_empty_tuple); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 336, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_2);
-  if (!(likely(__Pyx_TypeTest(__pyx_t_2, __pyx_mstate_global->__pyx_ptype_7resilio_7_core_c_TokenBucket)))) __PYX_ERR(0, 323, __pyx_L1_error)
+  if (!(likely(__Pyx_TypeTest(__pyx_t_2, __pyx_mstate_global->__pyx_ptype_7resilio_7_core_c_TokenBucket)))) __PYX_ERR(0, 336, __pyx_L1_error)
   __pyx_v_o = ((struct __pyx_obj_7resilio_7_core_c_TokenBucket *)__pyx_t_2);
   __pyx_t_2 = 0;
 
-  /* "resilio/_shm_c.pyx":324
+  /* "resilio/_shm_c.pyx":337
  *         cdef rs_bucket *b = <rs_bucket *>self._struct(offset, sizeof(rs_bucket))
  *         cdef TokenBucket o = TokenBucket.__new__(TokenBucket)
  *         PyMem_Free(o._mem)             # <<<<<<<<<<<<<<
@@ -7248,7 +7525,7 @@ static PyObject *__pyx_pf_7resilio_6_shm_c_7Mapping_30bucket_at(struct __pyx_obj
 */
   PyMem_Free(__pyx_v_o->_mem);
 
-  /* "resilio/_shm_c.pyx":325
+  /* "resilio/_shm_c.pyx":338
  *         cdef TokenBucket o = TokenBucket.__new__(TokenBucket)
  *         PyMem_Free(o._mem)
  *         o._mem = NULL             # <<<<<<<<<<<<<<
@@ -7257,7 +7534,7 @@ static PyObject *__pyx_pf_7resilio_6_shm_c_7Mapping_30bucket_at(struct __pyx_obj
 */
   __pyx_v_o->_mem = NULL;
 
-  /* "resilio/_shm_c.pyx":326
+  /* "resilio/_shm_c.pyx":339
  *         PyMem_Free(o._mem)
  *         o._mem = NULL
  *         o.b = b             # <<<<<<<<<<<<<<
@@ -7266,7 +7543,7 @@ static PyObject *__pyx_pf_7resilio_6_shm_c_7Mapping_30bucket_at(struct __pyx_obj
 */
   __pyx_v_o->b = __pyx_v_b;
 
-  /* "resilio/_shm_c.pyx":327
+  /* "resilio/_shm_c.pyx":340
  *         o._mem = NULL
  *         o.b = b
  *         o._owner = self             # <<<<<<<<<<<<<<
@@ -7278,7 +7555,7 @@ static PyObject *__pyx_pf_7resilio_6_shm_c_7Mapping_30bucket_at(struct __pyx_obj
   __Pyx_GOTREF(__pyx_v_o->_owner);
   __Pyx_DECREF_SET(__pyx_v_o->_owner, ((PyObject *)__pyx_v_self));
 
-  /* "resilio/_shm_c.pyx":328
+  /* "resilio/_shm_c.pyx":341
  *         o.b = b
  *         o._owner = self
  *         o._rate = rate             # <<<<<<<<<<<<<<
@@ -7287,7 +7564,7 @@ static PyObject *__pyx_pf_7resilio_6_shm_c_7Mapping_30bucket_at(struct __pyx_obj
 */
   __pyx_v_o->_rate = __pyx_v_rate;
 
-  /* "resilio/_shm_c.pyx":329
+  /* "resilio/_shm_c.pyx":342
  *         o._owner = self
  *         o._rate = rate
  *         return o             # <<<<<<<<<<<<<<
@@ -7305,7 +7582,7 @@ static PyObject *__pyx_pf_7resilio_6_shm_c_7Mapping_30bucket_at(struct __pyx_obj
   }
   goto __pyx_L0;
 
-  /* "resilio/_shm_c.pyx":321
+  /* "resilio/_shm_c.pyx":334
  *         rs_bucket_init(<rs_bucket *>self._struct(offset, sizeof(rs_bucket)), interval_ns, burst)
  * 
  *     def bucket_at(self, uint64_t offset, double rate):             # <<<<<<<<<<<<<<
@@ -7326,7 +7603,7 @@ static PyObject *__pyx_pf_7resilio_6_shm_c_7Mapping_30bucket_at(struct __pyx_obj
   return __pyx_r;
 }
 
-/* "resilio/_shm_c.pyx":331
+/* "resilio/_shm_c.pyx":344
  *         return o
  * 
  *     def init_keyed(self, uint64_t offset, int64_t interval_ns, int64_t burst, uint64_t capacity,             # <<<<<<<<<<<<<<
@@ -7378,67 +7655,67 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   {
     PyObject ** const __pyx_pyargnames[] = {&__pyx_mstate_global->__pyx_n_u_offset,&__pyx_mstate_global->__pyx_n_u_interval_ns,&__pyx_mstate_global->__pyx_n_u_burst,&__pyx_mstate_global->__pyx_n_u_capacity,&__pyx_mstate_global->__pyx_n_u_secret,&__pyx_mstate_global->__pyx_n_u_on_full,0};
     const Py_ssize_t __pyx_kwds_len = (__pyx_kwds) ? __Pyx_NumKwargs_FASTCALL(__pyx_kwds) : 0;
-    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(0, 331, __pyx_L3_error)
+    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(0, 344, __pyx_L3_error)
     if (__pyx_kwds_len > 0) {
       switch (__pyx_nargs) {
         case  6:
         values[5] = __Pyx_ArgRef_FASTCALL(__pyx_args, 5);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[5])) __PYX_ERR(0, 331, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[5])) __PYX_ERR(0, 344, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  5:
         values[4] = __Pyx_ArgRef_FASTCALL(__pyx_args, 4);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[4])) __PYX_ERR(0, 331, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[4])) __PYX_ERR(0, 344, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  4:
         values[3] = __Pyx_ArgRef_FASTCALL(__pyx_args, 3);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[3])) __PYX_ERR(0, 331, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[3])) __PYX_ERR(0, 344, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  3:
         values[2] = __Pyx_ArgRef_FASTCALL(__pyx_args, 2);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[2])) __PYX_ERR(0, 331, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[2])) __PYX_ERR(0, 344, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  2:
         values[1] = __Pyx_ArgRef_FASTCALL(__pyx_args, 1);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 331, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 344, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  1:
         values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 331, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 344, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  0: break;
         default: goto __pyx_L5_argtuple_error;
       }
       const Py_ssize_t kwd_pos_args = __pyx_nargs;
-      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "init_keyed", 0) < (0)) __PYX_ERR(0, 331, __pyx_L3_error)
+      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "init_keyed", 0) < (0)) __PYX_ERR(0, 344, __pyx_L3_error)
       for (Py_ssize_t i = __pyx_nargs; i < 6; i++) {
-        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("init_keyed", 1, 6, 6, i); __PYX_ERR(0, 331, __pyx_L3_error) }
+        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("init_keyed", 1, 6, 6, i); __PYX_ERR(0, 344, __pyx_L3_error) }
       }
     } else if (unlikely(__pyx_nargs != 6)) {
       goto __pyx_L5_argtuple_error;
     } else {
       values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 331, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 344, __pyx_L3_error)
       values[1] = __Pyx_ArgRef_FASTCALL(__pyx_args, 1);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 331, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 344, __pyx_L3_error)
       values[2] = __Pyx_ArgRef_FASTCALL(__pyx_args, 2);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[2])) __PYX_ERR(0, 331, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[2])) __PYX_ERR(0, 344, __pyx_L3_error)
       values[3] = __Pyx_ArgRef_FASTCALL(__pyx_args, 3);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[3])) __PYX_ERR(0, 331, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[3])) __PYX_ERR(0, 344, __pyx_L3_error)
       values[4] = __Pyx_ArgRef_FASTCALL(__pyx_args, 4);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[4])) __PYX_ERR(0, 331, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[4])) __PYX_ERR(0, 344, __pyx_L3_error)
       values[5] = __Pyx_ArgRef_FASTCALL(__pyx_args, 5);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[5])) __PYX_ERR(0, 331, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[5])) __PYX_ERR(0, 344, __pyx_L3_error)
     }
-    __pyx_v_offset = __Pyx_PyLong_As_uint64_t(values[0]); if (unlikely((__pyx_v_offset == ((uint64_t)-1)) && PyErr_Occurred())) __PYX_ERR(0, 331, __pyx_L3_error)
-    __pyx_v_interval_ns = __Pyx_PyLong_As_int64_t(values[1]); if (unlikely((__pyx_v_interval_ns == ((int64_t)-1)) && PyErr_Occurred())) __PYX_ERR(0, 331, __pyx_L3_error)
-    __pyx_v_burst = __Pyx_PyLong_As_int64_t(values[2]); if (unlikely((__pyx_v_burst == ((int64_t)-1)) && PyErr_Occurred())) __PYX_ERR(0, 331, __pyx_L3_error)
-    __pyx_v_capacity = __Pyx_PyLong_As_uint64_t(values[3]); if (unlikely((__pyx_v_capacity == ((uint64_t)-1)) && PyErr_Occurred())) __PYX_ERR(0, 331, __pyx_L3_error)
+    __pyx_v_offset = __Pyx_PyLong_As_uint64_t(values[0]); if (unlikely((__pyx_v_offset == ((uint64_t)-1)) && PyErr_Occurred())) __PYX_ERR(0, 344, __pyx_L3_error)
+    __pyx_v_interval_ns = __Pyx_PyLong_As_int64_t(values[1]); if (unlikely((__pyx_v_interval_ns == ((int64_t)-1)) && PyErr_Occurred())) __PYX_ERR(0, 344, __pyx_L3_error)
+    __pyx_v_burst = __Pyx_PyLong_As_int64_t(values[2]); if (unlikely((__pyx_v_burst == ((int64_t)-1)) && PyErr_Occurred())) __PYX_ERR(0, 344, __pyx_L3_error)
+    __pyx_v_capacity = __Pyx_PyLong_As_uint64_t(values[3]); if (unlikely((__pyx_v_capacity == ((uint64_t)-1)) && PyErr_Occurred())) __PYX_ERR(0, 344, __pyx_L3_error)
     __pyx_v_secret = ((PyObject*)values[4]);
-    __pyx_v_on_full = __Pyx_PyLong_As_uint32_t(values[5]); if (unlikely((__pyx_v_on_full == ((uint32_t)-1)) && PyErr_Occurred())) __PYX_ERR(0, 332, __pyx_L3_error)
+    __pyx_v_on_full = __Pyx_PyLong_As_uint32_t(values[5]); if (unlikely((__pyx_v_on_full == ((uint32_t)-1)) && PyErr_Occurred())) __PYX_ERR(0, 345, __pyx_L3_error)
   }
   goto __pyx_L6_skip;
   __pyx_L5_argtuple_error:;
-  __Pyx_RaiseArgtupleInvalid("init_keyed", 1, 6, 6, __pyx_nargs); __PYX_ERR(0, 331, __pyx_L3_error)
+  __Pyx_RaiseArgtupleInvalid("init_keyed", 1, 6, 6, __pyx_nargs); __PYX_ERR(0, 344, __pyx_L3_error)
   __pyx_L6_skip:;
   goto __pyx_L4_argument_unpacking_done;
   __pyx_L3_error:;
@@ -7449,7 +7726,7 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   __Pyx_RefNannyFinishContext();
   return NULL;
   __pyx_L4_argument_unpacking_done:;
-  if (unlikely(!__Pyx_ArgTypeTest(((PyObject *)__pyx_v_secret), (&PyBytes_Type), 1, "secret", 1))) __PYX_ERR(0, 332, __pyx_L1_error)
+  if (unlikely(!__Pyx_ArgTypeTest(((PyObject *)__pyx_v_secret), (&PyBytes_Type), 1, "secret", 1))) __PYX_ERR(0, 345, __pyx_L1_error)
   __pyx_r = __pyx_pf_7resilio_6_shm_c_7Mapping_32init_keyed(((struct __pyx_obj_7resilio_6_shm_c_Mapping *)__pyx_v_self), __pyx_v_offset, __pyx_v_interval_ns, __pyx_v_burst, __pyx_v_capacity, __pyx_v_secret, __pyx_v_on_full);
 
   /* function exit code */
@@ -7488,7 +7765,7 @@ static PyObject *__pyx_pf_7resilio_6_shm_c_7Mapping_32init_keyed(struct __pyx_ob
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("init_keyed", 0);
 
-  /* "resilio/_shm_c.pyx":333
+  /* "resilio/_shm_c.pyx":346
  *     def init_keyed(self, uint64_t offset, int64_t interval_ns, int64_t burst, uint64_t capacity,
  *                    bytes secret, uint32_t on_full):
  *         if PyBytes_GET_SIZE(secret) != 16:             # <<<<<<<<<<<<<<
@@ -7500,7 +7777,7 @@ static PyObject *__pyx_pf_7resilio_6_shm_c_7Mapping_32init_keyed(struct __pyx_ob
   if (unlikely(__pyx_t_1)) {
 
 
-    /* "resilio/_shm_c.pyx":334
+    /* "resilio/_shm_c.pyx":347
  *                    bytes secret, uint32_t on_full):
  *         if PyBytes_GET_SIZE(secret) != 16:
  *             raise ValueError("secret must be 16 bytes")             # <<<<<<<<<<<<<<
@@ -7513,14 +7790,14 @@ static PyObject *__pyx_pf_7resilio_6_shm_c_7Mapping_32init_keyed(struct __pyx_ob
       PyObject *__pyx_callargs[2] = {__pyx_t_3, __pyx_mstate_global->__pyx_kp_u_secret_must_be_16_bytes};
       __pyx_t_2 = __Pyx_PyObject_FastCall((PyObject*)(((PyTypeObject*)PyExc_ValueError)), __pyx_callargs+__pyx_t_4, (2-__pyx_t_4) | (__pyx_t_4*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
       __Pyx_XDECREF(__pyx_t_3); __pyx_t_3 = 0;
-      if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 334, __pyx_L1_error)
+      if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 347, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_2);
     }
     __Pyx_Raise(__pyx_t_2, 0, 0, 0);
     __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
-    __PYX_ERR(0, 334, __pyx_L1_error)
+    __PYX_ERR(0, 347, __pyx_L1_error)
 
-    /* "resilio/_shm_c.pyx":333
+    /* "resilio/_shm_c.pyx":346
  *     def init_keyed(self, uint64_t offset, int64_t interval_ns, int64_t burst, uint64_t capacity,
  *                    bytes secret, uint32_t on_full):
  *         if PyBytes_GET_SIZE(secret) != 16:             # <<<<<<<<<<<<<<
@@ -7529,7 +7806,7 @@ static PyObject *__pyx_pf_7resilio_6_shm_c_7Mapping_32init_keyed(struct __pyx_ob
 */
   }
 
-  /* "resilio/_shm_c.pyx":335
+  /* "resilio/_shm_c.pyx":348
  *         if PyBytes_GET_SIZE(secret) != 16:
  *             raise ValueError("secret must be 16 bytes")
  *         if rs_keyed_check(interval_ns, burst, capacity, on_full) != 0:             # <<<<<<<<<<<<<<
@@ -7541,7 +7818,7 @@ static PyObject *__pyx_pf_7resilio_6_shm_c_7Mapping_32init_keyed(struct __pyx_ob
   if (unlikely(__pyx_t_1)) {
 
 
-    /* "resilio/_shm_c.pyx":336
+    /* "resilio/_shm_c.pyx":349
  *             raise ValueError("secret must be 16 bytes")
  *         if rs_keyed_check(interval_ns, burst, capacity, on_full) != 0:
  *             raise ValueError("keyed table arguments out of range")             # <<<<<<<<<<<<<<
@@ -7554,14 +7831,14 @@ static PyObject *__pyx_pf_7resilio_6_shm_c_7Mapping_32init_keyed(struct __pyx_ob
       PyObject *__pyx_callargs[2] = {__pyx_t_3, __pyx_mstate_global->__pyx_kp_u_keyed_table_arguments_out_of_ran};
       __pyx_t_2 = __Pyx_PyObject_FastCall((PyObject*)(((PyTypeObject*)PyExc_ValueError)), __pyx_callargs+__pyx_t_4, (2-__pyx_t_4) | (__pyx_t_4*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
       __Pyx_XDECREF(__pyx_t_3); __pyx_t_3 = 0;
-      if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 336, __pyx_L1_error)
+      if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 349, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_2);
     }
     __Pyx_Raise(__pyx_t_2, 0, 0, 0);
     __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
-    __PYX_ERR(0, 336, __pyx_L1_error)
+    __PYX_ERR(0, 349, __pyx_L1_error)
 
-    /* "resilio/_shm_c.pyx":335
+    /* "resilio/_shm_c.pyx":348
  *         if PyBytes_GET_SIZE(secret) != 16:
  *             raise ValueError("secret must be 16 bytes")
  *         if rs_keyed_check(interval_ns, burst, capacity, on_full) != 0:             # <<<<<<<<<<<<<<
@@ -7570,18 +7847,18 @@ static PyObject *__pyx_pf_7resilio_6_shm_c_7Mapping_32init_keyed(struct __pyx_ob
 */
   }
 
-  /* "resilio/_shm_c.pyx":337
+  /* "resilio/_shm_c.pyx":350
  *         if rs_keyed_check(interval_ns, burst, capacity, on_full) != 0:
  *             raise ValueError("keyed table arguments out of range")
  *         cdef rs_keyed *t = <rs_keyed *>self._struct(offset, rs_keyed_size(capacity))             # <<<<<<<<<<<<<<
  *         rs_keyed_init(t, interval_ns, burst, capacity,
  *                       <const uint8_t *>PyBytes_AS_STRING(secret), on_full)
 */
-  __pyx_t_5 = ((struct __pyx_vtabstruct_7resilio_6_shm_c_Mapping *)__pyx_v_self->__pyx_vtab)->_struct(__pyx_v_self, __pyx_v_offset, rs_keyed_size(__pyx_v_capacity)); if (unlikely(__pyx_t_5 == ((void *)NULL))) __PYX_ERR(0, 337, __pyx_L1_error)
+  __pyx_t_5 = ((struct __pyx_vtabstruct_7resilio_6_shm_c_Mapping *)__pyx_v_self->__pyx_vtab)->_struct(__pyx_v_self, __pyx_v_offset, rs_keyed_size(__pyx_v_capacity)); if (unlikely(__pyx_t_5 == ((void *)NULL))) __PYX_ERR(0, 350, __pyx_L1_error)
   __pyx_v_t = ((rs_keyed *)__pyx_t_5);
 
 
-  /* "resilio/_shm_c.pyx":338
+  /* "resilio/_shm_c.pyx":351
  *             raise ValueError("keyed table arguments out of range")
  *         cdef rs_keyed *t = <rs_keyed *>self._struct(offset, rs_keyed_size(capacity))
  *         rs_keyed_init(t, interval_ns, burst, capacity,             # <<<<<<<<<<<<<<
@@ -7590,7 +7867,7 @@ static PyObject *__pyx_pf_7resilio_6_shm_c_7Mapping_32init_keyed(struct __pyx_ob
 */
   rs_keyed_init(__pyx_v_t, __pyx_v_interval_ns, __pyx_v_burst, __pyx_v_capacity, ((uint8_t const *)PyBytes_AS_STRING(__pyx_v_secret)), __pyx_v_on_full);
 
-  /* "resilio/_shm_c.pyx":331
+  /* "resilio/_shm_c.pyx":344
  *         return o
  * 
  *     def init_keyed(self, uint64_t offset, int64_t interval_ns, int64_t burst, uint64_t capacity,             # <<<<<<<<<<<<<<
@@ -7613,7 +7890,7 @@ static PyObject *__pyx_pf_7resilio_6_shm_c_7Mapping_32init_keyed(struct __pyx_ob
   return __pyx_r;
 }
 
-/* "resilio/_shm_c.pyx":341
+/* "resilio/_shm_c.pyx":354
  *                       <const uint8_t *>PyBytes_AS_STRING(secret), on_full)
  * 
  *     def keyed_at(self, uint64_t offset, double rate, uint64_t capacity):             # <<<<<<<<<<<<<<
@@ -7662,46 +7939,46 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   {
     PyObject ** const __pyx_pyargnames[] = {&__pyx_mstate_global->__pyx_n_u_offset,&__pyx_mstate_global->__pyx_n_u_rate,&__pyx_mstate_global->__pyx_n_u_capacity,0};
     const Py_ssize_t __pyx_kwds_len = (__pyx_kwds) ? __Pyx_NumKwargs_FASTCALL(__pyx_kwds) : 0;
-    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(0, 341, __pyx_L3_error)
+    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(0, 354, __pyx_L3_error)
     if (__pyx_kwds_len > 0) {
       switch (__pyx_nargs) {
         case  3:
         values[2] = __Pyx_ArgRef_FASTCALL(__pyx_args, 2);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[2])) __PYX_ERR(0, 341, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[2])) __PYX_ERR(0, 354, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  2:
         values[1] = __Pyx_ArgRef_FASTCALL(__pyx_args, 1);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 341, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 354, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  1:
         values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 341, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 354, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  0: break;
         default: goto __pyx_L5_argtuple_error;
       }
       const Py_ssize_t kwd_pos_args = __pyx_nargs;
-      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "keyed_at", 0) < (0)) __PYX_ERR(0, 341, __pyx_L3_error)
+      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "keyed_at", 0) < (0)) __PYX_ERR(0, 354, __pyx_L3_error)
       for (Py_ssize_t i = __pyx_nargs; i < 3; i++) {
-        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("keyed_at", 1, 3, 3, i); __PYX_ERR(0, 341, __pyx_L3_error) }
+        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("keyed_at", 1, 3, 3, i); __PYX_ERR(0, 354, __pyx_L3_error) }
       }
     } else if (unlikely(__pyx_nargs != 3)) {
       goto __pyx_L5_argtuple_error;
     } else {
       values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 341, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 354, __pyx_L3_error)
       values[1] = __Pyx_ArgRef_FASTCALL(__pyx_args, 1);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 341, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 354, __pyx_L3_error)
       values[2] = __Pyx_ArgRef_FASTCALL(__pyx_args, 2);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[2])) __PYX_ERR(0, 341, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[2])) __PYX_ERR(0, 354, __pyx_L3_error)
     }
-    __pyx_v_offset = __Pyx_PyLong_As_uint64_t(values[0]); if (unlikely((__pyx_v_offset == ((uint64_t)-1)) && PyErr_Occurred())) __PYX_ERR(0, 341, __pyx_L3_error)
-    __pyx_v_rate = __Pyx_PyFloat_AsDouble(values[1]); if (unlikely((__pyx_v_rate == (double)-1) && PyErr_Occurred())) __PYX_ERR(0, 341, __pyx_L3_error)
-    __pyx_v_capacity = __Pyx_PyLong_As_uint64_t(values[2]); if (unlikely((__pyx_v_capacity == ((uint64_t)-1)) && PyErr_Occurred())) __PYX_ERR(0, 341, __pyx_L3_error)
+    __pyx_v_offset = __Pyx_PyLong_As_uint64_t(values[0]); if (unlikely((__pyx_v_offset == ((uint64_t)-1)) && PyErr_Occurred())) __PYX_ERR(0, 354, __pyx_L3_error)
+    __pyx_v_rate = __Pyx_PyFloat_AsDouble(values[1]); if (unlikely((__pyx_v_rate == (double)-1) && PyErr_Occurred())) __PYX_ERR(0, 354, __pyx_L3_error)
+    __pyx_v_capacity = __Pyx_PyLong_As_uint64_t(values[2]); if (unlikely((__pyx_v_capacity == ((uint64_t)-1)) && PyErr_Occurred())) __PYX_ERR(0, 354, __pyx_L3_error)
   }
   goto __pyx_L6_skip;
   __pyx_L5_argtuple_error:;
-  __Pyx_RaiseArgtupleInvalid("keyed_at", 1, 3, 3, __pyx_nargs); __PYX_ERR(0, 341, __pyx_L3_error)
+  __Pyx_RaiseArgtupleInvalid("keyed_at", 1, 3, 3, __pyx_nargs); __PYX_ERR(0, 354, __pyx_L3_error)
   __pyx_L6_skip:;
   goto __pyx_L4_argument_unpacking_done;
   __pyx_L3_error:;
@@ -7750,7 +8027,7 @@ static PyObject *__pyx_pf_7resilio_6_shm_c_7Mapping_34keyed_at(struct __pyx_obj_
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("keyed_at", 0);
 
-  /* "resilio/_shm_c.pyx":342
+  /* "resilio/_shm_c.pyx":355
  * 
  *     def keyed_at(self, uint64_t offset, double rate, uint64_t capacity):
  *         if capacity < 1 or capacity > RS_KEYED_MAX_CAPACITY:             # <<<<<<<<<<<<<<
@@ -7776,7 +8053,7 @@ static PyObject *__pyx_pf_7resilio_6_shm_c_7Mapping_34keyed_at(struct __pyx_obj_
   if (unlikely(__pyx_t_1)) {
 
 
-    /* "resilio/_shm_c.pyx":343
+    /* "resilio/_shm_c.pyx":356
  *     def keyed_at(self, uint64_t offset, double rate, uint64_t capacity):
  *         if capacity < 1 or capacity > RS_KEYED_MAX_CAPACITY:
  *             raise ValueError(f"keyed table at offset {offset}: bad capacity {capacity}")             # <<<<<<<<<<<<<<
@@ -7784,9 +8061,9 @@ static PyObject *__pyx_pf_7resilio_6_shm_c_7Mapping_34keyed_at(struct __pyx_obj_
  *         # The C indexes entries by these fields: they must be what the region was sized for.
 */
     __pyx_t_4 = NULL;
-    __pyx_t_5 = __Pyx_PyUnicode_From_uint64_t(__pyx_v_offset, 0, ' ', 'd'); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 343, __pyx_L1_error)
+    __pyx_t_5 = __Pyx_PyUnicode_From_uint64_t(__pyx_v_offset, 0, ' ', 'd'); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 356, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_5);
-    __pyx_t_6 = __Pyx_PyUnicode_From_uint64_t(__pyx_v_capacity, 0, ' ', 'd'); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 343, __pyx_L1_error)
+    __pyx_t_6 = __Pyx_PyUnicode_From_uint64_t(__pyx_v_capacity, 0, ' ', 'd'); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 356, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_6);
     __pyx_t_7[0] = __pyx_mstate_global->__pyx_kp_u_keyed_table_at_offset;
     __pyx_t_7[1] = __pyx_t_5;
@@ -7798,7 +8075,7 @@ static PyObject *__pyx_pf_7resilio_6_shm_c_7Mapping_34keyed_at(struct __pyx_obj_
     #endif
     __pyx_t_9 = 0;
     __pyx_t_10 = __Pyx_PyUnicode_Join(__pyx_t_7, 4, __pyx_t_8, __pyx_t_9);
-    if (unlikely(!__pyx_t_10)) __PYX_ERR(0, 343, __pyx_L1_error)
+    if (unlikely(!__pyx_t_10)) __PYX_ERR(0, 356, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_10);
     __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
     __Pyx_DECREF(__pyx_t_6); __pyx_t_6 = 0;
@@ -7808,14 +8085,14 @@ static PyObject *__pyx_pf_7resilio_6_shm_c_7Mapping_34keyed_at(struct __pyx_obj_
       __pyx_t_3 = __Pyx_PyObject_FastCall((PyObject*)(((PyTypeObject*)PyExc_ValueError)), __pyx_callargs+__pyx_t_11, (2-__pyx_t_11) | (__pyx_t_11*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
       __Pyx_XDECREF(__pyx_t_4); __pyx_t_4 = 0;
       __Pyx_DECREF(__pyx_t_10); __pyx_t_10 = 0;
-      if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 343, __pyx_L1_error)
+      if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 356, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_3);
     }
     __Pyx_Raise(__pyx_t_3, 0, 0, 0);
     __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
-    __PYX_ERR(0, 343, __pyx_L1_error)
+    __PYX_ERR(0, 356, __pyx_L1_error)
 
-    /* "resilio/_shm_c.pyx":342
+    /* "resilio/_shm_c.pyx":355
  * 
  *     def keyed_at(self, uint64_t offset, double rate, uint64_t capacity):
  *         if capacity < 1 or capacity > RS_KEYED_MAX_CAPACITY:             # <<<<<<<<<<<<<<
@@ -7824,18 +8101,18 @@ static PyObject *__pyx_pf_7resilio_6_shm_c_7Mapping_34keyed_at(struct __pyx_obj_
 */
   }
 
-  /* "resilio/_shm_c.pyx":344
+  /* "resilio/_shm_c.pyx":357
  *         if capacity < 1 or capacity > RS_KEYED_MAX_CAPACITY:
  *             raise ValueError(f"keyed table at offset {offset}: bad capacity {capacity}")
  *         cdef rs_keyed *t = <rs_keyed *>self._struct(offset, rs_keyed_size(capacity))             # <<<<<<<<<<<<<<
  *         # The C indexes entries by these fields: they must be what the region was sized for.
  *         cdef uint32_t probe = <uint32_t>(capacity if capacity < RS_KEYED_PROBE else RS_KEYED_PROBE)
 */
-  __pyx_t_12 = ((struct __pyx_vtabstruct_7resilio_6_shm_c_Mapping *)__pyx_v_self->__pyx_vtab)->_struct(__pyx_v_self, __pyx_v_offset, rs_keyed_size(__pyx_v_capacity)); if (unlikely(__pyx_t_12 == ((void *)NULL))) __PYX_ERR(0, 344, __pyx_L1_error)
+  __pyx_t_12 = ((struct __pyx_vtabstruct_7resilio_6_shm_c_Mapping *)__pyx_v_self->__pyx_vtab)->_struct(__pyx_v_self, __pyx_v_offset, rs_keyed_size(__pyx_v_capacity)); if (unlikely(__pyx_t_12 == ((void *)NULL))) __PYX_ERR(0, 357, __pyx_L1_error)
   __pyx_v_t = ((rs_keyed *)__pyx_t_12);
 
 
-  /* "resilio/_shm_c.pyx":346
+  /* "resilio/_shm_c.pyx":359
  *         cdef rs_keyed *t = <rs_keyed *>self._struct(offset, rs_keyed_size(capacity))
  *         # The C indexes entries by these fields: they must be what the region was sized for.
  *         cdef uint32_t probe = <uint32_t>(capacity if capacity < RS_KEYED_PROBE else RS_KEYED_PROBE)             # <<<<<<<<<<<<<<
@@ -7855,7 +8132,7 @@ static PyObject *__pyx_pf_7resilio_6_shm_c_7Mapping_34keyed_at(struct __pyx_obj_
   __pyx_v_probe = ((uint32_t)__pyx_t_13);
 
 
-  /* "resilio/_shm_c.pyx":347
+  /* "resilio/_shm_c.pyx":360
  *         # The C indexes entries by these fields: they must be what the region was sized for.
  *         cdef uint32_t probe = <uint32_t>(capacity if capacity < RS_KEYED_PROBE else RS_KEYED_PROBE)
  *         if (t.capacity != capacity or t.probe != probe             # <<<<<<<<<<<<<<
@@ -7873,7 +8150,7 @@ static PyObject *__pyx_pf_7resilio_6_shm_c_7Mapping_34keyed_at(struct __pyx_obj_
     goto __pyx_L7_bool_binop_done;
   }
 
-  /* "resilio/_shm_c.pyx":348
+  /* "resilio/_shm_c.pyx":361
  *         cdef uint32_t probe = <uint32_t>(capacity if capacity < RS_KEYED_PROBE else RS_KEYED_PROBE)
  *         if (t.capacity != capacity or t.probe != probe
  *                 or rs_keyed_check(t.interval_ns, t.burst, t.capacity, t.on_full) != 0):             # <<<<<<<<<<<<<<
@@ -7897,7 +8174,7 @@ static PyObject *__pyx_pf_7resilio_6_shm_c_7Mapping_34keyed_at(struct __pyx_obj_
 
   __pyx_L7_bool_binop_done:;
 
-  /* "resilio/_shm_c.pyx":347
+  /* "resilio/_shm_c.pyx":360
  *         # The C indexes entries by these fields: they must be what the region was sized for.
  *         cdef uint32_t probe = <uint32_t>(capacity if capacity < RS_KEYED_PROBE else RS_KEYED_PROBE)
  *         if (t.capacity != capacity or t.probe != probe             # <<<<<<<<<<<<<<
@@ -7907,7 +8184,7 @@ static PyObject *__pyx_pf_7resilio_6_shm_c_7Mapping_34keyed_at(struct __pyx_obj_
   if (unlikely(__pyx_t_1)) {
 
 
-    /* "resilio/_shm_c.pyx":349
+    /* "resilio/_shm_c.pyx":362
  *         if (t.capacity != capacity or t.probe != probe
  *                 or rs_keyed_check(t.interval_ns, t.burst, t.capacity, t.on_full) != 0):
  *             raise ValueError(f"keyed table at offset {offset} does not match its descriptor")             # <<<<<<<<<<<<<<
@@ -7915,7 +8192,7 @@ static PyObject *__pyx_pf_7resilio_6_shm_c_7Mapping_34keyed_at(struct __pyx_obj_
  *         PyMem_Free(o._mem)
 */
     __pyx_t_10 = NULL;
-    __pyx_t_4 = __Pyx_PyUnicode_From_uint64_t(__pyx_v_offset, 0, ' ', 'd'); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 349, __pyx_L1_error)
+    __pyx_t_4 = __Pyx_PyUnicode_From_uint64_t(__pyx_v_offset, 0, ' ', 'd'); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 362, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_4);
     __pyx_t_14[0] = __pyx_mstate_global->__pyx_kp_u_keyed_table_at_offset;
     __pyx_t_14[1] = __pyx_t_4;
@@ -7926,7 +8203,7 @@ static PyObject *__pyx_pf_7resilio_6_shm_c_7Mapping_34keyed_at(struct __pyx_obj_
     #endif
     __pyx_t_9 = 0;
     __pyx_t_6 = __Pyx_PyUnicode_Join(__pyx_t_14, 3, __pyx_t_8, __pyx_t_9);
-    if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 349, __pyx_L1_error)
+    if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 362, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_6);
     __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
     __pyx_t_11 = 1;
@@ -7935,14 +8212,14 @@ static PyObject *__pyx_pf_7resilio_6_shm_c_7Mapping_34keyed_at(struct __pyx_obj_
       __pyx_t_3 = __Pyx_PyObject_FastCall((PyObject*)(((PyTypeObject*)PyExc_ValueError)), __pyx_callargs+__pyx_t_11, (2-__pyx_t_11) | (__pyx_t_11*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
       __Pyx_XDECREF(__pyx_t_10); __pyx_t_10 = 0;
       __Pyx_DECREF(__pyx_t_6); __pyx_t_6 = 0;
-      if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 349, __pyx_L1_error)
+      if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 362, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_3);
     }
     __Pyx_Raise(__pyx_t_3, 0, 0, 0);
     __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
-    __PYX_ERR(0, 349, __pyx_L1_error)
+    __PYX_ERR(0, 362, __pyx_L1_error)
 
-    /* "resilio/_shm_c.pyx":347
+    /* "resilio/_shm_c.pyx":360
  *         # The C indexes entries by these fields: they must be what the region was sized for.
  *         cdef uint32_t probe = <uint32_t>(capacity if capacity < RS_KEYED_PROBE else RS_KEYED_PROBE)
  *         if (t.capacity != capacity or t.probe != probe             # <<<<<<<<<<<<<<
@@ -7951,20 +8228,20 @@ static PyObject *__pyx_pf_7resilio_6_shm_c_7Mapping_34keyed_at(struct __pyx_obj_
 */
   }
 
-  /* "resilio/_shm_c.pyx":350
+  /* "resilio/_shm_c.pyx":363
  *                 or rs_keyed_check(t.interval_ns, t.burst, t.capacity, t.on_full) != 0):
  *             raise ValueError(f"keyed table at offset {offset} does not match its descriptor")
  *         cdef KeyedBuckets o = KeyedBuckets.__new__(KeyedBuckets)             # <<<<<<<<<<<<<<
  *         PyMem_Free(o._mem)
  *         o._mem = NULL
 */
-  __pyx_t_3 = __Pyx_tp_new(((PyObject *)__pyx_mstate_global->__pyx_ptype_7resilio_7_core_c_KeyedBuckets), __pyx_mstate_global->__pyx_empty_tuple); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 350, __pyx_L1_error)
+  __pyx_t_3 = __Pyx_tp_new(((PyObject *)__pyx_mstate_global->__pyx_ptype_7resilio_7_core_c_KeyedBuckets), __pyx_mstate_global->__pyx_empty_tuple); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 363, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
-  if (!(likely(__Pyx_TypeTest(__pyx_t_3, __pyx_mstate_global->__pyx_ptype_7resilio_7_core_c_KeyedBuckets)))) __PYX_ERR(0, 350, __pyx_L1_error)
+  if (!(likely(__Pyx_TypeTest(__pyx_t_3, __pyx_mstate_global->__pyx_ptype_7resilio_7_core_c_KeyedBuckets)))) __PYX_ERR(0, 363, __pyx_L1_error)
   __pyx_v_o = ((struct __pyx_obj_7resilio_7_core_c_KeyedBuckets *)__pyx_t_3);
   __pyx_t_3 = 0;
 
-  /* "resilio/_shm_c.pyx":351
+  /* "resilio/_shm_c.pyx":364
  *             raise ValueError(f"keyed table at offset {offset} does not match its descriptor")
  *         cdef KeyedBuckets o = KeyedBuckets.__new__(KeyedBuckets)
  *         PyMem_Free(o._mem)             # <<<<<<<<<<<<<<
@@ -7973,7 +8250,7 @@ static PyObject *__pyx_pf_7resilio_6_shm_c_7Mapping_34keyed_at(struct __pyx_obj_
 */
   PyMem_Free(__pyx_v_o->_mem);
 
-  /* "resilio/_shm_c.pyx":352
+  /* "resilio/_shm_c.pyx":365
  *         cdef KeyedBuckets o = KeyedBuckets.__new__(KeyedBuckets)
  *         PyMem_Free(o._mem)
  *         o._mem = NULL             # <<<<<<<<<<<<<<
@@ -7982,7 +8259,7 @@ static PyObject *__pyx_pf_7resilio_6_shm_c_7Mapping_34keyed_at(struct __pyx_obj_
 */
   __pyx_v_o->_mem = NULL;
 
-  /* "resilio/_shm_c.pyx":353
+  /* "resilio/_shm_c.pyx":366
  *         PyMem_Free(o._mem)
  *         o._mem = NULL
  *         o.t = t             # <<<<<<<<<<<<<<
@@ -7991,7 +8268,7 @@ static PyObject *__pyx_pf_7resilio_6_shm_c_7Mapping_34keyed_at(struct __pyx_obj_
 */
   __pyx_v_o->t = __pyx_v_t;
 
-  /* "resilio/_shm_c.pyx":354
+  /* "resilio/_shm_c.pyx":367
  *         o._mem = NULL
  *         o.t = t
  *         o._owner = self             # <<<<<<<<<<<<<<
@@ -8003,7 +8280,7 @@ static PyObject *__pyx_pf_7resilio_6_shm_c_7Mapping_34keyed_at(struct __pyx_obj_
   __Pyx_GOTREF(__pyx_v_o->_owner);
   __Pyx_DECREF_SET(__pyx_v_o->_owner, ((PyObject *)__pyx_v_self));
 
-  /* "resilio/_shm_c.pyx":355
+  /* "resilio/_shm_c.pyx":368
  *         o.t = t
  *         o._owner = self
  *         o._rate = rate             # <<<<<<<<<<<<<<
@@ -8012,7 +8289,7 @@ static PyObject *__pyx_pf_7resilio_6_shm_c_7Mapping_34keyed_at(struct __pyx_obj_
 */
   __pyx_v_o->_rate = __pyx_v_rate;
 
-  /* "resilio/_shm_c.pyx":356
+  /* "resilio/_shm_c.pyx":369
  *         o._owner = self
  *         o._rate = rate
  *         return o             # <<<<<<<<<<<<<<
@@ -8030,7 +8307,7 @@ static PyObject *__pyx_pf_7resilio_6_shm_c_7Mapping_34keyed_at(struct __pyx_obj_
   }
   goto __pyx_L0;
 
-  /* "resilio/_shm_c.pyx":341
+  /* "resilio/_shm_c.pyx":354
  *                       <const uint8_t *>PyBytes_AS_STRING(secret), on_full)
  * 
  *     def keyed_at(self, uint64_t offset, double rate, uint64_t capacity):             # <<<<<<<<<<<<<<
@@ -8056,7 +8333,7 @@ static PyObject *__pyx_pf_7resilio_6_shm_c_7Mapping_34keyed_at(struct __pyx_obj_
   return __pyx_r;
 }
 
-/* "resilio/_shm_c.pyx":358
+/* "resilio/_shm_c.pyx":371
  *         return o
  * 
  *     def init_circuit(self, uint64_t offset, uint64_t failure_ppm, uint64_t slow_ppm,             # <<<<<<<<<<<<<<
@@ -8112,95 +8389,95 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   {
     PyObject ** const __pyx_pyargnames[] = {&__pyx_mstate_global->__pyx_n_u_offset,&__pyx_mstate_global->__pyx_n_u_failure_ppm,&__pyx_mstate_global->__pyx_n_u_slow_ppm,&__pyx_mstate_global->__pyx_n_u_min_throughput,&__pyx_mstate_global->__pyx_n_u_sampling_ns,&__pyx_mstate_global->__pyx_n_u_buckets,&__pyx_mstate_global->__pyx_n_u_break_ns,&__pyx_mstate_global->__pyx_n_u_max_break_ns,&__pyx_mstate_global->__pyx_n_u_half_open_calls,&__pyx_mstate_global->__pyx_n_u_now_ns,0};
     const Py_ssize_t __pyx_kwds_len = (__pyx_kwds) ? __Pyx_NumKwargs_FASTCALL(__pyx_kwds) : 0;
-    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(0, 358, __pyx_L3_error)
+    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(0, 371, __pyx_L3_error)
     if (__pyx_kwds_len > 0) {
       switch (__pyx_nargs) {
         case 10:
         values[9] = __Pyx_ArgRef_FASTCALL(__pyx_args, 9);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[9])) __PYX_ERR(0, 358, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[9])) __PYX_ERR(0, 371, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  9:
         values[8] = __Pyx_ArgRef_FASTCALL(__pyx_args, 8);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[8])) __PYX_ERR(0, 358, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[8])) __PYX_ERR(0, 371, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  8:
         values[7] = __Pyx_ArgRef_FASTCALL(__pyx_args, 7);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[7])) __PYX_ERR(0, 358, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[7])) __PYX_ERR(0, 371, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  7:
         values[6] = __Pyx_ArgRef_FASTCALL(__pyx_args, 6);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[6])) __PYX_ERR(0, 358, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[6])) __PYX_ERR(0, 371, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  6:
         values[5] = __Pyx_ArgRef_FASTCALL(__pyx_args, 5);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[5])) __PYX_ERR(0, 358, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[5])) __PYX_ERR(0, 371, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  5:
         values[4] = __Pyx_ArgRef_FASTCALL(__pyx_args, 4);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[4])) __PYX_ERR(0, 358, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[4])) __PYX_ERR(0, 371, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  4:
         values[3] = __Pyx_ArgRef_FASTCALL(__pyx_args, 3);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[3])) __PYX_ERR(0, 358, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[3])) __PYX_ERR(0, 371, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  3:
         values[2] = __Pyx_ArgRef_FASTCALL(__pyx_args, 2);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[2])) __PYX_ERR(0, 358, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[2])) __PYX_ERR(0, 371, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  2:
         values[1] = __Pyx_ArgRef_FASTCALL(__pyx_args, 1);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 358, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 371, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  1:
         values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 358, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 371, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  0: break;
         default: goto __pyx_L5_argtuple_error;
       }
       const Py_ssize_t kwd_pos_args = __pyx_nargs;
-      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "init_circuit", 0) < (0)) __PYX_ERR(0, 358, __pyx_L3_error)
+      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "init_circuit", 0) < (0)) __PYX_ERR(0, 371, __pyx_L3_error)
       for (Py_ssize_t i = __pyx_nargs; i < 10; i++) {
-        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("init_circuit", 1, 10, 10, i); __PYX_ERR(0, 358, __pyx_L3_error) }
+        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("init_circuit", 1, 10, 10, i); __PYX_ERR(0, 371, __pyx_L3_error) }
       }
     } else if (unlikely(__pyx_nargs != 10)) {
       goto __pyx_L5_argtuple_error;
     } else {
       values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 358, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 371, __pyx_L3_error)
       values[1] = __Pyx_ArgRef_FASTCALL(__pyx_args, 1);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 358, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 371, __pyx_L3_error)
       values[2] = __Pyx_ArgRef_FASTCALL(__pyx_args, 2);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[2])) __PYX_ERR(0, 358, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[2])) __PYX_ERR(0, 371, __pyx_L3_error)
       values[3] = __Pyx_ArgRef_FASTCALL(__pyx_args, 3);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[3])) __PYX_ERR(0, 358, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[3])) __PYX_ERR(0, 371, __pyx_L3_error)
       values[4] = __Pyx_ArgRef_FASTCALL(__pyx_args, 4);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[4])) __PYX_ERR(0, 358, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[4])) __PYX_ERR(0, 371, __pyx_L3_error)
       values[5] = __Pyx_ArgRef_FASTCALL(__pyx_args, 5);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[5])) __PYX_ERR(0, 358, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[5])) __PYX_ERR(0, 371, __pyx_L3_error)
       values[6] = __Pyx_ArgRef_FASTCALL(__pyx_args, 6);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[6])) __PYX_ERR(0, 358, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[6])) __PYX_ERR(0, 371, __pyx_L3_error)
       values[7] = __Pyx_ArgRef_FASTCALL(__pyx_args, 7);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[7])) __PYX_ERR(0, 358, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[7])) __PYX_ERR(0, 371, __pyx_L3_error)
       values[8] = __Pyx_ArgRef_FASTCALL(__pyx_args, 8);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[8])) __PYX_ERR(0, 358, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[8])) __PYX_ERR(0, 371, __pyx_L3_error)
       values[9] = __Pyx_ArgRef_FASTCALL(__pyx_args, 9);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[9])) __PYX_ERR(0, 358, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[9])) __PYX_ERR(0, 371, __pyx_L3_error)
     }
-    __pyx_v_offset = __Pyx_PyLong_As_uint64_t(values[0]); if (unlikely((__pyx_v_offset == ((uint64_t)-1)) && PyErr_Occurred())) __PYX_ERR(0, 358, __pyx_L3_error)
-    __pyx_v_failure_ppm = __Pyx_PyLong_As_uint64_t(values[1]); if (unlikely((__pyx_v_failure_ppm == ((uint64_t)-1)) && PyErr_Occurred())) __PYX_ERR(0, 358, __pyx_L3_error)
-    __pyx_v_slow_ppm = __Pyx_PyLong_As_uint64_t(values[2]); if (unlikely((__pyx_v_slow_ppm == ((uint64_t)-1)) && PyErr_Occurred())) __PYX_ERR(0, 358, __pyx_L3_error)
-    __pyx_v_min_throughput = __Pyx_PyLong_As_uint64_t(values[3]); if (unlikely((__pyx_v_min_throughput == ((uint64_t)-1)) && PyErr_Occurred())) __PYX_ERR(0, 359, __pyx_L3_error)
-    __pyx_v_sampling_ns = __Pyx_PyLong_As_int64_t(values[4]); if (unlikely((__pyx_v_sampling_ns == ((int64_t)-1)) && PyErr_Occurred())) __PYX_ERR(0, 359, __pyx_L3_error)
-    __pyx_v_buckets = __Pyx_PyLong_As_uint32_t(values[5]); if (unlikely((__pyx_v_buckets == ((uint32_t)-1)) && PyErr_Occurred())) __PYX_ERR(0, 359, __pyx_L3_error)
-    __pyx_v_break_ns = __Pyx_PyLong_As_int64_t(values[6]); if (unlikely((__pyx_v_break_ns == ((int64_t)-1)) && PyErr_Occurred())) __PYX_ERR(0, 360, __pyx_L3_error)
-    __pyx_v_max_break_ns = __Pyx_PyLong_As_int64_t(values[7]); if (unlikely((__pyx_v_max_break_ns == ((int64_t)-1)) && PyErr_Occurred())) __PYX_ERR(0, 360, __pyx_L3_error)
-    __pyx_v_half_open_calls = __Pyx_PyLong_As_uint32_t(values[8]); if (unlikely((__pyx_v_half_open_calls == ((uint32_t)-1)) && PyErr_Occurred())) __PYX_ERR(0, 360, __pyx_L3_error)
-    __pyx_v_now_ns = __Pyx_PyLong_As_int64_t(values[9]); if (unlikely((__pyx_v_now_ns == ((int64_t)-1)) && PyErr_Occurred())) __PYX_ERR(0, 361, __pyx_L3_error)
+    __pyx_v_offset = __Pyx_PyLong_As_uint64_t(values[0]); if (unlikely((__pyx_v_offset == ((uint64_t)-1)) && PyErr_Occurred())) __PYX_ERR(0, 371, __pyx_L3_error)
+    __pyx_v_failure_ppm = __Pyx_PyLong_As_uint64_t(values[1]); if (unlikely((__pyx_v_failure_ppm == ((uint64_t)-1)) && PyErr_Occurred())) __PYX_ERR(0, 371, __pyx_L3_error)
+    __pyx_v_slow_ppm = __Pyx_PyLong_As_uint64_t(values[2]); if (unlikely((__pyx_v_slow_ppm == ((uint64_t)-1)) && PyErr_Occurred())) __PYX_ERR(0, 371, __pyx_L3_error)
+    __pyx_v_min_throughput = __Pyx_PyLong_As_uint64_t(values[3]); if (unlikely((__pyx_v_min_throughput == ((uint64_t)-1)) && PyErr_Occurred())) __PYX_ERR(0, 372, __pyx_L3_error)
+    __pyx_v_sampling_ns = __Pyx_PyLong_As_int64_t(values[4]); if (unlikely((__pyx_v_sampling_ns == ((int64_t)-1)) && PyErr_Occurred())) __PYX_ERR(0, 372, __pyx_L3_error)
+    __pyx_v_buckets = __Pyx_PyLong_As_uint32_t(values[5]); if (unlikely((__pyx_v_buckets == ((uint32_t)-1)) && PyErr_Occurred())) __PYX_ERR(0, 372, __pyx_L3_error)
+    __pyx_v_break_ns = __Pyx_PyLong_As_int64_t(values[6]); if (unlikely((__pyx_v_break_ns == ((int64_t)-1)) && PyErr_Occurred())) __PYX_ERR(0, 373, __pyx_L3_error)
+    __pyx_v_max_break_ns = __Pyx_PyLong_As_int64_t(values[7]); if (unlikely((__pyx_v_max_break_ns == ((int64_t)-1)) && PyErr_Occurred())) __PYX_ERR(0, 373, __pyx_L3_error)
+    __pyx_v_half_open_calls = __Pyx_PyLong_As_uint32_t(values[8]); if (unlikely((__pyx_v_half_open_calls == ((uint32_t)-1)) && PyErr_Occurred())) __PYX_ERR(0, 373, __pyx_L3_error)
+    __pyx_v_now_ns = __Pyx_PyLong_As_int64_t(values[9]); if (unlikely((__pyx_v_now_ns == ((int64_t)-1)) && PyErr_Occurred())) __PYX_ERR(0, 374, __pyx_L3_error)
   }
   goto __pyx_L6_skip;
   __pyx_L5_argtuple_error:;
-  __Pyx_RaiseArgtupleInvalid("init_circuit", 1, 10, 10, __pyx_nargs); __PYX_ERR(0, 358, __pyx_L3_error)
+  __Pyx_RaiseArgtupleInvalid("init_circuit", 1, 10, 10, __pyx_nargs); __PYX_ERR(0, 371, __pyx_L3_error)
   __pyx_L6_skip:;
   goto __pyx_L4_argument_unpacking_done;
   __pyx_L3_error:;
@@ -8245,7 +8522,7 @@ static PyObject *__pyx_pf_7resilio_6_shm_c_7Mapping_36init_circuit(struct __pyx_
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("init_circuit", 0);
 
-  /* "resilio/_shm_c.pyx":362
+  /* "resilio/_shm_c.pyx":375
  *                      int64_t break_ns, int64_t max_break_ns, uint32_t half_open_calls,
  *                      int64_t now_ns):
  *         if buckets < 1 or buckets > RS_WINDOW_MAX_BUCKETS or sampling_ns < 1:             # <<<<<<<<<<<<<<
@@ -8281,7 +8558,7 @@ static PyObject *__pyx_pf_7resilio_6_shm_c_7Mapping_36init_circuit(struct __pyx_
   if (unlikely(__pyx_t_1)) {
 
 
-    /* "resilio/_shm_c.pyx":363
+    /* "resilio/_shm_c.pyx":376
  *                      int64_t now_ns):
  *         if buckets < 1 or buckets > RS_WINDOW_MAX_BUCKETS or sampling_ns < 1:
  *             raise ValueError("circuit window arguments out of range")             # <<<<<<<<<<<<<<
@@ -8294,14 +8571,14 @@ static PyObject *__pyx_pf_7resilio_6_shm_c_7Mapping_36init_circuit(struct __pyx_
       PyObject *__pyx_callargs[2] = {__pyx_t_4, __pyx_mstate_global->__pyx_kp_u_circuit_window_arguments_out_of};
       __pyx_t_3 = __Pyx_PyObject_FastCall((PyObject*)(((PyTypeObject*)PyExc_ValueError)), __pyx_callargs+__pyx_t_5, (2-__pyx_t_5) | (__pyx_t_5*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
       __Pyx_XDECREF(__pyx_t_4); __pyx_t_4 = 0;
-      if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 363, __pyx_L1_error)
+      if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 376, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_3);
     }
     __Pyx_Raise(__pyx_t_3, 0, 0, 0);
     __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
-    __PYX_ERR(0, 363, __pyx_L1_error)
+    __PYX_ERR(0, 376, __pyx_L1_error)
 
-    /* "resilio/_shm_c.pyx":362
+    /* "resilio/_shm_c.pyx":375
  *                      int64_t break_ns, int64_t max_break_ns, uint32_t half_open_calls,
  *                      int64_t now_ns):
  *         if buckets < 1 or buckets > RS_WINDOW_MAX_BUCKETS or sampling_ns < 1:             # <<<<<<<<<<<<<<
@@ -8310,16 +8587,16 @@ static PyObject *__pyx_pf_7resilio_6_shm_c_7Mapping_36init_circuit(struct __pyx_
 */
   }
 
-  /* "resilio/_shm_c.pyx":364
+  /* "resilio/_shm_c.pyx":377
  *         if buckets < 1 or buckets > RS_WINDOW_MAX_BUCKETS or sampling_ns < 1:
  *             raise ValueError("circuit window arguments out of range")
  *         rs_circuit_init(<rs_circuit *>self._struct(offset, sizeof(rs_circuit)), failure_ppm,             # <<<<<<<<<<<<<<
  *                         slow_ppm, min_throughput, sampling_ns, buckets, break_ns, max_break_ns,
  *                         half_open_calls, now_ns)
 */
-  __pyx_t_6 = ((struct __pyx_vtabstruct_7resilio_6_shm_c_Mapping *)__pyx_v_self->__pyx_vtab)->_struct(__pyx_v_self, __pyx_v_offset, (sizeof(rs_circuit))); if (unlikely(__pyx_t_6 == ((void *)NULL))) __PYX_ERR(0, 364, __pyx_L1_error)
+  __pyx_t_6 = ((struct __pyx_vtabstruct_7resilio_6_shm_c_Mapping *)__pyx_v_self->__pyx_vtab)->_struct(__pyx_v_self, __pyx_v_offset, (sizeof(rs_circuit))); if (unlikely(__pyx_t_6 == ((void *)NULL))) __PYX_ERR(0, 377, __pyx_L1_error)
 
-  /* "resilio/_shm_c.pyx":366
+  /* "resilio/_shm_c.pyx":379
  *         rs_circuit_init(<rs_circuit *>self._struct(offset, sizeof(rs_circuit)), failure_ppm,
  *                         slow_ppm, min_throughput, sampling_ns, buckets, break_ns, max_break_ns,
  *                         half_open_calls, now_ns)             # <<<<<<<<<<<<<<
@@ -8329,7 +8606,7 @@ static PyObject *__pyx_pf_7resilio_6_shm_c_7Mapping_36init_circuit(struct __pyx_
   rs_circuit_init(((rs_circuit *)__pyx_t_6), __pyx_v_failure_ppm, __pyx_v_slow_ppm, __pyx_v_min_throughput, __pyx_v_sampling_ns, __pyx_v_buckets, __pyx_v_break_ns, __pyx_v_max_break_ns, __pyx_v_half_open_calls, __pyx_v_now_ns);
 
 
-  /* "resilio/_shm_c.pyx":358
+  /* "resilio/_shm_c.pyx":371
  *         return o
  * 
  *     def init_circuit(self, uint64_t offset, uint64_t failure_ppm, uint64_t slow_ppm,             # <<<<<<<<<<<<<<
@@ -8351,7 +8628,7 @@ static PyObject *__pyx_pf_7resilio_6_shm_c_7Mapping_36init_circuit(struct __pyx_
   return __pyx_r;
 }
 
-/* "resilio/_shm_c.pyx":368
+/* "resilio/_shm_c.pyx":381
  *                         half_open_calls, now_ns)
  * 
  *     def circuit_at(self, uint64_t offset):             # <<<<<<<<<<<<<<
@@ -8398,32 +8675,32 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   {
     PyObject ** const __pyx_pyargnames[] = {&__pyx_mstate_global->__pyx_n_u_offset,0};
     const Py_ssize_t __pyx_kwds_len = (__pyx_kwds) ? __Pyx_NumKwargs_FASTCALL(__pyx_kwds) : 0;
-    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(0, 368, __pyx_L3_error)
+    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(0, 381, __pyx_L3_error)
     if (__pyx_kwds_len > 0) {
       switch (__pyx_nargs) {
         case  1:
         values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 368, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 381, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  0: break;
         default: goto __pyx_L5_argtuple_error;
       }
       const Py_ssize_t kwd_pos_args = __pyx_nargs;
-      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "circuit_at", 0) < (0)) __PYX_ERR(0, 368, __pyx_L3_error)
+      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "circuit_at", 0) < (0)) __PYX_ERR(0, 381, __pyx_L3_error)
       for (Py_ssize_t i = __pyx_nargs; i < 1; i++) {
-        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("circuit_at", 1, 1, 1, i); __PYX_ERR(0, 368, __pyx_L3_error) }
+        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("circuit_at", 1, 1, 1, i); __PYX_ERR(0, 381, __pyx_L3_error) }
       }
     } else if (unlikely(__pyx_nargs != 1)) {
       goto __pyx_L5_argtuple_error;
     } else {
       values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 368, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 381, __pyx_L3_error)
     }
-    __pyx_v_offset = __Pyx_PyLong_As_uint64_t(values[0]); if (unlikely((__pyx_v_offset == ((uint64_t)-1)) && PyErr_Occurred())) __PYX_ERR(0, 368, __pyx_L3_error)
+    __pyx_v_offset = __Pyx_PyLong_As_uint64_t(values[0]); if (unlikely((__pyx_v_offset == ((uint64_t)-1)) && PyErr_Occurred())) __PYX_ERR(0, 381, __pyx_L3_error)
   }
   goto __pyx_L6_skip;
   __pyx_L5_argtuple_error:;
-  __Pyx_RaiseArgtupleInvalid("circuit_at", 1, 1, 1, __pyx_nargs); __PYX_ERR(0, 368, __pyx_L3_error)
+  __Pyx_RaiseArgtupleInvalid("circuit_at", 1, 1, 1, __pyx_nargs); __PYX_ERR(0, 381, __pyx_L3_error)
   __pyx_L6_skip:;
   goto __pyx_L4_argument_unpacking_done;
   __pyx_L3_error:;
@@ -8466,18 +8743,18 @@ static PyObject *__pyx_pf_7resilio_6_shm_c_7Mapping_38circuit_at(struct __pyx_ob
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("circuit_at", 0);
 
-  /* "resilio/_shm_c.pyx":369
+  /* "resilio/_shm_c.pyx":382
  * 
  *     def circuit_at(self, uint64_t offset):
  *         cdef rs_circuit *c = <rs_circuit *>self._struct(offset, sizeof(rs_circuit))             # <<<<<<<<<<<<<<
  *         if (c.window.nbuckets < 1 or c.window.nbuckets > RS_WINDOW_MAX_BUCKETS
  *                 or c.window.width_ns < 1):
 */
-  __pyx_t_1 = ((struct __pyx_vtabstruct_7resilio_6_shm_c_Mapping *)__pyx_v_self->__pyx_vtab)->_struct(__pyx_v_self, __pyx_v_offset, (sizeof(rs_circuit))); if (unlikely(__pyx_t_1 == ((void *)NULL))) __PYX_ERR(0, 369, __pyx_L1_error)
+  __pyx_t_1 = ((struct __pyx_vtabstruct_7resilio_6_shm_c_Mapping *)__pyx_v_self->__pyx_vtab)->_struct(__pyx_v_self, __pyx_v_offset, (sizeof(rs_circuit))); if (unlikely(__pyx_t_1 == ((void *)NULL))) __PYX_ERR(0, 382, __pyx_L1_error)
   __pyx_v_c = ((rs_circuit *)__pyx_t_1);
 
 
-  /* "resilio/_shm_c.pyx":370
+  /* "resilio/_shm_c.pyx":383
  *     def circuit_at(self, uint64_t offset):
  *         cdef rs_circuit *c = <rs_circuit *>self._struct(offset, sizeof(rs_circuit))
  *         if (c.window.nbuckets < 1 or c.window.nbuckets > RS_WINDOW_MAX_BUCKETS             # <<<<<<<<<<<<<<
@@ -8495,7 +8772,7 @@ static PyObject *__pyx_pf_7resilio_6_shm_c_7Mapping_38circuit_at(struct __pyx_ob
     goto __pyx_L4_bool_binop_done;
   }
 
-  /* "resilio/_shm_c.pyx":371
+  /* "resilio/_shm_c.pyx":384
  *         cdef rs_circuit *c = <rs_circuit *>self._struct(offset, sizeof(rs_circuit))
  *         if (c.window.nbuckets < 1 or c.window.nbuckets > RS_WINDOW_MAX_BUCKETS
  *                 or c.window.width_ns < 1):             # <<<<<<<<<<<<<<
@@ -8519,7 +8796,7 @@ static PyObject *__pyx_pf_7resilio_6_shm_c_7Mapping_38circuit_at(struct __pyx_ob
 
   __pyx_L4_bool_binop_done:;
 
-  /* "resilio/_shm_c.pyx":370
+  /* "resilio/_shm_c.pyx":383
  *     def circuit_at(self, uint64_t offset):
  *         cdef rs_circuit *c = <rs_circuit *>self._struct(offset, sizeof(rs_circuit))
  *         if (c.window.nbuckets < 1 or c.window.nbuckets > RS_WINDOW_MAX_BUCKETS             # <<<<<<<<<<<<<<
@@ -8529,7 +8806,7 @@ static PyObject *__pyx_pf_7resilio_6_shm_c_7Mapping_38circuit_at(struct __pyx_ob
   if (unlikely(__pyx_t_2)) {
 
 
-    /* "resilio/_shm_c.pyx":372
+    /* "resilio/_shm_c.pyx":385
  *         if (c.window.nbuckets < 1 or c.window.nbuckets > RS_WINDOW_MAX_BUCKETS
  *                 or c.window.width_ns < 1):
  *             raise ValueError(f"circuit at offset {offset} has a bad window: damaged file")             # <<<<<<<<<<<<<<
@@ -8537,7 +8814,7 @@ static PyObject *__pyx_pf_7resilio_6_shm_c_7Mapping_38circuit_at(struct __pyx_ob
  *         PyMem_Free(o._mem)
 */
     __pyx_t_5 = NULL;
-    __pyx_t_6 = __Pyx_PyUnicode_From_uint64_t(__pyx_v_offset, 0, ' ', 'd'); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 372, __pyx_L1_error)
+    __pyx_t_6 = __Pyx_PyUnicode_From_uint64_t(__pyx_v_offset, 0, ' ', 'd'); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 385, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_6);
     __pyx_t_7[0] = __pyx_mstate_global->__pyx_kp_u_circuit_at_offset;
     __pyx_t_7[1] = __pyx_t_6;
@@ -8548,7 +8825,7 @@ static PyObject *__pyx_pf_7resilio_6_shm_c_7Mapping_38circuit_at(struct __pyx_ob
     #endif
     __pyx_t_9 = 0;
     __pyx_t_10 = __Pyx_PyUnicode_Join(__pyx_t_7, 3, __pyx_t_8, __pyx_t_9);
-    if (unlikely(!__pyx_t_10)) __PYX_ERR(0, 372, __pyx_L1_error)
+    if (unlikely(!__pyx_t_10)) __PYX_ERR(0, 385, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_10);
     __Pyx_DECREF(__pyx_t_6); __pyx_t_6 = 0;
     __pyx_t_11 = 1;
@@ -8557,14 +8834,14 @@ static PyObject *__pyx_pf_7resilio_6_shm_c_7Mapping_38circuit_at(struct __pyx_ob
       __pyx_t_4 = __Pyx_PyObject_FastCall((PyObject*)(((PyTypeObject*)PyExc_ValueError)), __pyx_callargs+__pyx_t_11, (2-__pyx_t_11) | (__pyx_t_11*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
       __Pyx_XDECREF(__pyx_t_5); __pyx_t_5 = 0;
       __Pyx_DECREF(__pyx_t_10); __pyx_t_10 = 0;
-      if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 372, __pyx_L1_error)
+      if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 385, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_4);
     }
     __Pyx_Raise(__pyx_t_4, 0, 0, 0);
     __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
-    __PYX_ERR(0, 372, __pyx_L1_error)
+    __PYX_ERR(0, 385, __pyx_L1_error)
 
-    /* "resilio/_shm_c.pyx":370
+    /* "resilio/_shm_c.pyx":383
  *     def circuit_at(self, uint64_t offset):
  *         cdef rs_circuit *c = <rs_circuit *>self._struct(offset, sizeof(rs_circuit))
  *         if (c.window.nbuckets < 1 or c.window.nbuckets > RS_WINDOW_MAX_BUCKETS             # <<<<<<<<<<<<<<
@@ -8573,20 +8850,20 @@ static PyObject *__pyx_pf_7resilio_6_shm_c_7Mapping_38circuit_at(struct __pyx_ob
 */
   }
 
-  /* "resilio/_shm_c.pyx":373
+  /* "resilio/_shm_c.pyx":386
  *                 or c.window.width_ns < 1):
  *             raise ValueError(f"circuit at offset {offset} has a bad window: damaged file")
  *         cdef Circuit o = Circuit.__new__(Circuit)             # <<<<<<<<<<<<<<
  *         PyMem_Free(o._mem)
  *         o._mem = NULL
 */
-  __pyx_t_4 = __Pyx_tp_new(((PyObject *)__pyx_mstate_global->__pyx_ptype_7resilio_7_core_c_Circuit), __pyx_mstate_global->__pyx_empty_tuple); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 373, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_tp_new(((PyObject *)__pyx_mstate_global->__pyx_ptype_7resilio_7_core_c_Circuit), __pyx_mstate_global->__pyx_empty_tuple); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 386, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
-  if (!(likely(__Pyx_TypeTest(__pyx_t_4, __pyx_mstate_global->__pyx_ptype_7resilio_7_core_c_Circuit)))) __PYX_ERR(0, 373, __pyx_L1_error)
+  if (!(likely(__Pyx_TypeTest(__pyx_t_4, __pyx_mstate_global->__pyx_ptype_7resilio_7_core_c_Circuit)))) __PYX_ERR(0, 386, __pyx_L1_error)
   __pyx_v_o = ((struct __pyx_obj_7resilio_7_core_c_Circuit *)__pyx_t_4);
   __pyx_t_4 = 0;
 
-  /* "resilio/_shm_c.pyx":374
+  /* "resilio/_shm_c.pyx":387
  *             raise ValueError(f"circuit at offset {offset} has a bad window: damaged file")
  *         cdef Circuit o = Circuit.__new__(Circuit)
  *         PyMem_Free(o._mem)             # <<<<<<<<<<<<<<
@@ -8595,7 +8872,7 @@ static PyObject *__pyx_pf_7resilio_6_shm_c_7Mapping_38circuit_at(struct __pyx_ob
 */
   PyMem_Free(__pyx_v_o->_mem);
 
-  /* "resilio/_shm_c.pyx":375
+  /* "resilio/_shm_c.pyx":388
  *         cdef Circuit o = Circuit.__new__(Circuit)
  *         PyMem_Free(o._mem)
  *         o._mem = NULL             # <<<<<<<<<<<<<<
@@ -8604,7 +8881,7 @@ static PyObject *__pyx_pf_7resilio_6_shm_c_7Mapping_38circuit_at(struct __pyx_ob
 */
   __pyx_v_o->_mem = NULL;
 
-  /* "resilio/_shm_c.pyx":376
+  /* "resilio/_shm_c.pyx":389
  *         PyMem_Free(o._mem)
  *         o._mem = NULL
  *         o.c = c             # <<<<<<<<<<<<<<
@@ -8613,7 +8890,7 @@ static PyObject *__pyx_pf_7resilio_6_shm_c_7Mapping_38circuit_at(struct __pyx_ob
 */
   __pyx_v_o->c = __pyx_v_c;
 
-  /* "resilio/_shm_c.pyx":377
+  /* "resilio/_shm_c.pyx":390
  *         o._mem = NULL
  *         o.c = c
  *         o._owner = self             # <<<<<<<<<<<<<<
@@ -8625,7 +8902,7 @@ static PyObject *__pyx_pf_7resilio_6_shm_c_7Mapping_38circuit_at(struct __pyx_ob
   __Pyx_GOTREF(__pyx_v_o->_owner);
   __Pyx_DECREF_SET(__pyx_v_o->_owner, ((PyObject *)__pyx_v_self));
 
-  /* "resilio/_shm_c.pyx":378
+  /* "resilio/_shm_c.pyx":391
  *         o.c = c
  *         o._owner = self
  *         return o             # <<<<<<<<<<<<<<
@@ -8643,7 +8920,7 @@ static PyObject *__pyx_pf_7resilio_6_shm_c_7Mapping_38circuit_at(struct __pyx_ob
   }
   goto __pyx_L0;
 
-  /* "resilio/_shm_c.pyx":368
+  /* "resilio/_shm_c.pyx":381
  *                         half_open_calls, now_ns)
  * 
  *     def circuit_at(self, uint64_t offset):             # <<<<<<<<<<<<<<
@@ -8667,7 +8944,7 @@ static PyObject *__pyx_pf_7resilio_6_shm_c_7Mapping_38circuit_at(struct __pyx_ob
   return __pyx_r;
 }
 
-/* "resilio/_shm_c.pyx":380
+/* "resilio/_shm_c.pyx":393
  *         return o
  * 
  *     def init_gate(self, uint64_t offset, int64_t limit):             # <<<<<<<<<<<<<<
@@ -8715,39 +8992,39 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   {
     PyObject ** const __pyx_pyargnames[] = {&__pyx_mstate_global->__pyx_n_u_offset,&__pyx_mstate_global->__pyx_n_u_limit,0};
     const Py_ssize_t __pyx_kwds_len = (__pyx_kwds) ? __Pyx_NumKwargs_FASTCALL(__pyx_kwds) : 0;
-    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(0, 380, __pyx_L3_error)
+    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(0, 393, __pyx_L3_error)
     if (__pyx_kwds_len > 0) {
       switch (__pyx_nargs) {
         case  2:
         values[1] = __Pyx_ArgRef_FASTCALL(__pyx_args, 1);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 380, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 393, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  1:
         values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 380, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 393, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  0: break;
         default: goto __pyx_L5_argtuple_error;
       }
       const Py_ssize_t kwd_pos_args = __pyx_nargs;
-      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "init_gate", 0) < (0)) __PYX_ERR(0, 380, __pyx_L3_error)
+      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "init_gate", 0) < (0)) __PYX_ERR(0, 393, __pyx_L3_error)
       for (Py_ssize_t i = __pyx_nargs; i < 2; i++) {
-        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("init_gate", 1, 2, 2, i); __PYX_ERR(0, 380, __pyx_L3_error) }
+        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("init_gate", 1, 2, 2, i); __PYX_ERR(0, 393, __pyx_L3_error) }
       }
     } else if (unlikely(__pyx_nargs != 2)) {
       goto __pyx_L5_argtuple_error;
     } else {
       values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 380, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 393, __pyx_L3_error)
       values[1] = __Pyx_ArgRef_FASTCALL(__pyx_args, 1);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 380, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 393, __pyx_L3_error)
     }
-    __pyx_v_offset = __Pyx_PyLong_As_uint64_t(values[0]); if (unlikely((__pyx_v_offset == ((uint64_t)-1)) && PyErr_Occurred())) __PYX_ERR(0, 380, __pyx_L3_error)
-    __pyx_v_limit = __Pyx_PyLong_As_int64_t(values[1]); if (unlikely((__pyx_v_limit == ((int64_t)-1)) && PyErr_Occurred())) __PYX_ERR(0, 380, __pyx_L3_error)
+    __pyx_v_offset = __Pyx_PyLong_As_uint64_t(values[0]); if (unlikely((__pyx_v_offset == ((uint64_t)-1)) && PyErr_Occurred())) __PYX_ERR(0, 393, __pyx_L3_error)
+    __pyx_v_limit = __Pyx_PyLong_As_int64_t(values[1]); if (unlikely((__pyx_v_limit == ((int64_t)-1)) && PyErr_Occurred())) __PYX_ERR(0, 393, __pyx_L3_error)
   }
   goto __pyx_L6_skip;
   __pyx_L5_argtuple_error:;
-  __Pyx_RaiseArgtupleInvalid("init_gate", 1, 2, 2, __pyx_nargs); __PYX_ERR(0, 380, __pyx_L3_error)
+  __Pyx_RaiseArgtupleInvalid("init_gate", 1, 2, 2, __pyx_nargs); __PYX_ERR(0, 393, __pyx_L3_error)
   __pyx_L6_skip:;
   goto __pyx_L4_argument_unpacking_done;
   __pyx_L3_error:;
@@ -8779,18 +9056,18 @@ static PyObject *__pyx_pf_7resilio_6_shm_c_7Mapping_40init_gate(struct __pyx_obj
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("init_gate", 0);
 
-  /* "resilio/_shm_c.pyx":381
+  /* "resilio/_shm_c.pyx":394
  * 
  *     def init_gate(self, uint64_t offset, int64_t limit):
  *         rs_gate_init(<rs_gate *>self._struct(offset, sizeof(rs_gate)), limit)             # <<<<<<<<<<<<<<
  * 
  *     def gate_at(self, uint64_t offset):
 */
-  __pyx_t_1 = ((struct __pyx_vtabstruct_7resilio_6_shm_c_Mapping *)__pyx_v_self->__pyx_vtab)->_struct(__pyx_v_self, __pyx_v_offset, (sizeof(rs_gate))); if (unlikely(__pyx_t_1 == ((void *)NULL))) __PYX_ERR(0, 381, __pyx_L1_error)
+  __pyx_t_1 = ((struct __pyx_vtabstruct_7resilio_6_shm_c_Mapping *)__pyx_v_self->__pyx_vtab)->_struct(__pyx_v_self, __pyx_v_offset, (sizeof(rs_gate))); if (unlikely(__pyx_t_1 == ((void *)NULL))) __PYX_ERR(0, 394, __pyx_L1_error)
   rs_gate_init(((rs_gate *)__pyx_t_1), __pyx_v_limit);
 
 
-  /* "resilio/_shm_c.pyx":380
+  /* "resilio/_shm_c.pyx":393
  *         return o
  * 
  *     def init_gate(self, uint64_t offset, int64_t limit):             # <<<<<<<<<<<<<<
@@ -8810,7 +9087,7 @@ static PyObject *__pyx_pf_7resilio_6_shm_c_7Mapping_40init_gate(struct __pyx_obj
   return __pyx_r;
 }
 
-/* "resilio/_shm_c.pyx":383
+/* "resilio/_shm_c.pyx":396
  *         rs_gate_init(<rs_gate *>self._struct(offset, sizeof(rs_gate)), limit)
  * 
  *     def gate_at(self, uint64_t offset):             # <<<<<<<<<<<<<<
@@ -8857,32 +9134,32 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   {
     PyObject ** const __pyx_pyargnames[] = {&__pyx_mstate_global->__pyx_n_u_offset,0};
     const Py_ssize_t __pyx_kwds_len = (__pyx_kwds) ? __Pyx_NumKwargs_FASTCALL(__pyx_kwds) : 0;
-    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(0, 383, __pyx_L3_error)
+    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(0, 396, __pyx_L3_error)
     if (__pyx_kwds_len > 0) {
       switch (__pyx_nargs) {
         case  1:
         values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 383, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 396, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  0: break;
         default: goto __pyx_L5_argtuple_error;
       }
       const Py_ssize_t kwd_pos_args = __pyx_nargs;
-      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "gate_at", 0) < (0)) __PYX_ERR(0, 383, __pyx_L3_error)
+      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "gate_at", 0) < (0)) __PYX_ERR(0, 396, __pyx_L3_error)
       for (Py_ssize_t i = __pyx_nargs; i < 1; i++) {
-        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("gate_at", 1, 1, 1, i); __PYX_ERR(0, 383, __pyx_L3_error) }
+        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("gate_at", 1, 1, 1, i); __PYX_ERR(0, 396, __pyx_L3_error) }
       }
     } else if (unlikely(__pyx_nargs != 1)) {
       goto __pyx_L5_argtuple_error;
     } else {
       values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 383, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 396, __pyx_L3_error)
     }
-    __pyx_v_offset = __Pyx_PyLong_As_uint64_t(values[0]); if (unlikely((__pyx_v_offset == ((uint64_t)-1)) && PyErr_Occurred())) __PYX_ERR(0, 383, __pyx_L3_error)
+    __pyx_v_offset = __Pyx_PyLong_As_uint64_t(values[0]); if (unlikely((__pyx_v_offset == ((uint64_t)-1)) && PyErr_Occurred())) __PYX_ERR(0, 396, __pyx_L3_error)
   }
   goto __pyx_L6_skip;
   __pyx_L5_argtuple_error:;
-  __Pyx_RaiseArgtupleInvalid("gate_at", 1, 1, 1, __pyx_nargs); __PYX_ERR(0, 383, __pyx_L3_error)
+  __Pyx_RaiseArgtupleInvalid("gate_at", 1, 1, 1, __pyx_nargs); __PYX_ERR(0, 396, __pyx_L3_error)
   __pyx_L6_skip:;
   goto __pyx_L4_argument_unpacking_done;
   __pyx_L3_error:;
@@ -8916,31 +9193,31 @@ static PyObject *__pyx_pf_7resilio_6_shm_c_7Mapping_42gate_at(struct __pyx_obj_7
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("gate_at", 0);
 
-  /* "resilio/_shm_c.pyx":384
+  /* "resilio/_shm_c.pyx":397
  * 
  *     def gate_at(self, uint64_t offset):
  *         cdef rs_gate *g = <rs_gate *>self._struct(offset, sizeof(rs_gate))             # <<<<<<<<<<<<<<
  *         cdef Gate o = Gate.__new__(Gate)
  *         PyMem_Free(o._mem)
 */
-  __pyx_t_1 = ((struct __pyx_vtabstruct_7resilio_6_shm_c_Mapping *)__pyx_v_self->__pyx_vtab)->_struct(__pyx_v_self, __pyx_v_offset, (sizeof(rs_gate))); if (unlikely(__pyx_t_1 == ((void *)NULL))) __PYX_ERR(0, 384, __pyx_L1_error)
+  __pyx_t_1 = ((struct __pyx_vtabstruct_7resilio_6_shm_c_Mapping *)__pyx_v_self->__pyx_vtab)->_struct(__pyx_v_self, __pyx_v_offset, (sizeof(rs_gate))); if (unlikely(__pyx_t_1 == ((void *)NULL))) __PYX_ERR(0, 397, __pyx_L1_error)
   __pyx_v_g = ((rs_gate *)__pyx_t_1);
 
 
-  /* "resilio/_shm_c.pyx":385
+  /* "resilio/_shm_c.pyx":398
  *     def gate_at(self, uint64_t offset):
  *         cdef rs_gate *g = <rs_gate *>self._struct(offset, sizeof(rs_gate))
  *         cdef Gate o = Gate.__new__(Gate)             # <<<<<<<<<<<<<<
  *         PyMem_Free(o._mem)
  *         o._mem = NULL
 */
-  __pyx_t_2 = __Pyx_tp_new(((PyObject *)__pyx_mstate_global->__pyx_ptype_7resilio_7_core_c_Gate), __pyx_mstate_global->__pyx_empty_tuple); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 385, __pyx_L1_error)
+  __pyx_t_2 = __Pyx_tp_new(((PyObject *)__pyx_mstate_global->__pyx_ptype_7resilio_7_core_c_Gate), __pyx_mstate_global->__pyx_empty_tuple); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 398, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_2);
-  if (!(likely(__Pyx_TypeTest(__pyx_t_2, __pyx_mstate_global->__pyx_ptype_7resilio_7_core_c_Gate)))) __PYX_ERR(0, 385, __pyx_L1_error)
+  if (!(likely(__Pyx_TypeTest(__pyx_t_2, __pyx_mstate_global->__pyx_ptype_7resilio_7_core_c_Gate)))) __PYX_ERR(0, 398, __pyx_L1_error)
   __pyx_v_o = ((struct __pyx_obj_7resilio_7_core_c_Gate *)__pyx_t_2);
   __pyx_t_2 = 0;
 
-  /* "resilio/_shm_c.pyx":386
+  /* "resilio/_shm_c.pyx":399
  *         cdef rs_gate *g = <rs_gate *>self._struct(offset, sizeof(rs_gate))
  *         cdef Gate o = Gate.__new__(Gate)
  *         PyMem_Free(o._mem)             # <<<<<<<<<<<<<<
@@ -8949,7 +9226,7 @@ static PyObject *__pyx_pf_7resilio_6_shm_c_7Mapping_42gate_at(struct __pyx_obj_7
 */
   PyMem_Free(__pyx_v_o->_mem);
 
-  /* "resilio/_shm_c.pyx":387
+  /* "resilio/_shm_c.pyx":400
  *         cdef Gate o = Gate.__new__(Gate)
  *         PyMem_Free(o._mem)
  *         o._mem = NULL             # <<<<<<<<<<<<<<
@@ -8958,7 +9235,7 @@ static PyObject *__pyx_pf_7resilio_6_shm_c_7Mapping_42gate_at(struct __pyx_obj_7
 */
   __pyx_v_o->_mem = NULL;
 
-  /* "resilio/_shm_c.pyx":388
+  /* "resilio/_shm_c.pyx":401
  *         PyMem_Free(o._mem)
  *         o._mem = NULL
  *         o.g = g             # <<<<<<<<<<<<<<
@@ -8967,7 +9244,7 @@ static PyObject *__pyx_pf_7resilio_6_shm_c_7Mapping_42gate_at(struct __pyx_obj_7
 */
   __pyx_v_o->g = __pyx_v_g;
 
-  /* "resilio/_shm_c.pyx":389
+  /* "resilio/_shm_c.pyx":402
  *         o._mem = NULL
  *         o.g = g
  *         o._owner = self             # <<<<<<<<<<<<<<
@@ -8979,7 +9256,7 @@ static PyObject *__pyx_pf_7resilio_6_shm_c_7Mapping_42gate_at(struct __pyx_obj_7
   __Pyx_GOTREF(__pyx_v_o->_owner);
   __Pyx_DECREF_SET(__pyx_v_o->_owner, ((PyObject *)__pyx_v_self));
 
-  /* "resilio/_shm_c.pyx":390
+  /* "resilio/_shm_c.pyx":403
  *         o.g = g
  *         o._owner = self
  *         return o             # <<<<<<<<<<<<<<
@@ -8997,7 +9274,7 @@ static PyObject *__pyx_pf_7resilio_6_shm_c_7Mapping_42gate_at(struct __pyx_obj_7
   }
   goto __pyx_L0;
 
-  /* "resilio/_shm_c.pyx":383
+  /* "resilio/_shm_c.pyx":396
  *         rs_gate_init(<rs_gate *>self._struct(offset, sizeof(rs_gate)), limit)
  * 
  *     def gate_at(self, uint64_t offset):             # <<<<<<<<<<<<<<
@@ -9018,7 +9295,7 @@ static PyObject *__pyx_pf_7resilio_6_shm_c_7Mapping_42gate_at(struct __pyx_obj_7
   return __pyx_r;
 }
 
-/* "resilio/_shm_c.pyx":392
+/* "resilio/_shm_c.pyx":405
  *         return o
  * 
  *     def init_counters(self, uint64_t offset, uint32_t n):             # <<<<<<<<<<<<<<
@@ -9066,39 +9343,39 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   {
     PyObject ** const __pyx_pyargnames[] = {&__pyx_mstate_global->__pyx_n_u_offset,&__pyx_mstate_global->__pyx_n_u_n,0};
     const Py_ssize_t __pyx_kwds_len = (__pyx_kwds) ? __Pyx_NumKwargs_FASTCALL(__pyx_kwds) : 0;
-    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(0, 392, __pyx_L3_error)
+    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(0, 405, __pyx_L3_error)
     if (__pyx_kwds_len > 0) {
       switch (__pyx_nargs) {
         case  2:
         values[1] = __Pyx_ArgRef_FASTCALL(__pyx_args, 1);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 392, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 405, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  1:
         values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 392, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 405, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  0: break;
         default: goto __pyx_L5_argtuple_error;
       }
       const Py_ssize_t kwd_pos_args = __pyx_nargs;
-      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "init_counters", 0) < (0)) __PYX_ERR(0, 392, __pyx_L3_error)
+      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "init_counters", 0) < (0)) __PYX_ERR(0, 405, __pyx_L3_error)
       for (Py_ssize_t i = __pyx_nargs; i < 2; i++) {
-        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("init_counters", 1, 2, 2, i); __PYX_ERR(0, 392, __pyx_L3_error) }
+        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("init_counters", 1, 2, 2, i); __PYX_ERR(0, 405, __pyx_L3_error) }
       }
     } else if (unlikely(__pyx_nargs != 2)) {
       goto __pyx_L5_argtuple_error;
     } else {
       values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 392, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 405, __pyx_L3_error)
       values[1] = __Pyx_ArgRef_FASTCALL(__pyx_args, 1);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 392, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 405, __pyx_L3_error)
     }
-    __pyx_v_offset = __Pyx_PyLong_As_uint64_t(values[0]); if (unlikely((__pyx_v_offset == ((uint64_t)-1)) && PyErr_Occurred())) __PYX_ERR(0, 392, __pyx_L3_error)
-    __pyx_v_n = __Pyx_PyLong_As_uint32_t(values[1]); if (unlikely((__pyx_v_n == ((uint32_t)-1)) && PyErr_Occurred())) __PYX_ERR(0, 392, __pyx_L3_error)
+    __pyx_v_offset = __Pyx_PyLong_As_uint64_t(values[0]); if (unlikely((__pyx_v_offset == ((uint64_t)-1)) && PyErr_Occurred())) __PYX_ERR(0, 405, __pyx_L3_error)
+    __pyx_v_n = __Pyx_PyLong_As_uint32_t(values[1]); if (unlikely((__pyx_v_n == ((uint32_t)-1)) && PyErr_Occurred())) __PYX_ERR(0, 405, __pyx_L3_error)
   }
   goto __pyx_L6_skip;
   __pyx_L5_argtuple_error:;
-  __Pyx_RaiseArgtupleInvalid("init_counters", 1, 2, 2, __pyx_nargs); __PYX_ERR(0, 392, __pyx_L3_error)
+  __Pyx_RaiseArgtupleInvalid("init_counters", 1, 2, 2, __pyx_nargs); __PYX_ERR(0, 405, __pyx_L3_error)
   __pyx_L6_skip:;
   goto __pyx_L4_argument_unpacking_done;
   __pyx_L3_error:;
@@ -9135,7 +9412,7 @@ static PyObject *__pyx_pf_7resilio_6_shm_c_7Mapping_44init_counters(struct __pyx
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("init_counters", 0);
 
-  /* "resilio/_shm_c.pyx":393
+  /* "resilio/_shm_c.pyx":406
  * 
  *     def init_counters(self, uint64_t offset, uint32_t n):
  *         if n < 1 or n > RS_COUNTERS_MAX:             # <<<<<<<<<<<<<<
@@ -9161,7 +9438,7 @@ static PyObject *__pyx_pf_7resilio_6_shm_c_7Mapping_44init_counters(struct __pyx
   if (unlikely(__pyx_t_1)) {
 
 
-    /* "resilio/_shm_c.pyx":394
+    /* "resilio/_shm_c.pyx":407
  *     def init_counters(self, uint64_t offset, uint32_t n):
  *         if n < 1 or n > RS_COUNTERS_MAX:
  *             raise ValueError("counters size out of range")             # <<<<<<<<<<<<<<
@@ -9174,14 +9451,14 @@ static PyObject *__pyx_pf_7resilio_6_shm_c_7Mapping_44init_counters(struct __pyx
       PyObject *__pyx_callargs[2] = {__pyx_t_4, __pyx_mstate_global->__pyx_kp_u_counters_size_out_of_range};
       __pyx_t_3 = __Pyx_PyObject_FastCall((PyObject*)(((PyTypeObject*)PyExc_ValueError)), __pyx_callargs+__pyx_t_5, (2-__pyx_t_5) | (__pyx_t_5*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
       __Pyx_XDECREF(__pyx_t_4); __pyx_t_4 = 0;
-      if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 394, __pyx_L1_error)
+      if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 407, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_3);
     }
     __Pyx_Raise(__pyx_t_3, 0, 0, 0);
     __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
-    __PYX_ERR(0, 394, __pyx_L1_error)
+    __PYX_ERR(0, 407, __pyx_L1_error)
 
-    /* "resilio/_shm_c.pyx":393
+    /* "resilio/_shm_c.pyx":406
  * 
  *     def init_counters(self, uint64_t offset, uint32_t n):
  *         if n < 1 or n > RS_COUNTERS_MAX:             # <<<<<<<<<<<<<<
@@ -9190,18 +9467,18 @@ static PyObject *__pyx_pf_7resilio_6_shm_c_7Mapping_44init_counters(struct __pyx
 */
   }
 
-  /* "resilio/_shm_c.pyx":395
+  /* "resilio/_shm_c.pyx":408
  *         if n < 1 or n > RS_COUNTERS_MAX:
  *             raise ValueError("counters size out of range")
  *         rs_counters_init(<rs_counters *>self._struct(offset, sizeof(rs_counters)), n)             # <<<<<<<<<<<<<<
  * 
  *     def counters_at(self, uint64_t offset):
 */
-  __pyx_t_6 = ((struct __pyx_vtabstruct_7resilio_6_shm_c_Mapping *)__pyx_v_self->__pyx_vtab)->_struct(__pyx_v_self, __pyx_v_offset, (sizeof(rs_counters))); if (unlikely(__pyx_t_6 == ((void *)NULL))) __PYX_ERR(0, 395, __pyx_L1_error)
+  __pyx_t_6 = ((struct __pyx_vtabstruct_7resilio_6_shm_c_Mapping *)__pyx_v_self->__pyx_vtab)->_struct(__pyx_v_self, __pyx_v_offset, (sizeof(rs_counters))); if (unlikely(__pyx_t_6 == ((void *)NULL))) __PYX_ERR(0, 408, __pyx_L1_error)
   rs_counters_init(((rs_counters *)__pyx_t_6), __pyx_v_n);
 
 
-  /* "resilio/_shm_c.pyx":392
+  /* "resilio/_shm_c.pyx":405
  *         return o
  * 
  *     def init_counters(self, uint64_t offset, uint32_t n):             # <<<<<<<<<<<<<<
@@ -9223,7 +9500,7 @@ static PyObject *__pyx_pf_7resilio_6_shm_c_7Mapping_44init_counters(struct __pyx
   return __pyx_r;
 }
 
-/* "resilio/_shm_c.pyx":397
+/* "resilio/_shm_c.pyx":410
  *         rs_counters_init(<rs_counters *>self._struct(offset, sizeof(rs_counters)), n)
  * 
  *     def counters_at(self, uint64_t offset):             # <<<<<<<<<<<<<<
@@ -9270,32 +9547,32 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   {
     PyObject ** const __pyx_pyargnames[] = {&__pyx_mstate_global->__pyx_n_u_offset,0};
     const Py_ssize_t __pyx_kwds_len = (__pyx_kwds) ? __Pyx_NumKwargs_FASTCALL(__pyx_kwds) : 0;
-    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(0, 397, __pyx_L3_error)
+    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(0, 410, __pyx_L3_error)
     if (__pyx_kwds_len > 0) {
       switch (__pyx_nargs) {
         case  1:
         values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 397, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 410, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  0: break;
         default: goto __pyx_L5_argtuple_error;
       }
       const Py_ssize_t kwd_pos_args = __pyx_nargs;
-      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "counters_at", 0) < (0)) __PYX_ERR(0, 397, __pyx_L3_error)
+      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "counters_at", 0) < (0)) __PYX_ERR(0, 410, __pyx_L3_error)
       for (Py_ssize_t i = __pyx_nargs; i < 1; i++) {
-        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("counters_at", 1, 1, 1, i); __PYX_ERR(0, 397, __pyx_L3_error) }
+        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("counters_at", 1, 1, 1, i); __PYX_ERR(0, 410, __pyx_L3_error) }
       }
     } else if (unlikely(__pyx_nargs != 1)) {
       goto __pyx_L5_argtuple_error;
     } else {
       values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 397, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 410, __pyx_L3_error)
     }
-    __pyx_v_offset = __Pyx_PyLong_As_uint64_t(values[0]); if (unlikely((__pyx_v_offset == ((uint64_t)-1)) && PyErr_Occurred())) __PYX_ERR(0, 397, __pyx_L3_error)
+    __pyx_v_offset = __Pyx_PyLong_As_uint64_t(values[0]); if (unlikely((__pyx_v_offset == ((uint64_t)-1)) && PyErr_Occurred())) __PYX_ERR(0, 410, __pyx_L3_error)
   }
   goto __pyx_L6_skip;
   __pyx_L5_argtuple_error:;
-  __Pyx_RaiseArgtupleInvalid("counters_at", 1, 1, 1, __pyx_nargs); __PYX_ERR(0, 397, __pyx_L3_error)
+  __Pyx_RaiseArgtupleInvalid("counters_at", 1, 1, 1, __pyx_nargs); __PYX_ERR(0, 410, __pyx_L3_error)
   __pyx_L6_skip:;
   goto __pyx_L4_argument_unpacking_done;
   __pyx_L3_error:;
@@ -9338,18 +9615,18 @@ static PyObject *__pyx_pf_7resilio_6_shm_c_7Mapping_46counters_at(struct __pyx_o
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("counters_at", 0);
 
-  /* "resilio/_shm_c.pyx":398
+  /* "resilio/_shm_c.pyx":411
  * 
  *     def counters_at(self, uint64_t offset):
  *         cdef rs_counters *c = <rs_counters *>self._struct(offset, sizeof(rs_counters))             # <<<<<<<<<<<<<<
  *         if c.n < 1 or c.n > RS_COUNTERS_MAX:
  *             raise ValueError(f"counters at offset {offset} have a bad size: damaged file")
 */
-  __pyx_t_1 = ((struct __pyx_vtabstruct_7resilio_6_shm_c_Mapping *)__pyx_v_self->__pyx_vtab)->_struct(__pyx_v_self, __pyx_v_offset, (sizeof(rs_counters))); if (unlikely(__pyx_t_1 == ((void *)NULL))) __PYX_ERR(0, 398, __pyx_L1_error)
+  __pyx_t_1 = ((struct __pyx_vtabstruct_7resilio_6_shm_c_Mapping *)__pyx_v_self->__pyx_vtab)->_struct(__pyx_v_self, __pyx_v_offset, (sizeof(rs_counters))); if (unlikely(__pyx_t_1 == ((void *)NULL))) __PYX_ERR(0, 411, __pyx_L1_error)
   __pyx_v_c = ((rs_counters *)__pyx_t_1);
 
 
-  /* "resilio/_shm_c.pyx":399
+  /* "resilio/_shm_c.pyx":412
  *     def counters_at(self, uint64_t offset):
  *         cdef rs_counters *c = <rs_counters *>self._struct(offset, sizeof(rs_counters))
  *         if c.n < 1 or c.n > RS_COUNTERS_MAX:             # <<<<<<<<<<<<<<
@@ -9375,7 +9652,7 @@ static PyObject *__pyx_pf_7resilio_6_shm_c_7Mapping_46counters_at(struct __pyx_o
   if (unlikely(__pyx_t_2)) {
 
 
-    /* "resilio/_shm_c.pyx":400
+    /* "resilio/_shm_c.pyx":413
  *         cdef rs_counters *c = <rs_counters *>self._struct(offset, sizeof(rs_counters))
  *         if c.n < 1 or c.n > RS_COUNTERS_MAX:
  *             raise ValueError(f"counters at offset {offset} have a bad size: damaged file")             # <<<<<<<<<<<<<<
@@ -9383,7 +9660,7 @@ static PyObject *__pyx_pf_7resilio_6_shm_c_7Mapping_46counters_at(struct __pyx_o
  *         PyMem_Free(o._mem)
 */
     __pyx_t_5 = NULL;
-    __pyx_t_6 = __Pyx_PyUnicode_From_uint64_t(__pyx_v_offset, 0, ' ', 'd'); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 400, __pyx_L1_error)
+    __pyx_t_6 = __Pyx_PyUnicode_From_uint64_t(__pyx_v_offset, 0, ' ', 'd'); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 413, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_6);
     __pyx_t_7[0] = __pyx_mstate_global->__pyx_kp_u_counters_at_offset;
     __pyx_t_7[1] = __pyx_t_6;
@@ -9394,7 +9671,7 @@ static PyObject *__pyx_pf_7resilio_6_shm_c_7Mapping_46counters_at(struct __pyx_o
     #endif
     __pyx_t_9 = 0;
     __pyx_t_10 = __Pyx_PyUnicode_Join(__pyx_t_7, 3, __pyx_t_8, __pyx_t_9);
-    if (unlikely(!__pyx_t_10)) __PYX_ERR(0, 400, __pyx_L1_error)
+    if (unlikely(!__pyx_t_10)) __PYX_ERR(0, 413, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_10);
     __Pyx_DECREF(__pyx_t_6); __pyx_t_6 = 0;
     __pyx_t_11 = 1;
@@ -9403,14 +9680,14 @@ static PyObject *__pyx_pf_7resilio_6_shm_c_7Mapping_46counters_at(struct __pyx_o
       __pyx_t_4 = __Pyx_PyObject_FastCall((PyObject*)(((PyTypeObject*)PyExc_ValueError)), __pyx_callargs+__pyx_t_11, (2-__pyx_t_11) | (__pyx_t_11*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
       __Pyx_XDECREF(__pyx_t_5); __pyx_t_5 = 0;
       __Pyx_DECREF(__pyx_t_10); __pyx_t_10 = 0;
-      if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 400, __pyx_L1_error)
+      if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 413, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_4);
     }
     __Pyx_Raise(__pyx_t_4, 0, 0, 0);
     __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
-    __PYX_ERR(0, 400, __pyx_L1_error)
+    __PYX_ERR(0, 413, __pyx_L1_error)
 
-    /* "resilio/_shm_c.pyx":399
+    /* "resilio/_shm_c.pyx":412
  *     def counters_at(self, uint64_t offset):
  *         cdef rs_counters *c = <rs_counters *>self._struct(offset, sizeof(rs_counters))
  *         if c.n < 1 or c.n > RS_COUNTERS_MAX:             # <<<<<<<<<<<<<<
@@ -9419,20 +9696,20 @@ static PyObject *__pyx_pf_7resilio_6_shm_c_7Mapping_46counters_at(struct __pyx_o
 */
   }
 
-  /* "resilio/_shm_c.pyx":401
+  /* "resilio/_shm_c.pyx":414
  *         if c.n < 1 or c.n > RS_COUNTERS_MAX:
  *             raise ValueError(f"counters at offset {offset} have a bad size: damaged file")
  *         cdef Counters o = Counters.__new__(Counters)             # <<<<<<<<<<<<<<
  *         PyMem_Free(o._mem)
  *         o._mem = NULL
 */
-  __pyx_t_4 = __Pyx_tp_new(((PyObject *)__pyx_mstate_global->__pyx_ptype_7resilio_7_core_c_Counters), __pyx_mstate_global->__pyx_empty_tuple); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 401, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_tp_new(((PyObject *)__pyx_mstate_global->__pyx_ptype_7resilio_7_core_c_Counters), __pyx_mstate_global->__pyx_empty_tuple); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 414, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
-  if (!(likely(__Pyx_TypeTest(__pyx_t_4, __pyx_mstate_global->__pyx_ptype_7resilio_7_core_c_Counters)))) __PYX_ERR(0, 401, __pyx_L1_error)
+  if (!(likely(__Pyx_TypeTest(__pyx_t_4, __pyx_mstate_global->__pyx_ptype_7resilio_7_core_c_Counters)))) __PYX_ERR(0, 414, __pyx_L1_error)
   __pyx_v_o = ((struct __pyx_obj_7resilio_7_core_c_Counters *)__pyx_t_4);
   __pyx_t_4 = 0;
 
-  /* "resilio/_shm_c.pyx":402
+  /* "resilio/_shm_c.pyx":415
  *             raise ValueError(f"counters at offset {offset} have a bad size: damaged file")
  *         cdef Counters o = Counters.__new__(Counters)
  *         PyMem_Free(o._mem)             # <<<<<<<<<<<<<<
@@ -9441,7 +9718,7 @@ static PyObject *__pyx_pf_7resilio_6_shm_c_7Mapping_46counters_at(struct __pyx_o
 */
   PyMem_Free(__pyx_v_o->_mem);
 
-  /* "resilio/_shm_c.pyx":403
+  /* "resilio/_shm_c.pyx":416
  *         cdef Counters o = Counters.__new__(Counters)
  *         PyMem_Free(o._mem)
  *         o._mem = NULL             # <<<<<<<<<<<<<<
@@ -9450,7 +9727,7 @@ static PyObject *__pyx_pf_7resilio_6_shm_c_7Mapping_46counters_at(struct __pyx_o
 */
   __pyx_v_o->_mem = NULL;
 
-  /* "resilio/_shm_c.pyx":404
+  /* "resilio/_shm_c.pyx":417
  *         PyMem_Free(o._mem)
  *         o._mem = NULL
  *         o.c = c             # <<<<<<<<<<<<<<
@@ -9459,7 +9736,7 @@ static PyObject *__pyx_pf_7resilio_6_shm_c_7Mapping_46counters_at(struct __pyx_o
 */
   __pyx_v_o->c = __pyx_v_c;
 
-  /* "resilio/_shm_c.pyx":405
+  /* "resilio/_shm_c.pyx":418
  *         o._mem = NULL
  *         o.c = c
  *         o._owner = self             # <<<<<<<<<<<<<<
@@ -9470,7 +9747,7 @@ static PyObject *__pyx_pf_7resilio_6_shm_c_7Mapping_46counters_at(struct __pyx_o
   __Pyx_GOTREF(__pyx_v_o->_owner);
   __Pyx_DECREF_SET(__pyx_v_o->_owner, ((PyObject *)__pyx_v_self));
 
-  /* "resilio/_shm_c.pyx":406
+  /* "resilio/_shm_c.pyx":419
  *         o.c = c
  *         o._owner = self
  *         return o             # <<<<<<<<<<<<<<
@@ -9486,7 +9763,7 @@ static PyObject *__pyx_pf_7resilio_6_shm_c_7Mapping_46counters_at(struct __pyx_o
   }
   goto __pyx_L0;
 
-  /* "resilio/_shm_c.pyx":397
+  /* "resilio/_shm_c.pyx":410
  *         rs_counters_init(<rs_counters *>self._struct(offset, sizeof(rs_counters)), n)
  * 
  *     def counters_at(self, uint64_t offset):             # <<<<<<<<<<<<<<
@@ -9992,14 +10269,14 @@ static int __Pyx_modinit_Exttype___pyx_obj_7resilio_6_shm_c_Mapping(__pyx_mstate
   __pyx_vtable_7resilio_6_shm_c_Mapping._region = (char *(*)(struct __pyx_obj_7resilio_6_shm_c_Mapping *, uint64_t, uint64_t))__pyx_f_7resilio_6_shm_c_7Mapping__region;
   __pyx_vtable_7resilio_6_shm_c_Mapping._struct = (void *(*)(struct __pyx_obj_7resilio_6_shm_c_Mapping *, uint64_t, uint64_t))__pyx_f_7resilio_6_shm_c_7Mapping__struct;
   #if CYTHON_USE_TYPE_SPECS
-  __pyx_mstate->__pyx_ptype_7resilio_6_shm_c_Mapping = (PyTypeObject *) __Pyx_PyType_FromModuleAndSpec(__pyx_m, &__pyx_type_7resilio_6_shm_c_Mapping_spec, NULL); if (unlikely(!__pyx_mstate->__pyx_ptype_7resilio_6_shm_c_Mapping)) __PYX_ERR(0, 161, __pyx_L1_error)
+  __pyx_mstate->__pyx_ptype_7resilio_6_shm_c_Mapping = (PyTypeObject *) __Pyx_PyType_FromModuleAndSpec(__pyx_m, &__pyx_type_7resilio_6_shm_c_Mapping_spec, NULL); if (unlikely(!__pyx_mstate->__pyx_ptype_7resilio_6_shm_c_Mapping)) __PYX_ERR(0, 190, __pyx_L1_error)
   #else
   __pyx_mstate->__pyx_ptype_7resilio_6_shm_c_Mapping = &__pyx_type_7resilio_6_shm_c_Mapping;
   #endif
   #if !CYTHON_COMPILING_IN_LIMITED_API
   #endif
   #if !CYTHON_USE_TYPE_SPECS
-  if (__Pyx_PyType_Ready(__pyx_mstate->__pyx_ptype_7resilio_6_shm_c_Mapping) < (0)) __PYX_ERR(0, 161, __pyx_L1_error)
+  if (__Pyx_PyType_Ready(__pyx_mstate->__pyx_ptype_7resilio_6_shm_c_Mapping) < (0)) __PYX_ERR(0, 190, __pyx_L1_error)
   #endif
   #if CYTHON_COMPILING_IN_CPYTHON && PY_VERSION_HEX >= 0x030E0000
   PyUnstable_Object_EnableDeferredRefcount((PyObject*)__pyx_mstate->__pyx_ptype_7resilio_6_shm_c_Mapping);
@@ -10009,9 +10286,9 @@ static int __Pyx_modinit_Exttype___pyx_obj_7resilio_6_shm_c_Mapping(__pyx_mstate
     __pyx_mstate->__pyx_ptype_7resilio_6_shm_c_Mapping->tp_getattro = PyObject_GenericGetAttr;
   }
   #endif
-  if (__Pyx_SetVtable(__pyx_mstate->__pyx_ptype_7resilio_6_shm_c_Mapping, __pyx_vtabptr_7resilio_6_shm_c_Mapping) < (0)) __PYX_ERR(0, 161, __pyx_L1_error)
-  if (PyObject_SetAttr(__pyx_m, __pyx_mstate_global->__pyx_n_u_Mapping, (PyObject *) __pyx_mstate->__pyx_ptype_7resilio_6_shm_c_Mapping) < (0)) __PYX_ERR(0, 161, __pyx_L1_error)
-  if (__Pyx_setup_reduce((PyObject *) __pyx_mstate->__pyx_ptype_7resilio_6_shm_c_Mapping) < (0)) __PYX_ERR(0, 161, __pyx_L1_error)
+  if (__Pyx_SetVtable(__pyx_mstate->__pyx_ptype_7resilio_6_shm_c_Mapping, __pyx_vtabptr_7resilio_6_shm_c_Mapping) < (0)) __PYX_ERR(0, 190, __pyx_L1_error)
+  if (PyObject_SetAttr(__pyx_m, __pyx_mstate_global->__pyx_n_u_Mapping, (PyObject *) __pyx_mstate->__pyx_ptype_7resilio_6_shm_c_Mapping) < (0)) __PYX_ERR(0, 190, __pyx_L1_error)
+  if (__Pyx_setup_reduce((PyObject *) __pyx_mstate->__pyx_ptype_7resilio_6_shm_c_Mapping) < (0)) __PYX_ERR(0, 190, __pyx_L1_error)
   __Pyx_RefNannyFinishContext();
   return 0;
   __pyx_L1_error:;
@@ -10820,6 +11097,18 @@ __Pyx_RefNannySetupContext("PyInit__shm_c", 0);
   if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_init_header, __pyx_t_2) < (0)) __PYX_ERR(0, 143, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
 
+  /* "resilio/_shm_c.pyx":180
+ * 
+ * 
+ * def check_header(bytes data, uint64_t file_size):             # <<<<<<<<<<<<<<
+ *     """(OK or the E_* reason a file cannot be used, its header's fields) for a copy of
+ *     the file's first HEADER_SIZE bytes: checked before the file is mapped."""
+*/
+  __pyx_t_2 = PyCFunction_NewEx(&__pyx_mdef_7resilio_6_shm_c_7check_header, NULL, __pyx_mstate_global->__pyx_n_u_resilio__shm_c); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 180, __pyx_L1_error)
+  __Pyx_GOTREF(__pyx_t_2);
+  if (PyDict_SetItem(__pyx_mstate_global->__pyx_d, __pyx_mstate_global->__pyx_n_u_check_header, __pyx_t_2) < (0)) __PYX_ERR(0, 180, __pyx_L1_error)
+  __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
+
   /* "resilio/_shm_c.pyx":1
  * # cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True             # <<<<<<<<<<<<<<
  * # cython: initializedcheck=False, embedsignature=True, binding=False
@@ -10894,41 +11183,41 @@ static int __Pyx_InitConstants(__pyx_mstatetype *__pyx_mstate) {
   int __pyx_clineno = 0;
   CYTHON_UNUSED_VAR(__pyx_mstate);
   {
-    const struct { const unsigned int length: 8; } str_length_index[] = {{3},{31},{30},{36},{31},{30},{22},{2},{15},{1},{179},{8},{14},{23},{18},{37},{19},{26},{7},{6},{2},{9},{34},{22},{50},{17},{54},{23},{23},{34},{36},{35},{3},{5},{6},{11},{7},{12},{8},{13},{5},{5},{7},{6},{7},{9},{4},{9},{11},{4},{5},{5},{7},{8},{11},{2},{6},{5},{7},{20},{12},{8},{10},{8},{11},{14},{12},{10},{17},{13},{12},{12},{19},{8},{3},{8},{7},{3},{5},{8},{5},{18},{15},{11},{7},{8},{11},{15},{11},{9},{11},{3},{11},{11},{5},{3},{10},{4},{5},{5},{12},{14},{1},{4},{6},{11},{7},{6},{7},{6},{3},{3},{5},{4},{14},{11},{6},{10},{4},{10},{12},{8},{11},{9},{10},{7},{6},{7}};
+    const struct { const unsigned int length: 8; } str_length_index[] = {{3},{31},{30},{36},{31},{30},{22},{2},{15},{1},{179},{29},{8},{14},{23},{18},{37},{19},{26},{7},{6},{2},{9},{34},{22},{50},{17},{54},{23},{23},{34},{36},{35},{3},{5},{6},{11},{7},{12},{8},{13},{5},{5},{7},{6},{7},{9},{4},{9},{11},{4},{5},{5},{7},{8},{11},{2},{6},{5},{7},{20},{12},{8},{10},{8},{11},{14},{12},{10},{17},{13},{12},{12},{19},{8},{3},{8},{7},{3},{5},{8},{12},{5},{18},{15},{11},{4},{7},{8},{11},{9},{15},{11},{9},{11},{3},{11},{11},{5},{3},{10},{4},{5},{5},{12},{14},{1},{4},{6},{11},{7},{6},{7},{6},{3},{3},{5},{4},{14},{11},{6},{10},{4},{10},{12},{8},{11},{9},{10},{7},{6},{7}};
     const struct { const unsigned int length: 4; } bytes_length_index[] = {{13}};
     #ifndef CYTHON_COMPRESS_STRINGS
       #define CYTHON_COMPRESS_STRINGS 90
     #endif
-    #if (CYTHON_COMPRESS_STRINGS) == 1 /* compression: zlib (892 bytes) */
-static const char cstring[] = "x\332uT[o+5\020\346\247\314\3339G\320\"\244\352\010\365\005\245\351R\226\236\244Q\232\242Sx\260\274\366lv\210\327^|I\023~=co\222& \036\022\317\316\305s\373>\303\307o\241\331G\014\237\300\020\006p)\006\322\010\261C\350P\016\360\007h\307z\353\"\3642\252\016(\006\320\030\224\247!:\017\235\014 \241\221\032\254\354\021\014\332u\354nA\313^\256QCK\006\317|\336\310j\367\366\037\363\026\017\366@\177\343\245\365\323m\251\2458R8\232\276\203\333\342\257\344 \025\305=\3744w1W-#L\367\261s\2668\243\241\006\275\214h\366\020\242\047\025\321g\047\013\213jqu\363\343\rH\253\301\343\237\250\270\253\220\032ed\010y\014-4\211L$\013q?`\270\206\272\205\275K`\221\353\212\016\006\366;\017\340\032-\004\214\245\330\017\322\362\274d$g\005\207\223]\177\000M\236\223\020w\312\321?K\023\360Zj-\330\017s#\357\023=\265\304\253\310uxi\327<\023E^%\212 \263\262\315\231\216\232q\246 \375:\365hc\270\010T.Yn:\234\307\035Uy\330\027\316\232\202l\014\242\315\377kEa\224\364\006\367\271\353,\377O\232\013\217S&\353\270\257V&\023A\010\217:)\024\002t*3\260\316^\361J\266$\r[\025Y\212B\270&\257\342\354\n\217\201\014\271k\021\272^(\206\006\362\304}\031-\357\227\332\226\027\332z\327\203\n^}\357C\366\273\356\002*\317\301}\n\021\032\204\037>\217\030\017\206Q\314\323\302\335E\361ye\275\034\362\2362j2\324?\337\\\345\010\220\206\326\026\365\277<B/\2159\"If\236h\364\2217nD\231\351\2111-\215\2008\304N\356\352\311\227\372a~\3672}\254V\343\277x\256\177\257\246\365r\372R\257\016\307\250zz\231\257\252\345\363\361,\312j\266X\275V\202\357\251\304l\362PO\253Q-V\223\273/|\374\306\216\365\323\374a\262\252\362\257\030\177\251&\367\325\262\210\365\274^=V\257\325}\211\235\215E\315\047\263|\331\327\247\273_\253\351\230\373\351q1YNf\317K\016}=\334)\304b\277\343\337=\223H\314q\027\227\330\n\301\303\013\014t^\253\020\275$[N\247\223)\232\374\"\344s\340\310\203[\026\267\005\047\331\360W\222\346\350t\304\307IR\205\307g\n\334\345\017F\305\351\342p\226\376$\277\307\361\312\031S\262\241\306\243\334\010\033\232\2446\354\326\244\266I>\304#\325\030R""\324+C\026\005\267\020\275T\314I\265a\014\361}Z$K;\016.\237\316\213\2014\263\225\351\3148\032\030\255\250[I&y\024\303\320w\322\264\302\rh\205b\214\204\021\032\005\025\3715\025\226\007W\204\021\336\244w\005\367\243\033eZn\031D6P\304>0\251\n\257J\370\206qk\250\247\310\357\037\251^\356\304\261\251>\327\334y\227\326\335\220\242\315\263\261\356\215\r#\231J\364(\2061+\017\247M\306\014\314\243>p7\203\033\006\357\306\207\362\222oA\366\003\217e\315\227\215\224\342\350\003\243\363\255\231O\242<\047Y\n\207\246X~\313\243\340\0077\035\322G\271A\267\3457\347\235$\207\241r\273\tC61\243K\267Wc\246o\376\001\232zzl";
-    PyObject *data = __Pyx_DecompressString(cstring, 892, 1);
+    #if (CYTHON_COMPRESS_STRINGS) == 1 /* compression: zlib (914 bytes) */
+static const char cstring[] = "x\332uT]o+5\020\345\247\314\333\275W\320\"\244\352\n\365\005\245\351RBo\323(M\321-<X^{6;\304k/\376h\023~=c;I\023\020\017\211\275\236\017\317\2349\307\360\361[hw\021\303\0470\204\001\\\212\2014B\354\021z\224#\374\001\332\361\271u\021\006\031U\017\024\003h\014\312\323\030\235\207^\006\220\320J\rV\016\010\006\355:\366\327\240\345 \327\250\241#\203\047>od\265{\373\217\371\025\367\366@\177\343\271\365\323u\251\2458R8\230\276\203\353\342\257\344(\025\305\035\3744w1W-#Lw\261w\2668\243\241\026\275\214hv\020\242\047\025\321g\047\013\213fqq\365\343\025H\253\301\343\237\250\270\253\220Zed\010\031\206\016\332D&\222\205\270\0331\\\302\254\203\235K`\221\353\212\016F\366;\r\340\032-\004\214\245\330\017\3222^2\222\263\202\303\311\256?\200&\317\227\020w\312\321?K\023\360Rf\2045W\304\245\376\322Ln\233\245x\232\375\336\324yH\255\005\047\301\334\345;\334\307~yN\271H/\355\232\001S\344U\242\0102\037v\271\214\303I\005\034\244_\247\001m\014g\201\312%\313\210\204\323\270\303Q\236\304\231\263\246 [\203h\363\377ZQ\250;\275\301]\206$\357\377\347\2323\217\343M\326q_\235L&\202\020\036uR(\004\350T\000\262\316^\360\274^I\032\266*\262\024\205pm\236\323I\n\217\201\014\271K\021\372A(\346\r\3628|\301\235\207O]\307\330v\336\r\240\202W\337\373\220\375.\373\200\312s\360\220B\204\026\341\207\317\025\360`\230\342\214\026n\317\212\317\363\034\344\230\207\230\347\224u\360\371\352\"G\2004\264\266\250\377\345\021\006i\314\201f\207\021G\246\203\021\005\323\243\234:\252l\331\307Nnf\223/\263\273\371\315\363\364\276Y\325\377\302\207\351l9}\236\255\366K=z|\236\257\232\345\323a-\207\315\303b\365\322\010\316\323\210\207\311\335l\332\324c\261\232\334|\341\3457v\234=\316\357&\253&\377\212\361\204v\263\371lu\337\2744\267%\366\241\0265\237<\344d_\037o~m\246\365\356\307\373\305d9yxZr\350\313>\247\020\213\335\226\177\267\25401\307m\\b\047\004\203\027X\005<V!\006I\266\254N\047SN\362s\221\327\221#\367ny\373Zx\222\r\177%i\016N\007~\034w\252\210\374\344\000\267\371\203YqL\034N\256?\356\337\343x\344\314)\331R\353Qn\204\rmR\033v""kS\327&\037\342Aj\252G\265\021u\214L/\032\224!\213\202\333\211^*\326\247\3320\2378\267\026\311\322\226\023\225O\347\305HZ\313\310q\201\265\317\274\032\231\275\250;I&y\024\3438\344G\255\220\242\227\246\023nD+\024\223\047\324\313\252\205\337`a\031\321\262\251\274\047\275-\202\250n\224\365\372\312\354\262\201\"\016\201\325V\004W\3027LhC\003E~5I\rr+\016\335\016\271\201\336\273\264\356\307\024m\006\315\27276T\225\225\350\272\r\365VF\255K\306\214,\260!pk\243\033G\357\352\363z.\304 \207\2211Zs\262\2525\216\336K=g\315B\023\345\235\311\273\260o\212\367o\031\023~\246\323\376\372(7\350^\3711zW\317\036an7a\310&\226z\351\366\242\336\364\315?9\261\216\026";
+    PyObject *data = __Pyx_DecompressString(cstring, 914, 1);
     #define __Pyx_DecompressString_LZSS_UNUSED
     if (unlikely(!data)) __PYX_ERR(0, 1, __pyx_L1_error)
     const char* const bytes = __Pyx_PyBytes_AsString(data);
     #if !CYTHON_ASSUME_SAFE_MACROS
     if (likely(bytes)); else { Py_DECREF(data); __PYX_ERR(0, 1, __pyx_L1_error) }
     #endif
-    #elif (CYTHON_COMPRESS_STRINGS) > 0 && (CYTHON_COMPRESS_STRINGS) <= 90 /* compression: lzss (1273 bytes) */
-static const char cstring[] = "\377 (+ byte\377s) lies \377outside \377the heap\337 [ do\025\000no\377t match \377its desc\377riptor h\377as a bad\377 name le\377ngth: da\377maged fi\373le\031\010windo\355w\016\016ve=\004siz\315e/\013):\207\002C\002is\356P\005, :o\002cap\377acity ?N\373ot\262\001at Cy\337thon )\001el\377iberatel\377y strict\373er\330\000an PE\377P-484 an\177d rejec\323\000\377subclass\376\203!f built\377in types\377. If you\367 ne\322\000to p\362%\000 &\010\255 n se\335t\264\"\047an\255 at\357ion_<\000ing_\047 dirb\000i\347\000\376;\000False.a\027dd_\325 e\271!\310\047\312\006\376\210@ of ran\375g\221 circui;t \336\000offf\001\n\005\376\316# argume\363nt\277B0\006coun\242\362\000s,\t\013\005\351! Z\td\377isableen\336\002\001gcis\004\003dk\303ey\362\001\030\001P\024\025\nt \366\233\004no\247`faul\377t __redu\177ce__ du\334`\277o non-\220@v\367ial\033\000cini\237t__ob\207A\332\010r\377esilio.__shm_c\325`e\240@\265r\326\"s\321 ff\316@f\377rom csrc\367/rs$\001.hse\373cr\211@must \337be 16\336\204\003sl7ot \377`ex\352\n\350\204\001\217mapp\245@\262a\347\204\0016\3734-\222\205\001 alig\367ned\023\014smal\365l\302ea\244\205\001dert\237otal_\317\"\251\205\006f\371i\213cW\004ABIAL\377IGNBUCKE\375T\000\003_SIZEC?IRCUIT\000\004\r\003\377OUNTERSC\374\001\004#\002EMPTYE\375_E\000E_MAGI\373CE\021\003_TABL\357EE_V.\000ION\317GATE\000\001W\002HE\357ADERb\002INI\277TKEYED7\002M\356\355\003NAMI\001XOB\357JECT\212\002OKP\277ARAMSR8\000Y\276M\004__Pyx\001\000D\377ict_Next\377Ref__get\357stat\324@__m\337ain__\005\000od#ul\r\002\216\207\001\016\001p7\000 \004\346\007\001vt\342a\047\001qua\021l\035\005\230e\241fc\303\206\002N\001\264d{ex[\001set_Q\005qst\010\003\006.\007tes\321`\377abibreak\177_nsbuck\257\000\377bufburst\376\266\207\005claimcl\357ine_\300\000tra\277ceback\301`a\377ted_unix\374:\000\n\002or_pid\377desirede\357xpec\037\000fai\377lure_ppm\377half_ope\367n_c\241`shea\030\230`\221b\312\211\001_n\266 \004\002\276\206\003\247idx\363\204\002!\003i\246\206\001v\376\302`nsitems\347key\365\205""\002\320bkin\377dlimitma\177gicmax_\315\005\375m\260\001hrough\357putn\203\212\001now\320\353\000\307\205\003\216\204\002\322\205\003s\264\207\003on\377_fullpar\367ams\313\000popp\363ro\243\211\003\342\205\013samp\362\224 g\270 \315\205\003setd\221e\315\206\002\246\212\001\314\205\001_\335\207\002\326\205\001s\315_\223\210\003sl{\000\210 st\363ru\251`\317\212\001take\207ove\360 \234\205\006\316$\354\000u\273es\027\001ion\343\207\002-\002\267\206\003\000";
-    PyObject *data = __Pyx_DecompressString_LZSS(cstring, 1273, 1690);
+    #elif (CYTHON_COMPRESS_STRINGS) > 0 && (CYTHON_COMPRESS_STRINGS) <= 90 /* compression: lzss (1301 bytes) */
+static const char cstring[] = "\377 (+ byte\377s) lies \377outside \377the heap\337 [ do\025\000no\377t match \377its desc\377riptor h\377as a bad\377 name le\377ngth: da\377maged fi\373le\031\010windo\355w\016\016ve=\004siz\315e/\013):\207\002C\002is\356P\005, :o\002cap\377acity ?N\373ot\262\001at Cy\337thon )\001el\377iberatel\377y strict\373er\330\000an PE\377P-484 an\177d rejec\323\000\377subclass\376\203!f built\377in types\377. If you\367 ne\322\000to p\362%\000 &\010\255 n se\335t\264\"\047an\255 at\357ion_<\000ing_\047 dirb\000i\347\000\376;\000False.a\362\336!d\217\000\325\000HEAD\177ER_SIZE\212C/add_\362 e\326!\345\047\374\347\006\245@ of ra\373ng\256 circuwit \373\000off\203\001\374\n\005\353# argum\347ent\334B0\006couEn\217 s,\t\013\005\206A Z\t\377disablee\275n\002\001gcis\004\003d\207key\217!\030\001P\024\025\nt\355 \233\004no\304`fau\377lt __red\377uce__ du~\371`o non-\255@\357vial\033\000cin?it__ob\244A\332\010\377resilio.\277_shm_c\362`ej\275@r\363\"s\356 ff\353@\377from csr\357c/rs$\001.hs\367ecr\246@must\277 be 16\373\204\003s\377lot indeyx\352\n\205\205\001mapp\302@\334\317a\204\205\00164-\257\205\001 a\277ligned\023\014s\317mall\337e\333Eto\317tal_\317\"\306\205\006fi\374\250cW\004ABIALI\377GNBUCKET\374\000\003\213bCIRCUI\371T\000\004\r\003OUNTE\347RSC\001\004\263bEMP\357TYE_E\000E_M\337AGICE\021\003_T\177ABLEE_V.\000\177IONGATE\000\001\374\347b\354hINITKE\327YED7\002M\355\003NA\375MI\001XOBJEC\375T\232\204\002OKPARA\177MSREADYM\004\337__Pyx\001\000Di\377ct_NextR\377ef__gets\367tat\324@__ma\357in__\005\000odu\021l\r\002\253\207\001\016\001p7\000 \004\007\001\363vt\342a\047\001qual\210\035\005\230e\241fc\340\206\002N\001\264de\275x[\001set_Q\005s\270t\010\003\006.\007tes\321`a\377bibreak_\277nsbuck\257\000b\177ufburst\323\207\005\377check_he\377aderclai\177mcline_\314\000\377tracebac\375k\315`ated_u\347nixF\000\n\002or_\277piddat5\000swire\325`pec#\000\377failure_\347ppm\231\211\001\220bhal\377f_open_c\362\272`sg\003\024\003eap_\351n\317 \211\212\001_\327\206\003idx\324\214""\205\002\216\003i\277\206\001v\333`ns\377itemskey\374\216\206\002\351bkindli\377mitmagic\257max_\346\005m\275\001h\377roughput\035n\271\212\001now\204 \340\205\003\247\204\002\372\353\205\003s\315\207\003on_fu\377llparams~\330\000poppro\331\211\003^\373\205\013samp\241 g\321 >\346\205\003setde\346\206\002\334\212\001\322\345\205\001_\366\207\002\357\205\001s\316\004sl<{\000\221 stru\302`\205\213\001\177takeove\211@\270\265\205\006\333$\354\000ues\027\001i+on\374\207\002-\320\206\003\000";
+    PyObject *data = __Pyx_DecompressString_LZSS(cstring, 1301, 1744);
     #define __Pyx_DecompressString_UNUSED
     if (unlikely(!data)) __PYX_ERR(0, 1, __pyx_L1_error)
     const char* const bytes = __Pyx_PyBytes_AsString(data);
     #if !CYTHON_ASSUME_SAFE_MACROS
     if (likely(bytes)); else { Py_DECREF(data); __PYX_ERR(0, 1, __pyx_L1_error) }
     #endif
-    #else /* compression: none (1690 bytes) */
-static const char bytes[] = " (+ bytes) lies outside the heap [ does not match its descriptor has a bad name length: damaged file has a bad window: damaged file have a bad size: damaged file): the file is damaged, : bad capacity ?Note that Cython is deliberately stricter than PEP-484 and rejects subclasses of builtin types. If you need to pass subclasses then set the \047annotation_typing\047 directive to False.add_notebad descriptorcapacity out of range: circuit at offset circuit window arguments out of rangecounters at offset counters size out of rangedisableenablegcisenabledkeyed table arguments out of rangekeyed table at offset no default __reduce__ due to non-trivial __cinit__object at offset resilio._shm_c: declarations differ from csrc/rs_shm.hsecret must be 16 bytesslot index out of rangethe mapping is not 64-byte alignedthe mapping is smaller than a headertotal_size does not fit the mappingABIALIGNBUCKETBUCKET_SIZECIRCUITCIRCUIT_SIZECOUNTERSCOUNTERS_SIZEEMPTYE_ABIE_MAGICE_SIZEE_TABLEE_VERSIONGATEGATE_SIZEHEADER_SIZEINITKEYEDMAGICMappingNAME_MAXOBJECT_SIZEOKPARAMSREADYVERSION__Pyx_PyDict_NextRef__getstate____main____module____name____pyx_state__pyx_vtable____qualname____reduce____reduce_cython____reduce_ex____set_name____setstate____setstate_cython____test__abibreak_nsbucketsbufburstcapacityclaimcline_in_tracebackcreated_unix_nscreator_piddesiredexpectedfailure_ppmhalf_open_callsheader_sizeheap_nextheap_offsetidxinit_headerinterval_nsitemskeykeyed_sizekindlimitmagicmax_break_nsmin_throughputnnamenow_nsobject_sizeobjectsoffseton_fullparamspidpopproberateresilio._shm_csampling_nssecretsetdefaultsizeslot_countslots_offsetslow_ppmstruct_sizetakeoverstotal_sizeunix_nsvaluesversionkeyed-secret\000";
+    #else /* compression: none (1744 bytes) */
+static const char bytes[] = " (+ bytes) lies outside the heap [ does not match its descriptor has a bad name length: damaged file has a bad window: damaged file have a bad size: damaged file): the file is damaged, : bad capacity ?Note that Cython is deliberately stricter than PEP-484 and rejects subclasses of builtin types. If you need to pass subclasses then set the \047annotation_typing\047 directive to False.a header is HEADER_SIZE bytesadd_notebad descriptorcapacity out of range: circuit at offset circuit window arguments out of rangecounters at offset counters size out of rangedisableenablegcisenabledkeyed table arguments out of rangekeyed table at offset no default __reduce__ due to non-trivial __cinit__object at offset resilio._shm_c: declarations differ from csrc/rs_shm.hsecret must be 16 bytesslot index out of rangethe mapping is not 64-byte alignedthe mapping is smaller than a headertotal_size does not fit the mappingABIALIGNBUCKETBUCKET_SIZECIRCUITCIRCUIT_SIZECOUNTERSCOUNTERS_SIZEEMPTYE_ABIE_MAGICE_SIZEE_TABLEE_VERSIONGATEGATE_SIZEHEADER_SIZEINITKEYEDMAGICMappingNAME_MAXOBJECT_SIZEOKPARAMSREADYVERSION__Pyx_PyDict_NextRef__getstate____main____module____name____pyx_state__pyx_vtable____qualname____reduce____reduce_cython____reduce_ex____set_name____setstate____setstate_cython____test__abibreak_nsbucketsbufburstcapacitycheck_headerclaimcline_in_tracebackcreated_unix_nscreator_piddatadesiredexpectedfailure_ppmfile_sizehalf_open_callsheader_sizeheap_nextheap_offsetidxinit_headerinterval_nsitemskeykeyed_sizekindlimitmagicmax_break_nsmin_throughputnnamenow_nsobject_sizeobjectsoffseton_fullparamspidpopproberateresilio._shm_csampling_nssecretsetdefaultsizeslot_countslots_offsetslow_ppmstruct_sizetakeoverstotal_sizeunix_nsvaluesversionkeyed-secret\000";
     PyObject *data = NULL;
     #define __Pyx_DecompressString_UNUSED
     #define __Pyx_DecompressString_LZSS_UNUSED
     #endif
     PyObject **stringtab = __pyx_mstate->__pyx_string_tab;
     Py_ssize_t pos = 0;
-    for (int i = 0; i < 128; i++) {
+    for (int i = 0; i < 132; i++) {
       Py_ssize_t bytes_length = str_length_index[i].length;
       PyObject *string = PyUnicode_DecodeUTF8(bytes + pos, bytes_length, NULL);
-      if (likely(string) && i >= 32) PyUnicode_InternInPlace(&string);
+      if (likely(string) && i >= 33) PyUnicode_InternInPlace(&string);
       if (unlikely(!string)) {
         Py_XDECREF(data);
         __PYX_ERR(0, 1, __pyx_L1_error)
@@ -10936,8 +11225,8 @@ static const char bytes[] = " (+ bytes) lies outside the heap [ does not match i
       stringtab[i] = string;
       pos += bytes_length;
     }
-    for (int i = 128; i < 129; i++) {
-      Py_ssize_t bytes_length = bytes_length_index[i-128].length;
+    for (int i = 132; i < 133; i++) {
+      Py_ssize_t bytes_length = bytes_length_index[i-132].length;
       PyObject *string = PyBytes_FromStringAndSize(bytes + pos, bytes_length);
       stringtab[i] = string;
       pos += bytes_length;
@@ -10947,14 +11236,14 @@ static const char bytes[] = " (+ bytes) lies outside the heap [ does not match i
       }
     }
     Py_XDECREF(data);
-    for (Py_ssize_t i = 0; i < 129; i++) {
+    for (Py_ssize_t i = 0; i < 133; i++) {
       if (unlikely(PyObject_Hash(stringtab[i]) == -1)) {
         __PYX_ERR(0, 1, __pyx_L1_error)
       }
     }
     #if CYTHON_IMMORTAL_CONSTANTS
     {
-      PyObject **table = stringtab + 128;
+      PyObject **table = stringtab + 132;
       for (Py_ssize_t i=0; i<1; ++i) {
         #if PY_VERSION_HEX >= 0x030F0000
         PyUnstable_SetImmortal(table[i]);
@@ -15599,85 +15888,6 @@ static CYTHON_INLINE int64_t __Pyx_PyLong_As_int64_t(PyObject *x) {
 }
 
 /* CIntToPy */
-static CYTHON_INLINE PyObject* __Pyx_PyLong_From_int(int value) {
-#ifdef __Pyx_HAS_GCC_DIAGNOSTIC
-#pragma GCC diagnostic push
-#pragma GCC diagnostic ignored "-Wconversion"
-#endif
-    const int neg_one = (int) -1, const_zero = (int) 0;
-#ifdef __Pyx_HAS_GCC_DIAGNOSTIC
-#pragma GCC diagnostic pop
-#endif
-    const int is_unsigned = neg_one > const_zero;
-    if (is_unsigned) {
-        if (sizeof(int) < sizeof(long)) {
-            return PyLong_FromLong((long) value);
-        } else if (sizeof(int) <= sizeof(unsigned long)) {
-            return PyLong_FromUnsignedLong((unsigned long) value);
-#if !CYTHON_COMPILING_IN_PYPY
-        } else if (sizeof(int) <= sizeof(unsigned PY_LONG_LONG)) {
-            return PyLong_FromUnsignedLongLong((unsigned PY_LONG_LONG) value);
-#endif
-        }
-    } else {
-        if (sizeof(int) <= sizeof(long)) {
-            return PyLong_FromLong((long) value);
-        } else if (sizeof(int) <= sizeof(PY_LONG_LONG)) {
-            return PyLong_FromLongLong((PY_LONG_LONG) value);
-        }
-    }
-    {
-        unsigned char *bytes = (unsigned char *)&value;
-#if !CYTHON_COMPILING_IN_LIMITED_API && PY_VERSION_HEX >= 0x030d00A4
-        if (is_unsigned) {
-            return PyLong_FromUnsignedNativeBytes(bytes, sizeof(value), -1);
-        } else {
-            return PyLong_FromNativeBytes(bytes, sizeof(value), -1);
-        }
-#elif !CYTHON_COMPILING_IN_LIMITED_API && PY_VERSION_HEX < 0x030d0000
-        int one = 1; int little = (int)*(unsigned char *)&one;
-        return _PyLong_FromByteArray(bytes, sizeof(int),
-                                     little, !is_unsigned);
-#else
-        int one = 1; int little = (int)*(unsigned char *)&one;
-        PyObject *result = NULL, *kwds = NULL;
-        PyObject *py_bytes = NULL, *order_str = NULL, *from_bytes_str = NULL;;
-        py_bytes = PyBytes_FromStringAndSize((char*)bytes, sizeof(int));
-        if (!py_bytes) goto limited_bad;
-        from_bytes_str = PyUnicode_FromStringAndSize("from_bytes", 10);
-        if (!from_bytes_str) goto limited_bad;
-        order_str = PyUnicode_FromString(little ? "little" : "big");
-        if (!order_str) goto limited_bad;
-        {
-            PyObject *args[] = { (PyObject*)&PyLong_Type, py_bytes, order_str, Py_True };
-            if (!is_unsigned) {
-                PyObject *signed_str = PyUnicode_FromStringAndSize("signed", 6);
-                if (!signed_str) goto limited_bad;
-#if CYTHON_VECTORCALL
-                kwds = PyTuple_Pack(1, signed_str);
-#else
-                {
-                    PyObject *keys[] = {signed_str};
-                    PyObject *values[] = {Py_True};
-                    kwds = __Pyx_MakeKwargDict(keys, values, 1);
-                }
-#endif
-                Py_DECREF(signed_str);
-                if (unlikely(!kwds)) goto limited_bad;
-            }
-            result = __Pyx_Object_VectorcallMethodKwds(from_bytes_str, args, 3 | __Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET, kwds);
-        }
-        limited_bad:
-        Py_XDECREF(kwds);
-        Py_XDECREF(order_str);
-        Py_XDECREF(py_bytes);
-        Py_XDECREF(from_bytes_str);
-        return result;
-#endif
-    }
-}
-
-/* CIntToPy */
 static CYTHON_INLINE PyObject* __Pyx_PyLong_From_uint32_t(uint32_t value) {
 #ifdef __Pyx_HAS_GCC_DIAGNOSTIC
 #pragma GCC diagnostic push
@@ -15801,6 +16011,85 @@ static CYTHON_INLINE PyObject* __Pyx_PyLong_From_int64_t(int64_t value) {
         PyObject *result = NULL, *kwds = NULL;
         PyObject *py_bytes = NULL, *order_str = NULL, *from_bytes_str = NULL;;
         py_bytes = PyBytes_FromStringAndSize((char*)bytes, sizeof(int64_t));
+        if (!py_bytes) goto limited_bad;
+        from_bytes_str = PyUnicode_FromStringAndSize("from_bytes", 10);
+        if (!from_bytes_str) goto limited_bad;
+        order_str = PyUnicode_FromString(little ? "little" : "big");
+        if (!order_str) goto limited_bad;
+        {
+            PyObject *args[] = { (PyObject*)&PyLong_Type, py_bytes, order_str, Py_True };
+            if (!is_unsigned) {
+                PyObject *signed_str = PyUnicode_FromStringAndSize("signed", 6);
+                if (!signed_str) goto limited_bad;
+#if CYTHON_VECTORCALL
+                kwds = PyTuple_Pack(1, signed_str);
+#else
+                {
+                    PyObject *keys[] = {signed_str};
+                    PyObject *values[] = {Py_True};
+                    kwds = __Pyx_MakeKwargDict(keys, values, 1);
+                }
+#endif
+                Py_DECREF(signed_str);
+                if (unlikely(!kwds)) goto limited_bad;
+            }
+            result = __Pyx_Object_VectorcallMethodKwds(from_bytes_str, args, 3 | __Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET, kwds);
+        }
+        limited_bad:
+        Py_XDECREF(kwds);
+        Py_XDECREF(order_str);
+        Py_XDECREF(py_bytes);
+        Py_XDECREF(from_bytes_str);
+        return result;
+#endif
+    }
+}
+
+/* CIntToPy */
+static CYTHON_INLINE PyObject* __Pyx_PyLong_From_int(int value) {
+#ifdef __Pyx_HAS_GCC_DIAGNOSTIC
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wconversion"
+#endif
+    const int neg_one = (int) -1, const_zero = (int) 0;
+#ifdef __Pyx_HAS_GCC_DIAGNOSTIC
+#pragma GCC diagnostic pop
+#endif
+    const int is_unsigned = neg_one > const_zero;
+    if (is_unsigned) {
+        if (sizeof(int) < sizeof(long)) {
+            return PyLong_FromLong((long) value);
+        } else if (sizeof(int) <= sizeof(unsigned long)) {
+            return PyLong_FromUnsignedLong((unsigned long) value);
+#if !CYTHON_COMPILING_IN_PYPY
+        } else if (sizeof(int) <= sizeof(unsigned PY_LONG_LONG)) {
+            return PyLong_FromUnsignedLongLong((unsigned PY_LONG_LONG) value);
+#endif
+        }
+    } else {
+        if (sizeof(int) <= sizeof(long)) {
+            return PyLong_FromLong((long) value);
+        } else if (sizeof(int) <= sizeof(PY_LONG_LONG)) {
+            return PyLong_FromLongLong((PY_LONG_LONG) value);
+        }
+    }
+    {
+        unsigned char *bytes = (unsigned char *)&value;
+#if !CYTHON_COMPILING_IN_LIMITED_API && PY_VERSION_HEX >= 0x030d00A4
+        if (is_unsigned) {
+            return PyLong_FromUnsignedNativeBytes(bytes, sizeof(value), -1);
+        } else {
+            return PyLong_FromNativeBytes(bytes, sizeof(value), -1);
+        }
+#elif !CYTHON_COMPILING_IN_LIMITED_API && PY_VERSION_HEX < 0x030d0000
+        int one = 1; int little = (int)*(unsigned char *)&one;
+        return _PyLong_FromByteArray(bytes, sizeof(int),
+                                     little, !is_unsigned);
+#else
+        int one = 1; int little = (int)*(unsigned char *)&one;
+        PyObject *result = NULL, *kwds = NULL;
+        PyObject *py_bytes = NULL, *order_str = NULL, *from_bytes_str = NULL;;
+        py_bytes = PyBytes_FromStringAndSize((char*)bytes, sizeof(int));
         if (!py_bytes) goto limited_bad;
         from_bytes_str = PyUnicode_FromStringAndSize("from_bytes", 10);
         if (!from_bytes_str) goto limited_bad;

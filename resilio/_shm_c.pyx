@@ -158,6 +158,35 @@ def init_header(buf, uint64_t total_size, uint32_t slot_count, bytes secret, int
         PyBuffer_Release(&view)
 
 
+cdef dict _header_dict(rs_shm_header *h):
+    return {
+        "magic": PyBytes_FromStringAndSize(<char *>h.magic, RS_SHM_MAGIC_LEN),
+        "version": h.version,
+        "header_size": h.header_size,
+        "total_size": h.total_size,
+        "abi": h.abi,
+        "slot_count": h.slot_count,
+        "object_size": h.object_size,
+        "slots_offset": h.slots_offset,
+        "heap_offset": h.heap_offset,
+        "created_unix_ns": h.created_unix_ns,
+        "creator_pid": h.creator_pid,
+        "heap_next": rs_load_relaxed_u64(&h.heap_next),
+        "objects": rs_load_relaxed_u64(&h.objects),
+        "takeovers": rs_load_relaxed_u64(&h.takeovers),
+    }
+
+
+def check_header(bytes data, uint64_t file_size):
+    """(OK or the E_* reason a file cannot be used, its header's fields) for a copy of
+    the file's first HEADER_SIZE bytes: checked before the file is mapped."""
+    cdef rs_shm_header h
+    if PyBytes_GET_SIZE(data) != RS_SHM_HEADER_SIZE:
+        raise ValueError("a header is HEADER_SIZE bytes")
+    memcpy(&h, PyBytes_AS_STRING(data), RS_SHM_HEADER_SIZE)
+    return rs_shm_header_check(&h, file_size), _header_dict(&h)
+
+
 cdef class Mapping:
     """Mapping(buf)
 --
@@ -195,23 +224,7 @@ through it) lives, the mapping stays mapped (mmap.close() raises BufferError).""
 
     def header(self):
         """The header's fields, as a dict (magic as bytes, secret left out)."""
-        cdef rs_shm_header *h = self.h
-        return {
-            "magic": PyBytes_FromStringAndSize(<char *>h.magic, RS_SHM_MAGIC_LEN),
-            "version": h.version,
-            "header_size": h.header_size,
-            "total_size": h.total_size,
-            "abi": h.abi,
-            "slot_count": h.slot_count,
-            "object_size": h.object_size,
-            "slots_offset": h.slots_offset,
-            "heap_offset": h.heap_offset,
-            "created_unix_ns": h.created_unix_ns,
-            "creator_pid": h.creator_pid,
-            "heap_next": rs_load_relaxed_u64(&h.heap_next),
-            "objects": rs_load_relaxed_u64(&h.objects),
-            "takeovers": rs_load_relaxed_u64(&h.takeovers),
-        }
+        return _header_dict(self.h)
 
     def name_key(self, uint32_t kind, bytes name):
         """Registry key of (kind, name): SipHash under the file's secret, never 0."""

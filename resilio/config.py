@@ -21,6 +21,7 @@ from __future__ import annotations
 import difflib
 import functools
 import importlib
+import importlib.util
 import itertools
 import math
 import os
@@ -407,16 +408,17 @@ class TimingConfig(
         return Timing(buckets, name=self.name, **code)
 
 
-StrategyOptions = Union[  # noqa: UP007 - a runtime alias; `|` of classes works too, but reads worse
-    RetryConfig,
-    CircuitBreakerConfig,
-    RateLimiterConfig,
-    TimeoutConfig,
-    BulkheadConfig,
-    HedgingConfig,
-    FallbackConfig,
-    TimingConfig,
-]
+#: The options of any one strategy entry.
+StrategyOptions = (
+    RetryConfig
+    | CircuitBreakerConfig
+    | RateLimiterConfig
+    | TimeoutConfig
+    | BulkheadConfig
+    | HedgingConfig
+    | FallbackConfig
+    | TimingConfig
+)
 
 
 class StrategyConfig(
@@ -831,10 +833,8 @@ def _check_asgi(cfg: Config) -> None:
 
 
 def _check_httpx(cfg: Config) -> None:
-    try:
-        import httpx  # noqa: F401 - only to know whether the transport can be built
-    except ImportError:
-        return
+    if importlib.util.find_spec("httpx") is None:
+        return  # the transport cannot be built here, so there is nothing more to check
     transport_options(cfg)
 
 

@@ -166,7 +166,7 @@ class Pipeline:
     same effect and the same signature.
     """
 
-    __slots__ = ("_run", "_strategies", "clock", "name")
+    __slots__ = ("__weakref__", "_run", "_strategies", "clock", "name")
 
     def __init__(
         self, *strategies: Strategy, name: str | None = None, clock: Clock | None = None

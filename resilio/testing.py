@@ -70,6 +70,9 @@ _CHUNK: Final = 65536
 # Chunks held by a connection's latency line before its reader waits (bounded memory).
 _LATENCY_BUFFER: Final = 64
 _RST_LINGER: Final = struct.pack("ii", 1, 0)
+# "refuse" closes an open connection once no byte has moved on it for _QUIET seconds, so
+# that a response being sent is not cut in two.
+_QUIET: Final = 0.05
 
 
 def _reset(sock: socket.socket) -> None:
@@ -82,13 +85,16 @@ def _reset(sock: socket.socket) -> None:
 class _Conn:
     """One client connection through the proxy."""
 
-    __slots__ = ("blackholed", "client", "reset", "scope")
+    __slots__ = ("blackholed", "closing", "last", "reset", "scope")
 
     def __init__(self) -> None:
         self.scope = anyio.CancelScope()
-        self.client: anyio.abc.SocketStream | None = None
         self.blackholed = False
         self.reset = False
+        #: When a byte last moved either way (anyio.current_time()).
+        self.last = anyio.current_time()
+        #: Set by "refuse": close once idle.
+        self.closing = False
 
 
 class ChaosProxy:
@@ -106,8 +112,8 @@ class ChaosProxy:
     - "blackhole": accept, never answer: new connections and the open ones
       swallow every byte (an open connection stays black-holed);
     - "refuse": stop listening (new connections are refused) and close the
-      open ones, as a restarting server does; leaving it listens again on
-      the same port.
+      open ones once they are idle (no byte either way for 50 ms), as a
+      restarting server does; leaving it listens again on the same port.
 
     It runs on asyncio or trio (anyio). "refuse" takes effect at once on
     Linux; elsewhere, when the proxy's accept loop next runs.
@@ -115,6 +121,7 @@ class ChaosProxy:
 
     __slots__ = (
         "_accept_scope",
+        "_closer",
         "_latency",
         "_listening",
         "_live",
@@ -168,6 +175,7 @@ class ChaosProxy:
         # Events need a running event loop: made by the accept loop.
         self._wake: anyio.Event | None = None
         self._accept_scope: anyio.CancelScope | None = None
+        self._closer = False
 
     @property
     def address(self) -> tuple[str, int]:
@@ -207,8 +215,12 @@ class ChaosProxy:
                 self._replace = True
                 if self._accept_scope is not None:
                     self._accept_scope.cancel()
-            for conn in self._live:
-                conn.scope.cancel()
+            if self._live:
+                for conn in self._live:
+                    conn.closing = True
+                if not self._closer and self._tg is not None:
+                    self._closer = True
+                    self._tg.start_soon(self._close_quiet)
         elif mode == "reset":
             for conn in self._live:
                 conn.reset = True
@@ -307,7 +319,26 @@ class ChaosProxy:
                 _reset(raw)
                 continue
             raw.setblocking(False)
+            # Without it, a response written in two pieces (head, then body) waits for
+            # the client's delayed ACK (40 ms on Linux) between them.
+            with contextlib.suppress(OSError):
+                raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             tg.start_soon(self._serve, raw)
+
+    async def _close_quiet(self) -> None:
+        """Close the connections "refuse" marked, each once it is idle."""
+        try:
+            while True:
+                now = anyio.current_time()
+                closing = [c for c in self._live if c.closing]
+                if not closing:
+                    return
+                for conn in closing:
+                    if now - conn.last >= _QUIET:
+                        conn.scope.cancel()
+                await anyio.sleep(_QUIET / 5)
+        finally:
+            self._closer = False
 
     def _refusing(self) -> bool:
         # A method, not an inline test: `mode = "refuse"` may have run since the last check.
@@ -370,6 +401,7 @@ class ChaosProxy:
         try:
             while True:
                 data = await client.receive(_CHUNK)
+                conn.last = anyio.current_time()
                 if not conn.blackholed:
                     await upstream.send(data)
         except anyio.EndOfStream:
@@ -392,8 +424,9 @@ class ChaosProxy:
             try:
                 while True:
                     data = await upstream.receive(_CHUNK)
+                    conn.last = now = anyio.current_time()
                     if not conn.blackholed:
-                        await send.send((anyio.current_time(), data))
+                        await send.send((now, data))
             except anyio.EndOfStream:
                 pass
             except anyio.BrokenResourceError:
@@ -415,6 +448,7 @@ class ChaosProxy:
                         await anyio.sleep_until(arrived + self._latency)
                     if not conn.blackholed:
                         await client.send(data)
+                        conn.last = anyio.current_time()
         except anyio.BrokenResourceError:
             conn.scope.cancel()
             return

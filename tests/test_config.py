@@ -19,7 +19,6 @@ from typing import Annotated, Any, Literal, Union
 import httpx
 import msgspec
 import pytest
-import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -34,6 +33,8 @@ from resilio.integrations.asgi import (
 from resilio.integrations.httpx import ResilientTransport
 from resilio.strategies.retry import Backoff, Retry
 from resilio.testing import FakeClock
+
+yaml = pytest.importorskip("yaml")  # untyped; PyYAML is a test dependency
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE_TOML = ROOT / "docs" / "examples" / "config_example.toml"

@@ -15,8 +15,9 @@ shared backends. More schemes plug in with `register` (e.g. ``"redis"``).
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, Protocol, TypeAlias, runtime_checkable
+from typing import Protocol, TypeAlias, runtime_checkable
 
+from resilio import _core
 from resilio.backends import memory, shm
 
 __all__ = ["SCHEMES", "Backend", "Factory", "HasFactory", "Opener", "register", "resolve"]
@@ -27,9 +28,9 @@ class Factory(Protocol):
     of the same name (`TokenBucket`, `KeyedBuckets`, `Circuit`, `Gate`, `Counters`)
     and the same constructor arguments."""
 
-    def token_bucket(self, rate: float, burst: int) -> Any: ...
+    def token_bucket(self, rate: float, burst: int) -> _core.TokenBucket: ...
 
-    def keyed_buckets(self, rate: float, burst: int, max_keys: int) -> Any: ...
+    def keyed_buckets(self, rate: float, burst: int, max_keys: int) -> _core.KeyedBuckets: ...
 
     def circuit(
         self,
@@ -43,11 +44,11 @@ class Factory(Protocol):
         slow_call_ratio: float | None = None,
         buckets: int = 10,
         now_ns: int = 0,
-    ) -> Any: ...
+    ) -> _core.Circuit: ...
 
-    def gate(self, limit: int) -> Any: ...
+    def gate(self, limit: int) -> _core.Gate: ...
 
-    def counters(self, n: int) -> Any: ...
+    def counters(self, n: int) -> _core.Counters: ...
 
 
 @runtime_checkable
@@ -62,10 +63,21 @@ Backend: TypeAlias = "str | HasFactory | None"
 #: Opens a backend string for one strategy: (the whole string, name) -> factory.
 Opener: TypeAlias = Callable[[str, "str | None"], Factory]
 
+
+def _open_redis(spec: str, name: str | None) -> Factory:
+    # Imported on first use: resilio.backends.redis builds on the strategies, which
+    # import this module.
+    from resilio.backends import redis
+
+    return redis.open_backend(spec, name)
+
+
 #: Backend schemes: the part of the string before the first ":" -> its opener.
 SCHEMES: dict[str, Opener] = {
     "memory": memory.open_backend,
     "shm": shm.open_backend,
+    "redis": _open_redis,
+    "rediss": _open_redis,
 }
 
 

@@ -23,6 +23,7 @@ Needs the compiled core: the pure-Python twin has no shared memory.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import itertools
 import math
@@ -32,8 +33,9 @@ import secrets
 import struct
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple, cast
 
+from resilio import _core
 from resilio import _core_args as _args
 from resilio import _keyed_py as _kp
 from resilio.errors import ResilioError
@@ -110,8 +112,7 @@ def _native() -> ModuleType:
             "(the pure-Python core has no shared memory): unset it, or use the 'memory' backend"
         )
     try:
-        from resilio import _core_c  # noqa: F401  (the classes _shm_c places)
-        from resilio import _shm_c
+        from resilio import _shm_c  # cimports resilio._core_c: fails without it
     except ImportError as exc:
         raise RuntimeError(
             f"shared-memory state needs the compiled core, which cannot be imported ({exc}); "
@@ -259,7 +260,7 @@ class SharedState:
     circuits to agree (the system clock is CLOCK_MONOTONIC, host-wide).
     """
 
-    __slots__ = ("_ino", "_init_timeout", "_map", "_mm", "_native", "_objects", "_path")
+    __slots__ = ("_init_timeout", "_ino", "_map", "_mm", "_native", "_objects", "_path")
 
     def __init__(
         self,
@@ -283,7 +284,9 @@ class SharedState:
             or not isinstance(init_timeout, (int, float))
             or not (math.isfinite(init_timeout) and init_timeout > 0)
         ):
-            raise ValueError(f"init_timeout must be a finite number of seconds > 0, got {init_timeout!r}")
+            raise ValueError(
+                f"init_timeout must be a finite number of seconds > 0, got {init_timeout!r}"
+            )
         self._init_timeout = float(init_timeout)
         self._objects: dict[tuple[int, bytes], tuple[Any, tuple[int, ...]]] = {}
         self._mm, self._map, self._ino = self._open(size, max_objects, mode, create)
@@ -300,33 +303,28 @@ class SharedState:
             except FileNotFoundError:
                 if not create:
                     raise
-                try:
+                # FileExistsError: another process published it first; open theirs.
+                with contextlib.suppress(FileExistsError):
                     self._create_file(
                         size if size is not None else DEFAULT_SIZE,
                         max_objects if max_objects is not None else DEFAULT_MAX_OBJECTS,
                         mode,
                     )
-                except FileExistsError:
-                    pass  # another process published it first: open theirs
                 continue
             try:
                 st = os.fstat(fd)
+                # Check a copy of the header before mapping: an error leaves nothing mapped.
                 header_size: int = self._native.HEADER_SIZE
                 if st.st_size < header_size:
                     raise ValueError(
                         f"{path}: not a resilio shared-memory file ({st.st_size} bytes, "
                         f"smaller than its {header_size}-byte header)"
                     )
+                self._check(os.pread(fd, header_size, 0), st.st_size, size, max_objects)
                 mm = mmap.mmap(fd, st.st_size)
             finally:
                 os.close(fd)
-            try:
-                m = self._native.Mapping(mm)
-                self._check(m, st.st_size, size, max_objects)
-            except BaseException:
-                m = None
-                mm.close()
-                raise
+            m = self._native.Mapping(mm)
             return mm, m, (st.st_dev, st.st_ino)
         raise OSError(errno.EAGAIN, f"{path}: the file kept disappearing while being opened")
 
@@ -354,16 +352,15 @@ class SharedState:
             os.link(tmp, self._path)
         finally:
             os.close(fd)
-            try:
+            with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
-            except FileNotFoundError:
-                pass
 
-    def _check(self, m: Any, file_size: int, size: int | None, max_objects: int | None) -> None:
+    def _check(
+        self, header: bytes, file_size: int, size: int | None, max_objects: int | None
+    ) -> None:
         native = self._native
         path = self._path
-        h = m.header()
-        code = m.check()
+        code, h = native.check_header(header, file_size)
         if code == native.E_MAGIC:
             raise ValueError(
                 f"{path}: not a resilio shared-memory file (magic {h['magic']!r}, "
@@ -391,9 +388,7 @@ class SharedState:
         if size is not None and h["total_size"] != size:
             raise ValueError(f"{path}: size is {h['total_size']} bytes, asked for {size}")
         if max_objects is not None and h["slot_count"] != max_objects:
-            raise ValueError(
-                f"{path}: max_objects is {h['slot_count']}, asked for {max_objects}"
-            )
+            raise ValueError(f"{path}: max_objects is {h['slot_count']}, asked for {max_objects}")
 
     # ---- properties and housekeeping ------------------------------------------------
 
@@ -470,10 +465,9 @@ class SharedState:
         mm = self._mm
         self._map = None
         if mm is not None:
-            try:
+            # BufferError: objects still point into it; unmapped when the last one goes.
+            with contextlib.suppress(BufferError):
                 mm.close()
-            except BufferError:
-                pass  # objects still point into it: unmapped when the last one goes
 
     def unlink(self) -> None:
         """Remove the file's name: processes that open the path later get a new file;
@@ -758,7 +752,11 @@ class SharedState:
 
 
 class SharedFactory:
-    """Builds one strategy's primitives in a `SharedState`, as the object `name`."""
+    """Builds one strategy's primitives in a `SharedState`, as the object `name`.
+
+    Its results are the compiled classes; they are typed as `resilio._core`'s, whose
+    API they share, so that strategies type-check alike on every backend.
+    """
 
     __slots__ = ("name", "state")
 
@@ -766,11 +764,12 @@ class SharedFactory:
         self.state = state
         self.name = name
 
-    def token_bucket(self, rate: float, burst: int) -> TokenBucket:
-        return self.state.token_bucket(self.name, rate, burst)
+    def token_bucket(self, rate: float, burst: int) -> _core.TokenBucket:
+        return cast("_core.TokenBucket", self.state.token_bucket(self.name, rate, burst))
 
-    def keyed_buckets(self, rate: float, burst: int, max_keys: int) -> KeyedBuckets:
-        return self.state.keyed_buckets(self.name, rate, burst, max_keys)
+    def keyed_buckets(self, rate: float, burst: int, max_keys: int) -> _core.KeyedBuckets:
+        obj = self.state.keyed_buckets(self.name, rate, burst, max_keys)
+        return cast("_core.KeyedBuckets", obj)
 
     def circuit(
         self,
@@ -784,8 +783,8 @@ class SharedFactory:
         slow_call_ratio: float | None = None,
         buckets: int = 10,
         now_ns: int = 0,
-    ) -> Circuit:
-        return self.state.circuit(
+    ) -> _core.Circuit:
+        obj = self.state.circuit(
             self.name,
             failure_ratio,
             minimum_throughput,
@@ -797,12 +796,13 @@ class SharedFactory:
             buckets=buckets,
             now_ns=now_ns,
         )
+        return cast("_core.Circuit", obj)
 
-    def gate(self, limit: int) -> Gate:
-        return self.state.gate(self.name, limit)
+    def gate(self, limit: int) -> _core.Gate:
+        return cast("_core.Gate", self.state.gate(self.name, limit))
 
-    def counters(self, n: int) -> Counters:
-        return self.state.counters(self.name, n)
+    def counters(self, n: int) -> _core.Counters:
+        return cast("_core.Counters", self.state.counters(self.name, n))
 
     def __repr__(self) -> str:
         return f"SharedFactory({self.state.path!r}, name={self.name!r})"

@@ -15,6 +15,7 @@ import argparse
 import json
 import math
 import os
+import random
 import subprocess
 import sys
 import time
@@ -39,12 +40,12 @@ __all__ = [
     "summarize",
 ]
 
-#: Seconds of workload per run (the demo runs twice) and calls per second.
-DEFAULT_DURATION: Final = 25.0
+#: Seconds of workload (both runs at once) and calls per second.
+DEFAULT_DURATION: Final = 30.0
 DEFAULT_RATE: Final = 50.0
 #: --quick: a short run for tests and a first look.
-QUICK_DURATION: Final = 4.0
-QUICK_RATE: Final = 100.0
+QUICK_DURATION: Final = 8.0
+QUICK_RATE: Final = 50.0
 DEFAULT_ERROR_RATE: Final = 0.1
 DEFAULT_OUTPUT: Final = "resilio-demo.html"
 
@@ -53,22 +54,31 @@ DEFAULT_OUTPUT: Final = "resilio-demo.html"
 TOTAL_TIMEOUT: Final = 3.0
 ATTEMPT_TIMEOUT: Final = 1.0
 RETRY_ATTEMPTS: Final = 4
-RETRY_DELAY: Final = 0.1
+RETRY_DELAY: Final = 0.2
 RETRY_MAX_DELAY: Final = 1.0
-BREAKER_FAILURE_RATIO: Final = 0.5
+BREAKER_FAILURE_RATIO: Final = 0.4
 BREAKER_MIN_THROUGHPUT: Final = 20
-BREAKER_SAMPLING: Final = 2.0
-BREAKER_BREAK: Final = 1.0
-CIRCUIT_WAITS: Final = 5
+BREAKER_SAMPLING: Final = 1.0
+BREAKER_BREAK: Final = 0.25
+CIRCUIT_WAITS: Final = 4
 CIRCUIT_WAIT_DELAY: Final = 0.05
+# Calls waiting for the circuit come back spread over this many seconds, not all at once.
+CIRCUIT_WAIT_SPREAD: Final = 0.5
 
 #: Targets the resilient run must meet.
 TARGET_SUCCESS: Final = 0.99
 TARGET_OVERRUN: Final = 0.050
 TARGET_AMPLIFICATION: Final = 1.3
 
-# How long to wait, after the last call left, for the stragglers of a run.
-_DRAIN: Final = 10.0
+# Both clients: a pool large enough that calls never queue for a connection. httpcore
+# 1.0.9 leaks a pool slot when a request is cancelled while it waits for a connection
+# (encode/httpcore#1093), and every timeout is a cancellation.
+MAX_CONNECTIONS: Final = 500
+MAX_KEEPALIVE: Final = 20
+
+# How long to wait, after the last call left, for the stragglers of a run (the bare
+# client's timeouts are httpx's 5 s).
+_DRAIN: Final = 6.0
 
 
 @dataclass
@@ -172,13 +182,30 @@ class _Upstream:
 # ---- one run -----------------------------------------------------------------------------
 
 
-class _Live:
-    """Counts for the progress line."""
+MakeClient = Callable[["RunResult", list[float]], tuple[Any, Callable[[], str]]]
 
-    def __init__(self) -> None:
+
+class _Side:
+    """One of the two runs: its client, its upstream, its counts."""
+
+    def __init__(
+        self, name: str, title: str, make: MakeClient, upstream: _Upstream, duration: float
+    ) -> None:
+        self.result = RunResult(name, title, duration)
+        self.make = make
+        self.upstream = upstream
         self.sent = 0
         self.ok = 0
         self.failed = 0
+        self.state: Callable[[], str] = lambda: ""
+
+    def line(self) -> str:
+        in_flight = self.sent - self.ok - self.failed
+        text = (
+            f"{self.result.name} ok {self.ok:5d} failed {self.failed:4d} in flight {in_flight:3d}"
+        )
+        state = self.state()
+        return f"{text} {state}" if state else text
 
 
 def _phase_name(t: float, duration: float) -> str:
@@ -188,34 +215,25 @@ def _phase_name(t: float, duration: float) -> str:
     return p.name if p is not None else "drain"
 
 
-async def _progress(
-    result: RunResult, t0: float, live: _Live, state: Callable[[], str], out: TextIO
-) -> None:
+async def _progress(sides: list[_Side], t0: float, duration: float, out: TextIO) -> None:
     second = 1
     while True:
         await anyio.sleep(max(0.0, t0 + second - time.monotonic()))
         t = time.monotonic() - t0
-        in_flight = live.sent - live.ok - live.failed
+        parts = " | ".join(s.line() for s in sides)
         print(
-            f"[{result.name:<9} {t:5.1f}s] {_phase_name(t, result.duration):<9} "
-            f"sent {live.sent:5d}  ok {live.ok:5d}  failed {live.failed:4d}  "
-            f"in flight {in_flight:3d}  {state()}",
+            f"[{t:5.1f}s] {_phase_name(t, duration):<9} sent {sides[0].sent:5d} | {parts}",
             file=out,
             flush=True,
         )
         second += 1
 
 
-async def _workload(
-    client: Any,
-    url: str,
-    result: RunResult,
-    rate: float,
-    t0: float,
-    live: _Live,
-) -> None:
+async def _workload(client: Any, side: _Side, rate: float, t0: float) -> None:
     from resilio.demo.upstream import CALL_HEADER
 
+    result = side.result
+    url = side.upstream.proxy_url + "/work"
     n = int(result.duration * rate)
 
     async def one(i: int) -> None:
@@ -230,63 +248,73 @@ async def _workload(
         end = time.monotonic()
         result.calls.append(CallRecord(i, start - t0, end - t0, ok, outcome))
         if ok:
-            live.ok += 1
+            side.ok += 1
         else:
-            live.failed += 1
+            side.failed += 1
 
     async with anyio.create_task_group() as tg:
         for i in range(n):
             await anyio.sleep(max(0.0, t0 + i / rate - time.monotonic()))
-            live.sent += 1
+            side.sent += 1
             tg.start_soon(one, i)
 
 
-async def _run_once(
-    name: str,
-    title: str,
-    make_client: Callable[[RunResult, list[float]], tuple[Any, Callable[[], str]]],
-    upstream: _Upstream,
-    options: DemoOptions,
-    out: TextIO,
-) -> RunResult:
+async def _drive(side: _Side, client: Any, options: DemoOptions, t0: float) -> None:
+    async with client:
+        with anyio.move_on_after(max(0.0, t0 - time.monotonic()) + options.duration + _DRAIN):
+            await _workload(client, side, options.rate, t0)
+    side.state()  # takes the final counts
     import httpx
 
-    result = RunResult(name, title, options.duration)
-    origin = [0.0]  # t0, known once the client is built (building one can take 0.3 s)
-    client, state = make_client(result, origin)
-    async with httpx.AsyncClient(base_url=upstream.control_url) as control:
-        # A little ahead, so the timeline has started before the first call leaves.
-        t0 = origin[0] = time.monotonic() + 0.2
-        r = await control.post(
-            "/__control/start", json={"t0": t0, "duration": options.duration, "run": name}
-        )
-        r.raise_for_status()
-        live = _Live()
-        async with client, anyio.create_task_group() as tg:
-            if options.live:
-                tg.start_soon(_progress, result, t0, live, state, out)
-            with anyio.move_on_after(options.duration + _DRAIN + 1.0):
-                url = upstream.proxy_url + "/work"
-                await _workload(client, url, result, options.rate, t0, live)
-            tg.cancel_scope.cancel()
-        state()  # takes the final counts
+    async with httpx.AsyncClient(base_url=side.upstream.control_url) as control:
         stats = (await control.get("/__control/stats")).json()
+    result = side.result
     result.upstream_calls = int(stats["calls"])
     result.upstream_per_second = [int(x) for x in stats["per_second"]]
     result.upstream_statuses = {str(k): int(v) for k, v in stats["statuses"].items()}
     result.calls.sort(key=lambda c: c.index)
-    return result
+
+
+async def _run_both(sides: list[_Side], options: DemoOptions, out: TextIO) -> None:
+    import httpx
+
+    origin = [0.0]  # t0, known once the clients are built (building one can take 0.3 s)
+    clients = []
+    for side in sides:
+        client, side.state = side.make(side.result, origin)
+        clients.append(client)
+    # A little ahead, so both timelines have started before the first calls leave.
+    t0 = origin[0] = time.monotonic() + 0.3
+    for side in sides:
+        async with httpx.AsyncClient(base_url=side.upstream.control_url) as control:
+            r = await control.post(
+                "/__control/start",
+                json={"t0": t0, "duration": options.duration, "run": side.result.name},
+            )
+            r.raise_for_status()
+    async with anyio.create_task_group() as tg:
+        if options.live:
+            tg.start_soon(_progress, sides, t0, options.duration, out)
+        async with anyio.create_task_group() as runs:
+            for side, client in zip(sides, clients, strict=True):
+                runs.start_soon(_drive, side, client, options, t0)
+        tg.cancel_scope.cancel()
 
 
 def _bare_client(result: RunResult, t0: list[float]) -> tuple[Any, Callable[[], str]]:
+    """httpx's defaults (5 s timeouts), with the same pool limits as the resilient client."""
     import httpx
 
-    return httpx.AsyncClient(), lambda: ""
+    return httpx.AsyncClient(limits=_limits()), lambda: ""
 
 
-def _resilient_client(
-    seed: int,
-) -> Callable[[RunResult, list[float]], tuple[Any, Callable[[], str]]]:
+def _limits() -> Any:
+    import httpx
+
+    return httpx.Limits(max_connections=MAX_CONNECTIONS, max_keepalive_connections=MAX_KEEPALIVE)
+
+
+def _resilient_client(seed: int) -> MakeClient:
     def make(result: RunResult, t0: list[float]) -> tuple[Any, Callable[[], str]]:
         import httpx
 
@@ -312,10 +340,17 @@ def _resilient_client(
         # Waiting out an open circuit sends nothing upstream, so it is not charged to
         # the retry budget: a call the breaker refuses sleeps its retry_after (when the
         # deadline leaves room) and tries again; the breaker admits one probe at a time.
+        spread = random.Random(seed).random
+
+        async def stagger(attempt: int, outcome: Any, delay: float) -> None:
+            # Every waiting call was told the same instant: come back spread out instead.
+            await anyio.sleep(CIRCUIT_WAIT_SPREAD * spread())
+
         circuit_wait = Retry(
             CIRCUIT_WAITS,
             backoff=Backoff.constant(CIRCUIT_WAIT_DELAY, max_delay=TOTAL_TIMEOUT),
             handle=BrokenCircuitError,
+            on_retry=stagger,
             name="circuit_wait",
         )
         retry = Retry(
@@ -339,7 +374,7 @@ def _resilient_client(
         )
         attempt = Timeout(ATTEMPT_TIMEOUT, name="attempt_timeout")
         pipeline = Pipeline(total, circuit_wait, retry, breaker, attempt, name="demo")
-        transport = ResilientTransport(pipeline)
+        transport = ResilientTransport(pipeline, httpx.AsyncHTTPTransport(limits=_limits()))
         result.total_timeout = TOTAL_TIMEOUT
 
         def state() -> str:
@@ -357,7 +392,10 @@ def _resilient_client(
             }
             return f"breaker {breaker.state.name.lower().replace('_', '-')}"
 
-        return httpx.AsyncClient(transport=transport), state
+        # httpx's own timeouts sit just under the attempt timeout, so a slow attempt ends
+        # inside httpcore rather than by cancellation, which can leak pool slots.
+        network = httpx.Timeout(ATTEMPT_TIMEOUT - 0.1, connect=ATTEMPT_TIMEOUT / 2)
+        return httpx.AsyncClient(transport=transport, timeout=network), state
 
     return make
 
@@ -512,12 +550,17 @@ def print_report(bare: dict[str, Any], resilient: dict[str, Any], out: TextIO) -
 
 
 async def run(options: DemoOptions, out: TextIO = sys.stdout) -> tuple[RunResult, RunResult]:
-    """Start the upstream, run the workload bare then resilient; return both results."""
+    """Run the workload bare and resilient, side by side; return both results.
+
+    Each run has its own upstream process (same seed, same timeline, same t0),
+    so the two clients meet the same faults at the same moments and neither
+    one's load reaches the other's service.
+    """
     from resilio.demo.upstream import TIMELINE
 
     print(
-        f"resilio demo: {options.rate:g} calls/s for {options.duration:g} s, twice "
-        f"(seed {options.seed}, {100 * options.error_rate:g} % transient errors)",
+        f"resilio demo: {options.rate:g} calls/s for {options.duration:g} s, bare and resilient "
+        f"side by side (seed {options.seed}, {100 * options.error_rate:g} % transient errors)",
         file=out,
     )
     for p in TIMELINE:
@@ -525,23 +568,34 @@ async def run(options: DemoOptions, out: TextIO = sys.stdout) -> tuple[RunResult
             f"  {p.start * options.duration:5.1f}-{p.end * options.duration:5.1f}s  "
             f"{p.name:<9} {p.label}",
             file=out,
+            flush=True,
         )
-    upstream = await anyio.to_thread.run_sync(_Upstream, options.seed, options.error_rate)
+    upstreams: list[_Upstream] = []
+
+    async def start() -> None:
+        upstreams.append(
+            await anyio.to_thread.run_sync(_Upstream, options.seed, options.error_rate)
+        )
+
     try:
-        bare = await _run_once(
-            "bare", "bare httpx.AsyncClient", _bare_client, upstream, options, out
-        )
-        resilient = await _run_once(
-            "resilient",
-            "httpx.AsyncClient on ResilientTransport",
-            _resilient_client(options.seed),
-            upstream,
-            options,
-            out,
-        )
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(start)
+            tg.start_soon(start)
+        sides = [
+            _Side("bare", "bare httpx.AsyncClient", _bare_client, upstreams[0], options.duration),
+            _Side(
+                "resilient",
+                "httpx.AsyncClient on ResilientTransport",
+                _resilient_client(options.seed),
+                upstreams[1],
+                options.duration,
+            ),
+        ]
+        await _run_both(sides, options, out)
     finally:
-        await anyio.to_thread.run_sync(upstream.close)
-    return bare, resilient
+        for up in upstreams:
+            await anyio.to_thread.run_sync(up.close)
+    return sides[0].result, sides[1].result
 
 
 def configure(parser: argparse.ArgumentParser) -> None:

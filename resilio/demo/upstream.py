@@ -65,14 +65,15 @@ class Phase:
 
 #: The scripted faults, in order; transient errors (`Faults.error_rate`) run throughout.
 TIMELINE: Final[tuple[Phase, ...]] = (
-    Phase("steady", 0.00, 0.10, "transient errors only"),
-    Phase("hangs", 0.10, 0.22, "5 % of calls hang (never answered)"),
-    Phase("latency", 0.22, 0.34, "latency spike: +0.1 s on every response, 15 % take 1.5 s"),
-    Phase("outage", 0.34, 0.50, "full outage: every call gets 503"),
-    Phase("recovery", 0.50, 0.60, "transient errors only"),
-    Phase("restart", 0.60, 0.70, "rolling restart: 3 instances, each refuses connections"),
-    Phase("overload", 0.70, 0.84, "overload: sheds 20 % of calls with 503 + Retry-After: 0.5"),
-    Phase("steady", 0.84, 1.00, "transient errors only"),
+    Phase("steady", 0.00, 0.08, "transient errors only"),
+    Phase("hangs", 0.08, 0.20, "5 % of calls hang (never answered)"),
+    Phase("latency", 0.20, 0.32, "latency spike: +0.1 s on every response, 15 % take 1.5 s"),
+    Phase("steady", 0.32, 0.40, "transient errors only"),
+    Phase("outage", 0.40, 0.56, "full outage: every call gets 503"),
+    Phase("recovery", 0.56, 0.64, "transient errors only"),
+    Phase("restart", 0.64, 0.72, "rolling restart: 2 instances in turn refuse connections"),
+    Phase("overload", 0.72, 0.86, "overload: sheds 15 % of calls with 503 + Retry-After: 0.5"),
+    Phase("steady", 0.86, 1.00, "transient errors only"),
 )
 
 HANG_RATE: Final = 0.05
@@ -80,11 +81,11 @@ HANG_MAX: Final = 60.0
 SLOW_RATE: Final = 0.15
 SLOW_SECONDS: Final = 1.5
 NETWORK_LATENCY: Final = 0.1
-SHED_RATE: Final = 0.2
+SHED_RATE: Final = 0.15
 SHED_RETRY_AFTER: Final = "0.5"
-RESTART_INSTANCES: Final = 3
+RESTART_INSTANCES: Final = 2
 #: Share of each instance's turn in the restart phase during which it refuses connections.
-RESTART_DOWN_SHARE: Final = 0.6
+RESTART_DOWN_SHARE: Final = 0.5
 
 
 def phase_at(fraction: float) -> Phase | None:

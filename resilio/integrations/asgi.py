@@ -25,7 +25,6 @@ from typing import Any
 
 import anyio
 
-from resilio import _core
 from resilio import context as _ctx
 from resilio.backends import Backend, resolve
 from resilio.clock import SYSTEM_CLOCK, Clock

@@ -33,8 +33,8 @@ from typing import Any, Final
 import anyio
 import httpx
 
+from resilio import context as _ctx
 from resilio.clock import Clock
-from resilio.context import deadline as _deadline
 from resilio.errors import TimeoutRejectedError
 from resilio.integrations.asgi import DEADLINE_HEADER
 from resilio.pipeline import Pipeline
@@ -49,7 +49,7 @@ from resilio.standard import (
     RETRY_MAX_DELAY,
     TOTAL_TIMEOUT,
 )
-from resilio.strategies._base import Strategy
+from resilio.strategies._base import Runner, Strategy
 from resilio.strategies.circuit_breaker import CircuitBreaker
 from resilio.strategies.hedging import Hedging
 from resilio.strategies.retry import Backoff, Retry, RetryBudget
@@ -74,6 +74,9 @@ DEFAULT_FAILURE_STATUSES: Final = frozenset({408, 429, 500, 502, 503, 504})
 DEFAULT_MAX_ORIGINS: Final = 1000
 DEFAULT_TOTAL_TIMEOUT: Final = TOTAL_TIMEOUT
 DEFAULT_ATTEMPT_TIMEOUT: Final = ATTEMPT_TIMEOUT
+
+_deadline_at = _ctx._DEADLINE.get
+_monotonic = time.monotonic
 
 # Sent with the canonical spelling; DEADLINE_HEADER is the lower-case name servers match.
 _WIRE_HEADER: Final = "-".join(part.capitalize() for part in DEADLINE_HEADER.split("-"))
@@ -149,37 +152,36 @@ async def _release_before_backoff(attempt: int, outcome: Any, delay: float) -> N
         await _discard([outcome.response], None)
 
 
-class _Call:
-    """One request through the pipeline: the responses its attempts produced."""
-
-    __slots__ = ("request", "seen", "track")
-
-    def __init__(self, request: httpx.Request, track: bool) -> None:
-        self.request = request
-        # Failed responses (and, when hedging, every response), closed before the
-        # next attempt or at the end unless returned.
-        self.seen: list[httpx.Response] | None = None
-        self.track = track
-
-
-Execute = Callable[[Callable[[_Call], Awaitable[httpx.Response]], _Call], Awaitable[Any]]
+# A call's state is a list, not an object, because one is built per request:
+# [the request, the responses to close (None until an attempt fails)].
+_Call = list[Any]
+_REQUEST: Final = 0
+_SEEN: Final = 1
+_NO_KWARGS: Final[dict[str, Any]] = {}
 
 
 class _Route:
-    """The pipelines of one origin (or of the user's pipeline)."""
+    """The pipelines of one origin (or of the user's pipeline), as their runners."""
 
-    __slots__ = ("breaker", "hedged", "once", "repeat")
+    __slots__ = ("breaker", "once", "repeat", "repeat_attempt")
 
     def __init__(
-        self, repeat: Pipeline, once: Pipeline, breaker: CircuitBreaker | None, hedged: bool
+        self,
+        repeat: Pipeline,
+        once: Pipeline,
+        breaker: CircuitBreaker | None,
+        repeat_attempt: Callable[[_Call], Awaitable[httpx.Response]],
     ) -> None:
-        self.repeat: Execute = repeat.execute
-        self.once: Execute = once.execute
+        # The compiled runners, called directly: Pipeline.execute would add a frame.
+        self.repeat: Runner = repeat._run
+        self.once: Runner = once._run
         self.breaker = breaker
-        self.hedged = hedged
+        self.repeat_attempt = repeat_attempt
 
 
 _DEFAULT: Any = object()
+#: (scheme, host, port); port None means the scheme's default.
+_OriginKey = tuple[str, str, int | None]
 
 
 def _timeout(name: str, value: object) -> Timeout | None:
@@ -225,8 +227,8 @@ def _is_factory(value: object) -> bool:
     return callable(value) and not isinstance(value, Strategy)
 
 
-def _origin(key: tuple[bytes, bytes, int | None]) -> str:
-    scheme, host, port = key[0].decode("ascii"), key[1].decode("ascii"), key[2]
+def _origin(key: _OriginKey) -> str:
+    scheme, host, port = key
     if port is None:
         port = {"http": 80, "https": 443, "ws": 80, "wss": 443}.get(scheme)
     if ":" in host:
@@ -266,6 +268,7 @@ class ResilientTransport(httpx.AsyncBaseTransport):
         "_routes",
         "_send",
         "_single",
+        "_touch",
     )
 
     def __init__(
@@ -296,7 +299,8 @@ class ResilientTransport(httpx.AsyncBaseTransport):
         self._max_origins = max_origins
         self._name = name
         self._clock = clock
-        self._routes: OrderedDict[tuple[bytes, bytes, int | None], _Route] = OrderedDict()
+        self._routes: OrderedDict[_OriginKey, _Route] = OrderedDict()
+        self._touch = self._routes.move_to_end
         self._attempt_fn = self._attempt
         self._single: _Route | None = None
         self._make_breaker: Callable[[], CircuitBreaker] | None = None
@@ -331,7 +335,8 @@ class ResilientTransport(httpx.AsyncBaseTransport):
                 else Pipeline(*kept, name=pipeline.name, clock=pipeline.clock)
             )
             hedged = any(isinstance(s, Hedging) for s in strategies)
-            self._single = _Route(pipeline, once, None, hedged)
+            attempt = self._attempt_tracked if hedged else self._attempt_fn
+            self._single = _Route(pipeline, once, None, attempt)
         else:
             self._configure(total_timeout, retry, hedging, breaker, attempt_timeout, rate_limiter)
         # Last, once the options are known to be good: the default builds an SSL context.
@@ -394,7 +399,7 @@ class ResilientTransport(httpx.AsyncBaseTransport):
             clock=self._clock,
         )
 
-    def _build_route(self, key: tuple[bytes, bytes, int | None] | None) -> _Route:
+    def _build_route(self, key: _OriginKey | None) -> _Route:
         breaker: CircuitBreaker | None = None
         inner: list[Strategy] = []
         if key is not None and self._make_breaker is not None:
@@ -411,16 +416,12 @@ class ResilientTransport(httpx.AsyncBaseTransport):
         name, clock = self._name, self._clock
         repeat = Pipeline(*self._outer, *inner, name=name, clock=clock)
         once = Pipeline(*self._once_outer, *inner, name=name, clock=clock)
-        return _Route(repeat, once, breaker, self._hedged)
+        attempt = self._attempt_tracked if self._hedged else self._attempt_fn
+        return _Route(repeat, once, breaker, attempt)
 
-    def _route(self, url: httpx.URL) -> _Route:
-        key = (url.raw_scheme, url.raw_host, url.port)
-        routes = self._routes
-        route = routes.get(key)
-        if route is not None:
-            routes.move_to_end(key)
-            return route
+    def _add_route(self, key: _OriginKey) -> _Route:
         route = self._build_route(key)
+        routes = self._routes
         routes[key] = route
         if len(routes) > self._max_origins:
             # Bounded memory: the least recently used origin forgets its breaker.
@@ -430,7 +431,7 @@ class ResilientTransport(httpx.AsyncBaseTransport):
     def circuit_breaker(self, url: httpx.URL | str) -> CircuitBreaker | None:
         """The circuit breaker of `url`'s origin, or None if it has none (yet)."""
         u = httpx.URL(url)
-        route = self._routes.get((u.raw_scheme, u.raw_host, u.port))
+        route = self._routes.get((u.scheme, u.host, u.port))
         return None if route is None else route.breaker
 
     @property
@@ -441,50 +442,59 @@ class ResilientTransport(httpx.AsyncBaseTransport):
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         route = self._single
         if route is None:
-            route = self._route(request.url)
+            url = request.url
+            key = (url.scheme, url.host, url.port)
+            route = self._routes.get(key)
+            if route is None:
+                route = self._add_route(key)
+            else:
+                self._touch(key)
+        call: _Call = [request, None]
         if request.method in self._retry_methods and isinstance(request.stream, httpx.ByteStream):
-            execute = route.repeat
-            call = _Call(request, route.hedged)
+            run = route.repeat(route.repeat_attempt, (call,), _NO_KWARGS)
         else:
-            execute = route.once
-            call = _Call(request, False)
+            run = route.once(self._attempt_fn, (call,), _NO_KWARGS)
         try:
-            response = await execute(self._attempt_fn, call)
+            response = await run
         except FailedResponse as failed:
             response = failed.response
         except BaseException:
-            if call.seen is not None:
-                await _discard(call.seen, None)
+            if call[_SEEN] is not None:
+                await _discard(call[_SEEN], None)
             raise
-        if call.seen is not None:
-            await _discard(call.seen, response)
-        if not isinstance(response, httpx.Response):
+        if call[_SEEN] is not None:
+            await _discard(call[_SEEN], response)
+        if type(response) is not httpx.Response and not isinstance(response, httpx.Response):
             raise TypeError(f"the pipeline returned {response!r}, not an httpx.Response")
         return response
 
     async def _attempt(self, call: _Call) -> httpx.Response:
-        seen = call.seen
+        seen = call[_SEEN]
         if seen is not None:
             # Earlier attempts' responses are discarded: a new attempt means none won.
-            call.seen = None
+            call[_SEEN] = None
             await _discard(seen, None)
-        request = call.request
-        left = _deadline()
-        if left is not None:
-            request.headers[_WIRE_HEADER] = f"{left:.3f}"
+        request: httpx.Request = call[_REQUEST]
+        at = _deadline_at()
+        if at is not None:
+            left = at - _monotonic()
+            request.headers[_WIRE_HEADER] = f"{left if left > 0.0 else 0.0:.3f}"
         response = await self._send(request)
         if response.status_code in self._failure_statuses:
-            if call.seen is None:
-                call.seen = [response]
+            if call[_SEEN] is None:
+                call[_SEEN] = [response]
             else:
-                call.seen.append(response)
+                call[_SEEN].append(response)
             raise FailedResponse(response)
-        if call.track:
-            # A hedged attempt that loses the race still returns its response here.
-            if call.seen is None:
-                call.seen = [response]
-            else:
-                call.seen.append(response)
+        return response
+
+    async def _attempt_tracked(self, call: _Call) -> httpx.Response:
+        response = await self._attempt(call)
+        # A hedged attempt that loses the race still returns its response here.
+        if call[_SEEN] is None:
+            call[_SEEN] = [response]
+        else:
+            call[_SEEN].append(response)
         return response
 
     async def aclose(self) -> None:

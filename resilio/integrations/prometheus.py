@@ -562,7 +562,9 @@ class ResilioCollector(Collector):
         add = [f.samples.append for f in fams]
         for strategies, plans in self._live():
             for i, values, families, names, labels, _ in plans:
-                for f, name, lab, v in zip(families, names, labels, values(strategies[i])):
+                for f, name, lab, v in zip(
+                    families, names, labels, values(strategies[i]), strict=True
+                ):
                     add[f](_new(Sample, (name, lab, v, *_PAD)))
         return fams
 
@@ -577,7 +579,7 @@ class ResilioCollector(Collector):
         add = [family.append for family in lines]
         for strategies, plans in self._live():
             for i, values, families, _, _, prefixes in plans:
-                for f, prefix, v in zip(families, prefixes, values(strategies[i])):
+                for f, prefix, v in zip(families, prefixes, values(strategies[i]), strict=True):
                     add[f](f"{prefix}{v}\n")
         return "".join(
             header + "".join(family) for header, family in zip(_HEADERS, lines, strict=True)
@@ -607,7 +609,7 @@ def _weak(pipeline: Pipeline) -> Callable[[], Pipeline | None]:
 _collectors: weakref.WeakKeyDictionary[CollectorRegistry, ResilioCollector] = (
     weakref.WeakKeyDictionary()
 )
-_collectors_lock = threading.Lock()
+_collectors_lock = threading.RLock()  # instrument() holds it while a collector registers
 
 
 def instrument(

@@ -47,6 +47,9 @@ SLOT_SECONDS = 0.001
 _SLOTS_PER_SECOND = 1000.0
 
 _monotonic = time.monotonic
+_floor = math.floor
+# The C method itself: `task.cancelling()` is an unspecialized method lookup.
+_cancelling = asyncio.Task.cancelling
 _get_ident = threading.get_ident
 _copy_context = contextvars.copy_context
 _get_running_loop = asyncio._get_running_loop
@@ -55,10 +58,12 @@ _CancelledError = asyncio.CancelledError
 _DEFAULT_TIME = asyncio.BaseEventLoop.time
 _NOTHING: Any = object()
 
-# The wheel entry of one call whose primary runs inline (a list: cheaper to
-# build than an object, and cleared in place when the call ends so the wheel
-# skips it). Indices:
+# The wheel entry of one call whose primary runs inline: a list, cheaper to
+# build than an object. It sits in its slot (a list) while the primary runs;
+# when the call ends its place is set to None, so the entry is freed at once
+# instead of aging into the garbage collector's older generations. Indices:
 _H, _TASK, _FN, _ARGS, _KWARGS, _CTX, _BASE, _RACE = range(8)
+_Slot = list[Any]
 
 
 # --- Running loop and task, without the public API's per-call cost -------------
@@ -74,21 +79,30 @@ _task_of: Callable[[Any], Any] = (
     _current_tasks.get if isinstance(_current_tasks, dict) else _current_task
 )
 _NO_LOOP: Any = types.SimpleNamespace(_thread_id=None)
-_hot: tuple[Any, Any] = (_NO_LOOP, None)  # (loop, wheel) of the last lookup
+# (loop, wheel) of the last lookup, for loops that have a _thread_id. One
+# tuple, so that a thread never pairs one loop with another loop's wheel.
+_hot: tuple[Any, Any] = (_NO_LOOP, None)
+# The same for any loop (uvloop has no _thread_id): saves the weak-dict lookup.
+_last: tuple[Any, Any] = (None, None)
 
 
 def _lookup() -> tuple[Any, Any]:
     """Return (wheel, task) for the running asyncio task, or (None, None)."""
-    global _hot, _task_of
+    global _hot, _last, _task_of
     loop = _get_running_loop()
     if loop is None:
         return None, None
     task = _current_task(loop)
     if task is None:
         return None, None
-    wheel = _wheels.get(loop)
-    if wheel is None:
-        wheel = _wheels[loop] = _Wheel(loop)
+    last = _last
+    if last[0] is loop:
+        wheel = last[1]
+    else:
+        wheel = _wheels.get(loop)
+        if wheel is None:
+            wheel = _wheels[loop] = _Wheel(loop)
+        _last = (loop, wheel)
     if _task_of is not _current_task and _task_of(loop) is not task:
         # asyncio keeps the current task elsewhere on this Python: use the public API.
         _task_of = _current_task
@@ -103,8 +117,9 @@ def _lookup() -> tuple[Any, Any]:
 class _Wheel:
     """Per-loop hedge timers in 1 ms slots with one armed loop timer.
 
-    A slot is a list of entries; an entry whose call ended is emptied in place
-    and skipped when its slot fires, so ending a call costs one `list.clear()`.
+    A slot lists the entries filed in one millisecond; a call that ends sets
+    its place to None, which costs less than any removal. The timer fires for
+    every slot that was filed, whatever its calls did since.
     """
 
     __slots__ = ("__weakref__", "_armed_at", "_handle", "_heap", "_loop", "now", "slots")
@@ -112,10 +127,10 @@ class _Wheel:
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         ref = weakref.ref(loop)
         self._loop = ref
-        self.slots: dict[float, list[list[Any]]] = {}
-        self._heap: list[float] = []
+        self.slots: dict[int, _Slot] = {}
+        self._heap: list[int] = []
         self._handle: asyncio.TimerHandle | None = None
-        self._armed_at = 0.0
+        self._armed_at = 0
         # Slots are in the loop's own time, so hedges follow the loop's clock.
         if type(loop).time is _DEFAULT_TIME:
             self.now: Callable[[], float] = _monotonic
@@ -126,15 +141,15 @@ class _Wheel:
 
             self.now = now
 
-    def new_slot(self, key: float) -> list[list[Any]]:
-        slot: list[list[Any]] = []
+    def new_slot(self, key: int) -> _Slot:
+        slot: _Slot = []
         self.slots[key] = slot
         heapq.heappush(self._heap, key)
         if self._handle is None or key < self._armed_at:
             self._arm(key)
         return slot
 
-    def _arm(self, key: float) -> None:
+    def _arm(self, key: int) -> None:
         if self._handle is not None:
             self._handle.cancel()
         loop = self._loop()
@@ -148,7 +163,7 @@ class _Wheel:
         self._handle = None
         now_key = self.now() * _SLOTS_PER_SECOND
         heap, slots = self._heap, self.slots
-        due: list[list[list[Any]]] = []
+        due: list[_Slot] = []
         while heap and heap[0] <= now_key:
             slot = slots.pop(heapq.heappop(heap), None)
             if slot:
@@ -156,21 +171,21 @@ class _Wheel:
         if heap:
             self._arm(heap[0])
         for slot in due:
-            for entry in slot:
-                if entry:
-                    try:
-                        entry[_H].fire(entry)
-                    except Exception as exc:  # pragma: no cover - a bug here must not stop the wheel
-                        loop = self._loop()
-                        if loop is not None:
-                            loop.call_exception_handler(
-                                {"message": "resilio hedging timer failed", "exception": exc}
-                            )
+            for i, entry in enumerate(slot):
+                if entry is None:
+                    continue
+                try:
+                    entry[_H].fire(entry, slot, i)
+                except Exception as exc:  # pragma: no cover - a bug here must not stop the wheel
+                    loop = self._loop()
+                    if loop is not None:
+                        loop.call_exception_handler(
+                            {"message": "resilio hedging timer failed", "exception": exc}
+                        )
 
 
-_wheels: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Wheel] = (
-    weakref.WeakKeyDictionary()
-)
+_wheels: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Wheel]
+_wheels = weakref.WeakKeyDictionary()
 
 
 # --- The race, once a call has more than its inline primary ------------------------
@@ -275,7 +290,7 @@ class _Race:
         if t.cancelled():
             if not self.done:
                 # Cancelled by someone else: no outcome, but the attempt is over.
-                self._failed()
+                self.failed()
         else:
             exc = t.exception()  # also marks the exception as retrieved
             if not self.done:
@@ -298,12 +313,13 @@ class _Race:
             value, is_exc, failed = err, True, False
         if failed:
             self.last, self.last_is_exc = value, is_exc
-            self._failed()
+            self.failed()
             return
         self.has_winner, self.winner, self.winner_is_exc = True, value, is_exc
         self.stop()
 
-    def _failed(self) -> None:
+    def failed(self) -> None:
+        """An attempt ended without an accepted outcome."""
         if self.started < self.h.max_attempts:
             self.next_attempt()
         elif not self.tasks and not self.inline:
@@ -338,10 +354,13 @@ class _Race:
             # caller is being cancelled too.
             self.cancelled_caller = False
             external = self.task.uncancel() > self.baseline
-            if is_exc and not isinstance(value, Exception):
-                if external or not isinstance(value, _CancelledError):
-                    await self.drain()
-                    raise value
+            if (
+                is_exc
+                and not isinstance(value, Exception)
+                and (external or not isinstance(value, _CancelledError))
+            ):
+                await self.drain()
+                raise value
         elif is_exc and not isinstance(value, Exception):
             # The caller was cancelled (or interrupted): never an outcome.
             self.stop()
@@ -349,6 +368,10 @@ class _Race:
             raise value
         else:
             self.outcome(value, is_exc)
+        return await self.wait()
+
+    async def wait(self) -> Any:
+        """Wait for the outcome of the attempt tasks; return or raise it."""
         while not self.done:
             self.waiter = self.loop.create_future()
             try:
@@ -398,27 +421,30 @@ class _Hedger:
         self.handles = strategy._handle
         self.handle_result = strategy._handle_result
 
-    def fire(self, entry: list[Any]) -> None:
+    def fire(self, entry: list[Any], slot: _Slot, i: int) -> None:
         """The hedge delay of a call whose primary still runs inline has passed."""
+        if slot[i] is not entry:  # the call has ended
+            return
         task: asyncio.Task[Any] = entry[_TASK]
         if task.cancelling() > entry[_BASE]:
             # Being cancelled (see _Race.next_attempt): look again shortly.
-            task.get_loop().call_later(SLOT_SECONDS, self._refire, entry)
+            task.get_loop().call_later(SLOT_SECONDS, self.fire, entry, slot, i)
             return
         race = entry[_RACE] = _Race(self, entry, inline=True)
         race.next_attempt()
 
-    def _refire(self, entry: list[Any]) -> None:
-        if entry:
-            self.fire(entry)
-
     async def slow(self, entry: list[Any], value: Any, is_exc: bool) -> Any:
-        """The inline primary ended with a hedge running or with a failure."""
+        """The inline primary ended with a hedge running, or failed before one started."""
         race: _Race | None = entry[_RACE]
-        if race is None:
-            race = _Race(self, entry, inline=True)
-        entry.clear()
-        return await race.after_inline(value, is_exc)
+        if race is not None:
+            return await race.after_inline(value, is_exc)
+        # A rejected result (already judged by the caller) or an exception.
+        if is_exc and not self.handles(value):
+            raise value
+        race = _Race(self, entry, inline=False)
+        race.last, race.last_is_exc = value, is_exc
+        race.failed()  # the next attempt starts at once
+        return await race.wait()
 
 
 class Hedging(Shaper):
@@ -479,44 +505,44 @@ class Hedging(Shaper):
                 wheel, task = _lookup()
             if task is None:
                 return await generic(fn, args, kwargs)
-            entry = [h, task, fn, args, kwargs, _copy_context(), task.cancelling(), None]
+            try:
+                base = _cancelling(task)
+            except TypeError:  # a task that is no asyncio.Task: race in a task group
+                return await generic(fn, args, kwargs)
+            entry = [h, task, fn, args, kwargs, _copy_context(), base, None]
             if delay_ms:
                 # Never early: the slot's time is past now + delay.
-                key = (wheel.now() * _SLOTS_PER_SECOND + delay_ms) // 1.0 + 1.0
+                now = wheel.now  # a plain attribute load: `wheel.now()` is not specialized
+                key = _floor(now() * _SLOTS_PER_SECOND + delay_ms) + 1
                 slot = wheel.slots.get(key)
                 if slot is None:
                     slot = wheel.new_slot(key)
+                i = len(slot)
                 slot.append(entry)
             else:
-                h.fire(entry)
+                slot, i = [entry], 0
+                h.fire(entry, slot, 0)
             try:
-                if inner is None:
+                if inner is not None:
+                    result = await inner(fn, args, kwargs)
+                elif kwargs:
                     result = await fn(*args, **kwargs)
                 else:
-                    result = await inner(fn, args, kwargs)
+                    # `fn(*args, **{})` would build a new dict per call.
+                    result = await fn(*args)
             except BaseException as exc:
+                slot[i] = None
                 race = entry[_RACE]
                 if race is None and not isinstance(exc, Exception):
-                    entry.clear()
                     raise
                 if isinstance(exc, GeneratorExit):  # closed, not awaited: no await possible
-                    entry.clear()
                     race.inline = False
                     race.stop()
                     raise
                 return await h.slow(entry, exc, True)
-            if entry[_RACE] is None:
-                if handle_result is None:
-                    entry.clear()
-                    return result
-                try:
-                    rejected = handle_result(result)
-                except BaseException:
-                    entry.clear()
-                    raise
-                if not rejected:
-                    entry.clear()
-                    return result
+            slot[i] = None
+            if entry[_RACE] is None and (handle_result is None or not handle_result(result)):
+                return result
             return await h.slow(entry, result, False)
 
         return run

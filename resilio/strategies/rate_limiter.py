@@ -66,7 +66,7 @@ def _int(name: str, value: int, lo: int) -> int:
 class _Limiter(Strategy):
     """What the plain and the keyed limiter share: options, counters, refusals."""
 
-    __slots__ = ("_burst", "_max_wait", "_max_wait_ns", "_now_ns", "_rate", "_tokens")
+    __slots__ = ("_burst", "_factory", "_max_wait", "_max_wait_ns", "_now_ns", "_rate", "_tokens")
 
     def __init__(
         self,
@@ -102,9 +102,11 @@ class _Limiter(Strategy):
         self._max_wait = max_wait
         self._max_wait_ns = round(max_wait * 1e9)
         self._now_ns = self._clock.now_ns
-        self._setup(key, max_keys, resolve(backend, name))
+        # Where the bucket lives; `_setup` builds it there (a subclass may ignore it).
+        self._factory: Factory = resolve(backend, name)
+        self._setup(key, max_keys)
 
-    def _setup(self, key: KeyFunc | None, max_keys: int, factory: Factory) -> None:
+    def _setup(self, key: KeyFunc | None, max_keys: int) -> None:
         raise NotImplementedError
 
     @property
@@ -247,10 +249,10 @@ class _GateRateLimiter(RateLimiter, GateStrategy):
     # (about a third of the limiter's cost per call).
     __slots__ = ("_bucket", "_enter", "_pending", "_refund", "_reserve")
 
-    def _setup(self, key: KeyFunc | None, max_keys: int, factory: Factory) -> None:
+    def _setup(self, key: KeyFunc | None, max_keys: int) -> None:
         if key is not None:
             raise TypeError("a keyed limiter is a KeyedRateLimiter; build it with RateLimiter")
-        self._bucket = factory.token_bucket(self._rate, self._burst)
+        self._bucket = self._factory.token_bucket(self._rate, self._burst)
         self._reserve = self._bucket.reserve
         self._refund = self._bucket.refund
         # The wait a reservation made in _enter must reach _enter_wait without a
@@ -361,12 +363,12 @@ class KeyedRateLimiter(RateLimiter, Shaper):
 
     __slots__ = ("_bucket", "_key", "_max_keys", "_refund")
 
-    def _setup(self, key: KeyFunc | None, max_keys: int, factory: Factory) -> None:
+    def _setup(self, key: KeyFunc | None, max_keys: int) -> None:
         if key is None or not callable(key):
             raise TypeError(f"key must be a callable returning str or bytes, got {key!r}")
         self._key = key
         self._max_keys = _int("max_keys", max_keys, 1)
-        self._bucket = factory.keyed_buckets(self._rate, self._burst, self._max_keys)
+        self._bucket = self._factory.keyed_buckets(self._rate, self._burst, self._max_keys)
         self._refund = self._bucket.refund
 
     @property

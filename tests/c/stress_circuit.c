@@ -494,9 +494,11 @@ static void run_phase(void) {
 /* Expectations for half-open traffic starting from `from` (OPEN or HALF_OPEN) at now. */
 static void plan_half(uint64_t from, int64_t now) {
     uint32_t opens = rs_cw_opens(from), gen = rs_cw_gen(from);
-    plan.probe_id = id_of(word_of(RS_CS_HALF_OPEN, opens, 0, 0, gen + 1, units_ceil(now + BREAK_NS)));
+    /* A probe lease lasts the current break, exp_break(opens). */
+    plan.probe_id =
+        id_of(word_of(RS_CS_HALF_OPEN, opens, 0, 0, gen + 1, units_ceil(now + exp_break(opens))));
     plan.closed_id = id_of(word_of(RS_CS_CLOSED, 0, 0, 0, gen + 2, units_floor(now)));
-    plan.lease_ns = (int64_t)(units_ceil(now + BREAK_NS) << 16);
+    plan.lease_ns = (int64_t)(units_ceil(now + exp_break(opens)) << 16);
     plan.until_ns = (int64_t)(units_ceil(now + exp_break(opens_after(opens))) << 16);
 }
 
@@ -618,7 +620,7 @@ static void run_config(uint32_t k, int64_t rounds, int64_t *round_base, int64_t 
             s = sum_res();
             check_common(&b, &a, &s, (uint64_t)(ST_THREADS * plan.ops), "RELEASE");
             uint64_t want = word_of(RS_CS_HALF_OPEN, rs_cw_opens(w0), 0, 0, rs_cw_gen(w0) + 1,
-                                    units_ceil(now + BREAK_NS));
+                                    units_ceil(now + exp_break(rs_cw_opens(w0))));
             CHECK_EQ_U64(word(), want, "RELEASE: every permit returned, one period");
             CHECK_EQ_U64(a.half_opened - b.half_opened, 1, "RELEASE: half_opened");
             CHECK(a.opened == b.opened && a.closed == b.closed, "RELEASE: another transition");
@@ -644,7 +646,8 @@ static void run_config(uint32_t k, int64_t rounds, int64_t *round_base, int64_t 
             plan.nlost = k;
             uint64_t w1 = word();
             CHECK_EQ_U64(w1, word_of(RS_CS_HALF_OPEN, rs_cw_opens(w0), k, 0, rs_cw_gen(w0) + 1,
-                                     units_ceil(now + BREAK_NS)), "LEASE: k permits taken");
+                                     units_ceil(now + exp_break(rs_cw_opens(w0)))),
+                         "LEASE: k permits taken");
             int64_t lease = rs_cw_time_ns(w1);
             plan.start_word = w1;
             plan.lease_ns = lease;

@@ -132,7 +132,12 @@ def test_load_shedding_under_uvicorn(core: ModuleType, serve: Serve) -> None:
             done = await asyncio.gather(*slow_calls)
             after = await client.get("/")
             assert shed.headers["retry-after"] == "1"
-            return [shed.status_code, healthy.status_code, *(r.status_code for r in done), after.status_code]
+            return [
+                shed.status_code,
+                healthy.status_code,
+                *(r.status_code for r in done),
+                after.status_code,
+            ]
 
     assert asyncio.run(run()) == [503, 200, 200, 200, 200]
     assert app.bulkhead.in_flight == 0
