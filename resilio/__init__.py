@@ -17,6 +17,7 @@ from resilio.errors import (
 from resilio.pipeline import Pipeline
 from resilio.standard import standard_pipeline
 from resilio.strategies.bulkhead import Bulkhead
+from resilio.strategies.chaos import FaultInjection, LatencyInjection, OutcomeInjection
 from resilio.strategies.circuit_breaker import CircuitBreaker, CircuitState
 from resilio.strategies.fallback import Fallback
 from resilio.strategies.hedging import Hedging
@@ -34,8 +35,11 @@ __all__ = [
     "Clock",
     "ExecutionRejectedError",
     "Fallback",
+    "FaultInjection",
     "Hedging",
     "IsolatedCircuitError",
+    "LatencyInjection",
+    "OutcomeInjection",
     "Pipeline",
     "RateLimitedError",
     "RateLimiter",

@@ -2,6 +2,9 @@
 
     resilio check FILE      validate a config file (TOML, JSON or YAML): prints OK,
                             or the error naming the bad field; exit status 0 or 1
+    resilio demo            a flaky upstream, bare httpx vs ResilientTransport side by
+                            side; prints the comparison, writes an HTML report
+    resilio bench           success-path overhead of each strategy on this machine
 
 Each subcommand is a `_Command`: a name, a one-line help, a function that adds
 its arguments to its parser, and a function that runs it and returns the exit
@@ -43,6 +46,30 @@ def _run_check(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     return 0
 
 
+def _configure_demo(parser: argparse.ArgumentParser) -> None:
+    from resilio.demo.run import configure
+
+    configure(parser)
+
+
+def _run_demo(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    from resilio.demo.run import execute
+
+    return execute(args, out, err)
+
+
+def _configure_bench(parser: argparse.ArgumentParser) -> None:
+    from resilio.benchcmd import configure
+
+    configure(parser)
+
+
+def _run_bench(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    from resilio.benchcmd import execute
+
+    return execute(args, out, err)
+
+
 #: Subcommands, in the order `resilio --help` lists them.
 COMMANDS: list[_Command] = [
     _Command(
@@ -50,6 +77,18 @@ COMMANDS: list[_Command] = [
         "validate a config file; print OK or the first error",
         _configure_check,
         _run_check,
+    ),
+    _Command(
+        "demo",
+        "run a flaky upstream, bare httpx vs ResilientTransport; write an HTML report",
+        _configure_demo,
+        _run_demo,
+    ),
+    _Command(
+        "bench",
+        "measure each strategy's success-path overhead on both core implementations",
+        _configure_bench,
+        _run_bench,
     ),
 ]
 

@@ -70,6 +70,8 @@ _CHUNK: Final = 65536
 # Chunks held by a connection's latency line before its reader waits (bounded memory).
 _LATENCY_BUFFER: Final = 64
 _RST_LINGER: Final = struct.pack("ii", 1, 0)
+# A connection that broke under us: the peer reset it, or it was closed meanwhile.
+_BROKEN: Final = (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError)
 # "refuse" closes an open connection once no byte has moved on it for _QUIET seconds, so
 # that a response being sent is not cut in two.
 _QUIET: Final = 0.05
@@ -351,7 +353,10 @@ class ChaosProxy:
         client: anyio.abc.SocketStream | None = None
         try:
             with conn.scope:
-                client = await anyio.abc.SocketStream.from_socket(raw)
+                try:
+                    client = await anyio.abc.SocketStream.from_socket(raw)
+                except OSError:
+                    return  # the client is gone already (reset before we looked)
                 if self._mode == "blackhole":
                     conn.blackholed = True
                 else:
@@ -372,7 +377,8 @@ class ChaosProxy:
                         pipes.start_soon(self._down_write, conn, client, recv)
         finally:
             self._live.discard(conn)
-            with anyio.CancelScope(shield=True):
+            # Closing a broken socket may fail too: that must not stop the proxy.
+            with anyio.CancelScope(shield=True), contextlib.suppress(*_BROKEN):
                 if upstream is not None:
                     await upstream.aclose()
                 if conn.reset:
@@ -390,7 +396,7 @@ class ChaosProxy:
 
     async def _swallow(self, conn: _Conn, client: anyio.abc.SocketStream) -> None:
         """A black-holed connection: read and drop until the client leaves."""
-        with contextlib.suppress(anyio.EndOfStream, anyio.BrokenResourceError):
+        with contextlib.suppress(anyio.EndOfStream, *_BROKEN):
             while True:
                 await client.receive(_CHUNK)
         conn.scope.cancel()
@@ -409,9 +415,9 @@ class ChaosProxy:
                 conn.scope.cancel()
                 return
             # Half-close: the upstream may still answer what it was sent.
-            with contextlib.suppress(anyio.BrokenResourceError, anyio.ClosedResourceError):
+            with contextlib.suppress(*_BROKEN):
                 await upstream.send_eof()
-        except anyio.BrokenResourceError:
+        except _BROKEN:
             conn.scope.cancel()
 
     async def _down_read(
@@ -433,6 +439,8 @@ class ChaosProxy:
                 # The upstream reset the connection: so does the proxy, to the client.
                 conn.reset = True
                 conn.scope.cancel()
+            except _BROKEN:
+                conn.scope.cancel()
 
     async def _down_write(
         self,
@@ -449,7 +457,7 @@ class ChaosProxy:
                     if not conn.blackholed:
                         await client.send(data)
                         conn.last = anyio.current_time()
-        except anyio.BrokenResourceError:
+        except _BROKEN:
             conn.scope.cancel()
             return
         if conn.blackholed:

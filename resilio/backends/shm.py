@@ -289,6 +289,7 @@ class SharedState:
             )
         self._init_timeout = float(init_timeout)
         self._objects: dict[tuple[int, bytes], tuple[Any, tuple[int, ...]]] = {}
+        self._mm: mmap.mmap | None
         self._mm, self._map, self._ino = self._open(size, max_objects, mode, create)
 
     # ---- opening ------------------------------------------------------------------
@@ -464,6 +465,7 @@ class SharedState:
         self._objects.clear()
         mm = self._mm
         self._map = None
+        self._mm = None
         if mm is not None:
             # BufferError: objects still point into it; unmapped when the last one goes.
             with contextlib.suppress(BufferError):

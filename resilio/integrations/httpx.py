@@ -56,9 +56,11 @@ from resilio.strategies.retry import Backoff, Retry, RetryBudget
 from resilio.strategies.timeout import Timeout
 
 __all__ = [
+    "DEFAULT_ATTEMPT_TIMEOUT",
     "DEFAULT_FAILURE_STATUSES",
     "DEFAULT_MAX_ORIGINS",
     "DEFAULT_RETRY_METHODS",
+    "DEFAULT_TOTAL_TIMEOUT",
     "TRANSIENT_ERRORS",
     "FailedResponse",
     "ResilientTransport",
@@ -409,7 +411,8 @@ class ResilientTransport(httpx.AsyncBaseTransport):
                     f"the breaker factory must return a CircuitBreaker, got {breaker!r}"
                 )
             if breaker.name is None:
-                breaker.name = f"circuit_breaker[{_origin(key)}]"
+                # Errors then say which origin is refused.
+                breaker.name = _origin(key)
             inner.append(breaker)
         if self._attempt_timeout is not None:
             inner.append(self._attempt_timeout)
@@ -535,6 +538,11 @@ def client(
             # A client-level proxy would mount its own transport and bypass ours.
             conn["proxy"] = kwargs.pop("proxy")
         transport = httpx.AsyncHTTPTransport(**conn)
+    elif "proxy" in kwargs:
+        raise TypeError(
+            "proxy= with transport= would send requests past the resilient transport: "
+            "give the proxy to your inner transport instead"
+        )
     options: dict[str, Any] = {
         "hedging": hedging,
         "rate_limiter": rate_limiter,

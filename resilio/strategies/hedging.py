@@ -24,6 +24,7 @@ import asyncio
 import contextvars
 import heapq
 import math
+import os
 import threading
 import time
 import types
@@ -86,6 +87,17 @@ _hot: tuple[Any, Any] = (_NO_LOOP, None)
 _last: tuple[Any, Any] = (None, None)
 
 
+def _forget_loops() -> None:
+    # A forked child keeps the thread id of the thread that forked: a loop that
+    # was running there must not pass for a running loop of the child.
+    global _hot, _last
+    _hot, _last = (_NO_LOOP, None), (None, None)
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_loops)
+
+
 def _lookup() -> tuple[Any, Any]:
     """Return (wheel, task) for the running asyncio task, or (None, None)."""
     global _hot, _last, _task_of
@@ -132,7 +144,7 @@ class _Wheel:
         self._handle: asyncio.TimerHandle | None = None
         self._armed_at = 0
         # Slots are in the loop's own time, so hedges follow the loop's clock.
-        if type(loop).time is _DEFAULT_TIME:
+        if getattr(loop.time, "__func__", None) is _DEFAULT_TIME:  # not overridden or patched
             self.now: Callable[[], float] = _monotonic
         else:
 
@@ -513,7 +525,7 @@ class Hedging(Shaper):
             if delay_ms:
                 # Never early: the slot's time is past now + delay.
                 now = wheel.now  # a plain attribute load: `wheel.now()` is not specialized
-                key = _floor(now() * _SLOTS_PER_SECOND + delay_ms) + 1
+                key = _floor(now() * 1000.0 + delay_ms) + 1  # 1 ms slots
                 slot = wheel.slots.get(key)
                 if slot is None:
                     slot = wheel.new_slot(key)

@@ -184,7 +184,7 @@ class RawServer:
         self._modes = deque(modes)
         self.connections = 0
         self.port = 0
-        self._listener: anyio.abc.SocketListener | None = None
+        self._listener: anyio.abc.Listener[anyio.abc.SocketStream] | None = None
         self._tg: anyio.abc.TaskGroup | None = None
 
     @property

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import threading
 from types import ModuleType
 from typing import Any
 
@@ -610,3 +611,128 @@ async def test_each_callers_hedges_get_its_context(core: ModuleType, anyio_backe
             for name in ("a", "b", "c"):
                 tg.start_soon(call, name)
     assert results == {"a": "a", "b": "b", "c": "c"}
+
+
+async def test_no_hedge_starts_while_the_caller_is_being_cancelled(
+    core: ModuleType, anyio_backend: str
+) -> None:
+    unwound = anyio.Event()
+    calls = 0
+
+    async def f() -> None:
+        nonlocal calls
+        calls += 1
+        try:
+            await anyio.sleep(5)
+        finally:
+            # A slow cleanup, longer than the hedge delay.
+            with anyio.CancelScope(shield=True):
+                await anyio.sleep(0.02)
+            unwound.set()
+
+    h = Hedging(delay=0.002, max_attempts=3)
+    with anyio.move_on_after(0.001) as scope:
+        await Pipeline(h).execute(f)
+    assert scope.cancelled_caught and unwound.is_set()
+    await anyio.sleep(0.005)
+    assert calls == 1 and h.hedges == 0
+
+
+async def test_nested_hedging_outer_hedge_wins(core: ModuleType, anyio_backend: str) -> None:
+    log: list[str] = []
+    n = 0
+
+    async def f() -> str:
+        nonlocal n
+        n += 1
+        me = n
+        try:
+            # Attempts 1 and 2 belong to the inner race of the outer primary;
+            # attempt 3 is the outer hedge.
+            await anyio.sleep(0 if me == 3 else 5)
+        except BaseException:
+            log.append(f"cancelled {me}")
+            raise
+        return f"attempt {me}"
+
+    outer, inner = Hedging(0.01, 2), Hedging(0.002, 2)
+    before, tasks = _cancelling(), _tasks_now()
+    with anyio.fail_after(2):
+        assert await Pipeline(outer, inner).execute(f) == "attempt 3"
+    assert sorted(log) == ["cancelled 1", "cancelled 2"]
+    # The outer primary's inner race hedged once; the outer hedge's answered at once.
+    assert outer.hedges == 1 and inner.hedges == 1
+    assert _cancelling() == before and _tasks_now() == tasks
+
+
+async def test_nested_hedging_inner_hedge_wins(core: ModuleType, anyio_backend: str) -> None:
+    n = 0
+
+    async def f() -> str:
+        nonlocal n
+        n += 1
+        me = n
+        await anyio.sleep(5 if me == 1 else 0)
+        return f"attempt {me}"
+
+    outer, inner = Hedging(1.0, 2), Hedging(0.002, 2)
+    before = _cancelling()
+    with anyio.fail_after(2):
+        assert await Pipeline(outer, inner).execute(f) == "attempt 2"
+    assert outer.hedges == 0 and inner.hedges == 1
+    assert _cancelling() == before
+
+
+def test_loops_in_threads(core: ModuleType) -> None:
+    h = Hedging(delay=0.002, max_attempts=2)
+    p = Pipeline(h)
+    errors: list[BaseException] = []
+
+    async def f(i: int, first: list[bool]) -> int:
+        if first and i % 10 == 0:
+            first.clear()
+            await asyncio.sleep(5)
+        await asyncio.sleep(0)
+        return i
+
+    async def main() -> None:
+        for i in range(100):
+            assert await p.execute(f, i, [True]) == i
+
+    def worker() -> None:
+        try:
+            asyncio.run(main())
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(10)
+    assert errors == []
+    assert h.hedges == 30
+
+
+def test_hedge_delay_runs_on_the_loop_clock(core: ModuleType) -> None:
+    class ShiftedClockLoop(asyncio.SelectorEventLoop):
+        def time(self) -> float:
+            return super().time() - 1000.0  # far from time.monotonic()
+
+    starts: list[float] = []
+
+    async def f() -> int:
+        starts.append(asyncio.get_running_loop().time())
+        if len(starts) == 1:
+            await asyncio.sleep(5)
+        return len(starts)
+
+    async def main() -> int:
+        return await asyncio.wait_for(Pipeline(Hedging(0.01, 2)).execute(f), 2)
+
+    loop = ShiftedClockLoop()
+    try:
+        assert loop.run_until_complete(main()) == 2
+    finally:
+        loop.close()
+    assert 0.009 <= starts[1] - starts[0] < 1.0  # not 1000 s late or early
