@@ -134,7 +134,7 @@ class _Wheel:
     every slot that was filed, whatever its calls did since.
     """
 
-    __slots__ = ("__weakref__", "_armed_at", "_handle", "_heap", "_loop", "now", "slots")
+    __slots__ = ("__weakref__", "_armed_at", "_ctx", "_handle", "_heap", "_loop", "now", "slots")
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         ref = weakref.ref(loop)
@@ -143,6 +143,9 @@ class _Wheel:
         self._heap: list[int] = []
         self._handle: asyncio.TimerHandle | None = None
         self._armed_at = 0
+        # The timer runs in a context of its own, not in a copy of whichever
+        # caller's context happened to arm it (which it would keep alive).
+        self._ctx = contextvars.Context()
         # Slots are in the loop's own time, so hedges follow the loop's clock.
         if getattr(loop.time, "__func__", None) is _DEFAULT_TIME:  # not overridden or patched
             self.now: Callable[[], float] = _monotonic
@@ -169,7 +172,7 @@ class _Wheel:
             self._handle = None
             return
         self._armed_at = key
-        self._handle = loop.call_at(key / _SLOTS_PER_SECOND, self._fire)
+        self._handle = loop.call_at(key / _SLOTS_PER_SECOND, self._fire, context=self._ctx)
 
     def _fire(self) -> None:
         self._handle = None
