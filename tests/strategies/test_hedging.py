@@ -226,9 +226,8 @@ async def test_hedge_wins_while_primary_inline(core: ModuleType, anyio_backend: 
     await anyio.sleep(0)  # and no stray cancellation is delivered later
 
 
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])  # asyncio.timeout is asyncio's
 async def test_hedge_win_inside_asyncio_timeout(core: ModuleType, anyio_backend: str) -> None:
-    if anyio_backend != "asyncio":
-        pytest.skip("asyncio.timeout is asyncio's")
 
     async def f(first: list[bool]) -> str:
         if first:
@@ -242,11 +241,10 @@ async def test_hedge_win_inside_asyncio_timeout(core: ModuleType, anyio_backend:
     assert _cancelling() == 0
 
 
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])  # cancels an asyncio task directly
 async def test_external_cancel_while_hedge_wins_propagates(
     core: ModuleType, anyio_backend: str
 ) -> None:
-    if anyio_backend != "asyncio":
-        pytest.skip("cancels the caller's asyncio task directly")
     finished: list[int] = []
     caller: list[asyncio.Task[Any]] = []
     n = 0
