@@ -248,7 +248,8 @@ class ResilientTransport(httpx.AsyncBaseTransport):
     factory called once per origin (the standard breaker: 10 % failures over
     30 s, at least 100 attempts, 5 s break); `rate_limiter` (off; one for the
     whole transport). `retry_methods` and `failure_statuses` say which requests
-    may be sent again and which statuses are failures.
+    may be sent again and which statuses are failures. `forward_deadline`
+    sends the time left as a `Request-Timeout` header on each attempt.
 
     A `pipeline` given instead is used as-is for every request (no per-origin
     breaker); non-retryable requests run it without its Retry and Hedging.
@@ -259,6 +260,7 @@ class ResilientTransport(httpx.AsyncBaseTransport):
         "_attempt_timeout",
         "_clock",
         "_failure_statuses",
+        "_forward_deadline",
         "_hedged",
         "_inner",
         "_make_breaker",
@@ -287,6 +289,7 @@ class ResilientTransport(httpx.AsyncBaseTransport):
         retry_methods: Iterable[str] = DEFAULT_RETRY_METHODS,
         failure_statuses: Iterable[int] = DEFAULT_FAILURE_STATUSES,
         max_origins: int = DEFAULT_MAX_ORIGINS,
+        forward_deadline: bool = True,
         name: str | None = None,
         clock: Clock | None = None,
     ) -> None:
@@ -299,6 +302,9 @@ class ResilientTransport(httpx.AsyncBaseTransport):
         self._retry_methods = _methods(retry_methods)
         self._failure_statuses = _statuses(failure_statuses)
         self._max_origins = max_origins
+        if not isinstance(forward_deadline, bool):
+            raise TypeError(f"forward_deadline must be a bool, got {forward_deadline!r}")
+        self._forward_deadline = forward_deadline
         self._name = name
         self._clock = clock
         self._routes: OrderedDict[_OriginKey, _Route] = OrderedDict()
@@ -479,7 +485,7 @@ class ResilientTransport(httpx.AsyncBaseTransport):
             await _discard(seen, None)
         request: httpx.Request = call[_REQUEST]
         at = _deadline_at()
-        if at is not None:
+        if at is not None and self._forward_deadline:
             left = at - _monotonic()
             request.headers[_WIRE_HEADER] = f"{left if left > 0.0 else 0.0:.3f}"
         response = await self._send(request)
@@ -517,6 +523,7 @@ def client(
     retry_methods: Iterable[str] = DEFAULT_RETRY_METHODS,
     failure_statuses: Iterable[int] = DEFAULT_FAILURE_STATUSES,
     max_origins: int = DEFAULT_MAX_ORIGINS,
+    forward_deadline: bool = True,
     name: str | None = None,
     clock: Clock | None = None,
     **kwargs: Any,
@@ -549,6 +556,7 @@ def client(
         "retry_methods": retry_methods,
         "failure_statuses": failure_statuses,
         "max_origins": max_origins,
+        "forward_deadline": forward_deadline,
         "name": name,
         "clock": clock,
     }

@@ -502,6 +502,17 @@ async def test_deadline_header_is_forwarded(core: ModuleType, serve: Serve) -> N
     assert r.json()["request_timeout"] == sent[1]
 
 
+async def test_forward_deadline_can_be_turned_off(core: ModuleType, serve: Serve) -> None:
+    app = FlakyApp()
+    url = serve(app)
+    async with httpx.AsyncClient(transport=transport(forward_deadline=False)) as c:
+        r = await c.get(url)
+    assert r.json()["request_timeout"] is None
+    assert "request-timeout" not in r.request.headers
+    with pytest.raises(TypeError, match="forward_deadline"):
+        ResilientTransport(forward_deadline="yes")  # type: ignore[arg-type]
+
+
 async def test_enclosing_deadline_is_forwarded(core: ModuleType, serve: Serve) -> None:
     app = FlakyApp()
     url = serve(app)
