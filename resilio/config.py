@@ -173,6 +173,28 @@ def _dec_hook(tp: type, obj: Any) -> Any:
 # ---- constrained scalars ------------------------------------------------------------
 
 Name = Annotated[str, Meta(min_length=1, max_length=64, pattern=r"^[A-Za-z_][A-Za-z0-9_.:-]*$")]
+#: Where a limiter's or breaker's state lives: "memory", "shm:/dev/shm/NAME",
+#: "redis://HOST:PORT/DB"... (see `resilio.backends`).
+BackendSpec = Annotated[
+    str, Meta(min_length=1, max_length=2048, pattern=r"^[a-z][a-z0-9+.-]*(:.*)?$")
+]
+
+
+def _check_backend(backend: str | None, name: str | None) -> None:
+    """Refuse an unknown scheme, and a shared backend without the name that names
+    the shared state, when the file is read rather than when it is built."""
+    if backend is None:
+        return
+    from resilio.backends import SCHEMES
+
+    scheme = backend.partition(":")[0]
+    if scheme not in SCHEMES:
+        known = ", ".join(sorted(SCHEMES))
+        raise ValueError(f"unknown backend scheme {scheme!r} (known: {known})")
+    if scheme != "memory" and name is None:
+        raise ValueError(f"backend {backend!r} is shared: it needs a name to name the state")
+
+
 Ratio = Annotated[float, Meta(gt=0, le=1)]
 PositiveInt = Annotated[int, Meta(ge=1)]
 Rate = Annotated[float, Meta(gt=0, le=1e9)]
@@ -261,8 +283,10 @@ class CircuitBreakerConfig(
     slow_call_duration: Duration | None = None
     slow_call_ratio: Ratio | None = None
     name: Name | None = None
+    backend: BackendSpec | None = None
 
     def __post_init__(self) -> None:
+        _check_backend(self.backend, self.name)
         if self.max_break_duration is not None and self.max_break_duration < self.break_duration:
             raise ValueError(
                 f"max_break_duration ({self.max_break_duration:g}) must be >= "
@@ -282,6 +306,7 @@ class CircuitBreakerConfig(
             "slow_call_duration": _opt_float(self.slow_call_duration),
             "slow_call_ratio": self.slow_call_ratio,
             "name": self.name,
+            "backend": self.backend,
         }
 
     def build(self, **code: Any) -> CircuitBreaker:
@@ -299,8 +324,10 @@ class RateLimiterConfig(
     tokens: PositiveInt = 1
     max_keys: MaxKeys = 10_000
     name: Name | None = None
+    backend: BackendSpec | None = None
 
     def __post_init__(self) -> None:
+        _check_backend(self.backend, self.name)
         burst = self.burst if self.burst is not None else max(1, math.ceil(self.rate))
         if self.tokens > burst:
             raise ValueError(f"tokens ({self.tokens}) must be <= burst ({burst})")
@@ -318,6 +345,7 @@ class RateLimiterConfig(
             tokens=self.tokens,
             max_keys=self.max_keys,
             name=self.name,
+            backend=code.pop("backend", self.backend),
             **code,
         )
         return limiter
@@ -493,8 +521,11 @@ class RateLimitConfig(
     max_keys: MaxKeys = 100_000
     exempt: list[Path_] = []
     policy: Annotated[str, Meta(pattern=r"^[A-Za-z0-9_-]+$", max_length=64)] = "default"
+    backend: BackendSpec | None = None
+    name: Name | None = None
 
     def __post_init__(self) -> None:
+        _check_backend(self.backend, self.name)
         burst = self.burst if self.burst is not None else max(1, math.ceil(self.rate))
         if burst / self.rate > MAX_SECONDS:
             raise ValueError(
@@ -562,6 +593,13 @@ class HttpxConfig(
     disable: list[_LAYERS] = []
 
     def __post_init__(self) -> None:
+        if self.breaker is not None and self.breaker.backend not in (None, "memory"):
+            # The transport builds one breaker per origin from one set of options: a
+            # shared backend would put every origin under the one name.
+            raise ValueError(
+                "breaker.backend: the transport's per-origin breakers live in this "
+                f"process; a shared backend is not supported here (got {self.breaker.backend!r})"
+            )
         for layer in self.disable:
             if getattr(self, layer) is not None:
                 raise ValueError(f"{layer} is both configured and disabled")
@@ -692,6 +730,8 @@ def wrap_asgi(app: Any, cfg: Config | AsgiConfig, *, clock: Clock | None = None)
             exempt=rl.exempt,
             policy=rl.policy,
             clock=clock,
+            backend=rl.backend,
+            name=rl.name,
         )
     return app
 

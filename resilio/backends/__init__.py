@@ -20,7 +20,17 @@ from typing import Protocol, TypeAlias, runtime_checkable
 from resilio import _core
 from resilio.backends import memory, shm
 
-__all__ = ["SCHEMES", "Backend", "Factory", "HasFactory", "Opener", "register", "resolve"]
+__all__ = [
+    "AWAITED_SCHEMES",
+    "SCHEMES",
+    "Backend",
+    "Factory",
+    "HasFactory",
+    "Opener",
+    "is_awaited",
+    "register",
+    "resolve",
+]
 
 
 class Factory(Protocol):
@@ -79,6 +89,19 @@ SCHEMES: dict[str, Opener] = {
     "redis": _open_redis,
     "rediss": _open_redis,
 }
+
+
+#: Schemes whose decisions are network round trips: strategies and middleware built on
+#: them await each decision (``RateLimiter(backend="redis://...")`` builds a
+#: `resilio.backends.redis.RedisRateLimiter`).
+AWAITED_SCHEMES = frozenset({"redis", "rediss"})
+
+
+def is_awaited(backend: Backend) -> bool:
+    """True when `backend` keeps its state behind a network round trip (Redis)."""
+    if isinstance(backend, str):
+        return backend.partition(":")[0] in AWAITED_SCHEMES
+    return getattr(backend, "awaited", False) is True
 
 
 def register(scheme: str, opener: Opener) -> None:

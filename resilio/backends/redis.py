@@ -41,7 +41,7 @@ import random
 import ssl as _ssl
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, Literal, TypeAlias
+from typing import Any, ClassVar, Literal, TypeAlias
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 from resilio import _core, _core_args
@@ -50,6 +50,7 @@ from resilio.errors import BrokenCircuitError, ResilioError
 from resilio.strategies._base import WAIT, GateStrategy, Runner, Shaper
 from resilio.strategies.circuit_breaker import CircuitBreaker, CircuitState
 from resilio.strategies.rate_limiter import (
+    DEFAULT_MAX_KEYS,
     DEFAULT_MAX_WAIT,
     DEFAULT_TOKENS,
     MAX_KEY_BYTES,
@@ -492,6 +493,9 @@ class RedisBackend:
     event loop at a time (it reconnects if used from another); share it between the
     tasks of a process, not between threads.
     """
+
+    #: Decisions are awaited round trips (see `resilio.backends.is_awaited`).
+    awaited: ClassVar[bool] = True
 
     def __init__(
         self,
@@ -1136,6 +1140,8 @@ class RedisFactory:
 
     __slots__ = ("backend", "name")
 
+    awaited: ClassVar[bool] = True
+
     def __init__(self, backend: RedisBackend, name: str | None) -> None:
         self.backend = backend
         self.name = name
@@ -1222,10 +1228,14 @@ class RedisRateLimiter(RateLimiter):
         name: str,
         max_wait: float = DEFAULT_MAX_WAIT,
         key: KeyFunc | None = None,
+        max_keys: int = DEFAULT_MAX_KEYS,
         tokens: int = DEFAULT_TOKENS,
         on_redis_error: OnRedisError | None = None,
         clock: Clock | None = None,
     ) -> None:
+        # `max_keys` is accepted so that `RateLimiter(..., backend="redis://...")` takes
+        # the same options; Redis expires idle keys, so it bounds nothing here.
+        del max_keys
         if not isinstance(name, str) or not name:
             raise ValueError(
                 f"a Redis rate limiter needs a name (it names the bucket), got {name!r}"

@@ -26,7 +26,7 @@ from typing import Any
 import anyio
 
 from resilio import context as _ctx
-from resilio.backends import Backend, resolve
+from resilio.backends import Backend, is_awaited, resolve
 from resilio.clock import SYSTEM_CLOCK, Clock
 from resilio.errors import BulkheadFullError
 from resilio.strategies._base import WAIT
@@ -121,8 +121,10 @@ class RateLimitMiddleware:
     `backend` says where the per-client buckets live: in this process
     (``"memory"``, the default) or shared by the worker processes of one host
     (``"shm:/dev/shm/NAME"`` or a `resilio.backends.shm.SharedState`), so a
-    client gets `rate` across all workers, not `rate` per worker; `name` then
-    names the shared table.
+    client gets `rate` across all workers, not `rate` per worker, or by every host
+    (``"redis://HOST:PORT/DB"``: one round trip per request, and Redis's
+    `on_redis_error` decides while Redis is down); `name` then names the shared
+    table.
     """
 
     def __init__(
@@ -143,7 +145,14 @@ class RateLimitMiddleware:
         self.app = app
         if burst is None:
             burst = max(1, math.ceil(rate))
-        self._buckets = resolve(backend, name).keyed_buckets(rate, burst, max_keys)
+        factory = resolve(backend, name)
+        # A Redis table answers with a round trip: its decisions are awaited.
+        self._awaited = is_awaited(backend)
+        self._buckets: Any = (
+            factory.buckets(rate, burst)  # type: ignore[attr-defined]
+            if self._awaited
+            else factory.keyed_buckets(rate, burst, max_keys)
+        )
         self._burst = burst
         self._interval_ns: int = self._buckets.interval_ns
         self._key = _key_func(key)
@@ -163,8 +172,7 @@ class RateLimitMiddleware:
         """The core keyed-bucket table (counters: admitted, rejected, evicted...)."""
         return self._buckets
 
-    def _ratelimit_header(self, key: str | bytes, now_ns: int) -> tuple[bytes, bytes]:
-        remaining = self._buckets.available(key, now_ns)
+    def _ratelimit_header(self, remaining: int) -> tuple[bytes, bytes]:
         missing = self._burst - remaining
         reset = math.ceil(missing * self._interval_ns / 1e9) if missing > 0 else 0
         return (b"ratelimit", f'"{self._policy_name}";r={remaining};t={reset}'.encode())
@@ -184,8 +192,12 @@ class RateLimitMiddleware:
             key = hashlib.blake2b(
                 key.encode() if isinstance(key, str) else key, digest_size=32
             ).digest()
-        now_ns = self._now_ns()
-        wait_ns = self._buckets.try_acquire(key, now_ns)
+        if self._awaited:
+            wait_ns, remaining = await self._buckets.acquire(key)
+        else:
+            now_ns = self._now_ns()
+            wait_ns = self._buckets.try_acquire(key, now_ns)
+            remaining = self._buckets.available(key, now_ns)
         if wait_ns:
             retry_after = str(max(1, math.ceil(wait_ns / 1e9))).encode()
             await _plain_response(
@@ -195,12 +207,12 @@ class RateLimitMiddleware:
                 [
                     (b"retry-after", retry_after),
                     self._policy_header,
-                    self._ratelimit_header(key, now_ns),
+                    self._ratelimit_header(remaining),
                 ],
             )
             return
         policy = self._policy_header
-        header = self._ratelimit_header(key, now_ns)
+        header = self._ratelimit_header(remaining)
 
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":

@@ -19,7 +19,7 @@ from collections.abc import Callable
 from typing import Any, TypeAlias
 
 from resilio import _core
-from resilio.backends import Backend, resolve
+from resilio.backends import Backend, is_awaited, resolve
 from resilio.clock import Clock
 from resilio.errors import BrokenCircuitError, IsolatedCircuitError
 from resilio.strategies._base import GateStrategy
@@ -145,8 +145,10 @@ class CircuitBreaker(GateStrategy):
     `backend` says where the circuit lives: in this process (``"memory"``, the
     default) or shared by the processes of one host (``"shm:/dev/shm/NAME"``, a
     `resilio.backends.shm.SharedState`; the breaker's `name` then names the
-    shared circuit, and a circuit opened by one process is open for all). Hooks
-    fire in the process whose call made the transition.
+    shared circuit, and a circuit opened by one process is open for all), or shared
+    by every host (``"redis://HOST:PORT/DB"``: the result is then a
+    `resilio.backends.redis.RedisCircuitBreaker`, which counts outcomes locally and
+    shares its breaks). Hooks fire in the process whose call made the transition.
     """
 
     __slots__ = (
@@ -174,6 +176,14 @@ class CircuitBreaker(GateStrategy):
         "_slow_call_ratio",
         "_slow_ns",
     )
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> CircuitBreaker:
+        if cls is CircuitBreaker and is_awaited(kwargs.get("backend")):
+            # Imported here: the Redis breaker builds on this module.
+            from resilio.backends.redis import RedisCircuitBreaker
+
+            return object.__new__(RedisCircuitBreaker)
+        return object.__new__(cls)
 
     def __init__(
         self,

@@ -22,7 +22,7 @@ import threading
 from collections.abc import Awaitable, Callable
 from typing import Any, overload
 
-from resilio.backends import Backend, Factory, resolve
+from resilio.backends import Backend, Factory, is_awaited, resolve
 from resilio.clock import Clock
 from resilio.errors import RateLimitedError
 from resilio.strategies._base import WAIT, GateStrategy, Runner, Shaper, Strategy
@@ -186,7 +186,10 @@ class RateLimiter(_Limiter):
     `backend` says where the bucket lives: in this process (``"memory"``, the
     default) or shared by the processes of one host
     (``"shm:/dev/shm/NAME"``, a `resilio.backends.shm.SharedState`; the
-    limiter's `name` then names the shared bucket). See `resilio.backends`.
+    limiter's `name` then names the shared bucket), or by every host
+    (``"redis://HOST:PORT/DB"``: the result is then a
+    `resilio.backends.redis.RedisRateLimiter`, which awaits one round trip per
+    decision). See `resilio.backends`.
     """
 
     __slots__ = ()
@@ -235,6 +238,11 @@ class RateLimiter(_Limiter):
         backend: Backend = None,
     ) -> RateLimiter:
         if cls is RateLimiter:
+            if is_awaited(backend):
+                # Imported here: the Redis limiter builds on this module.
+                from resilio.backends.redis import RedisRateLimiter
+
+                return RedisRateLimiter.__new__(RedisRateLimiter, rate, key=key)
             # The plain limiter is a gate (fused, no coroutine of its own); a keyed one
             # must see the call's arguments, which only a shaper does.
             cls = KeyedRateLimiter if key is not None else _GateRateLimiter

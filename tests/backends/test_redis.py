@@ -103,9 +103,9 @@ async def test_resolve_redis_scheme(redis_url: str) -> None:
     f = resolve(redis_url, "api")
     assert isinstance(f, RedisFactory) and f.backend is rb.shared_backend(redis_url)
     # The core's synchronous primitives cannot be Redis round trips: a loud error, not
-    # a silently local limiter.
+    # a silently local bucket (the strategies dispatch to the Redis classes instead).
     with pytest.raises(TypeError, match="RedisRateLimiter"):
-        RateLimiter(10, backend=redis_url, name="api")
+        f.token_bucket(10.0, 2)
     bucket = f.bucket(10.0, 2)
     assert await bucket.try_acquire() == 0
     backend = RedisBackend(redis_url)
