@@ -1,11 +1,12 @@
-"""Run both benchmark suites and write docs/benchmarks.md.
+"""Run the benchmark suites and write docs/benchmarks.md.
 
-    python benchmarks/report.py                 # run both suites, render the page
+    python benchmarks/report.py                 # run every suite, render the page
     python benchmarks/report.py --quick         # shorter rounds (a noisy first look)
     python benchmarks/report.py --render-only   # re-render from the last JSON files
+    python benchmarks/report.py --suite shm     # rerun one suite (others: last JSON)
 
 The suites are run with pytest-benchmark (`--benchmark-json`) into
-benchmarks/results/{core,compare}.json, one pytest process per suite, from the
+benchmarks/results/SUITE.json, one pytest process per suite, from the
 repository root. Every figure on the page comes from those files; the page lists
 the exact commands that produced them.
 """
@@ -28,6 +29,8 @@ DOC = ROOT / "docs" / "benchmarks.md"
 SUITES = {
     "core": "benchmarks/test_core.py",
     "compare": "benchmarks/compare/test_overhead.py",
+    "shm": "benchmarks/test_shm.py",
+    "redis": "benchmarks/test_redis.py",
 }
 
 #: Order of the overhead table.
@@ -55,7 +58,8 @@ def pytest_command(suite: str, args: argparse.Namespace) -> list[str]:
         SUITES[suite],
         "-p",
         "no:cacheprovider",
-        "--benchmark-only",
+        # The Redis suite's round-trip count is a plain test: run it with the rest.
+        *([] if suite == "redis" else ["--benchmark-only"]),
         f"--benchmark-json={(RESULTS / f'{suite}.json').relative_to(ROOT)}",
         f"--benchmark-min-rounds={args.min_rounds}",
         f"--benchmark-max-time={args.max_time}",
@@ -74,7 +78,7 @@ def pytest_command(suite: str, args: argparse.Namespace) -> list[str]:
 def run_suites(args: argparse.Namespace) -> list[str]:
     RESULTS.mkdir(parents=True, exist_ok=True)
     commands, skipped = [], []
-    for suite in SUITES:
+    for suite in args.suite or list(SUITES):
         cmd = pytest_command(suite, args)
         shown = shlex.join(["python", *cmd[1:]])
         commands.append(shown)
@@ -94,6 +98,12 @@ def run_suites(args: argparse.Namespace) -> list[str]:
         if rc != 0:
             print(f"warning: the {suite} suite exited {rc}; rendering what it recorded")
     invocation = shlex.join(["python", "benchmarks/report.py", *sys.argv[1:]])
+    if args.suite:
+        # A partial rerun: keep the commands of the suites it did not rerun.
+        cpath = RESULTS / "commands.json"
+        old = json.loads(cpath.read_text())[1:] if cpath.exists() else []
+        mine = {SUITES[x] for x in args.suite}
+        commands += [c for c in old if not any(f" {m} " in c for m in mine)]
     commands.insert(0, invocation)
     (RESULTS / "commands.json").write_text(json.dumps(commands, indent=1) + "\n")
     (RESULTS / "skipped.txt").write_text("".join(f"{s}\n" for s in skipped))
@@ -316,6 +326,100 @@ def compare_section(cmp: dict[str, Any]) -> tuple[list[str], list[tuple[str, str
     return lines, targets
 
 
+def shm_section(shm: dict[str, Any]) -> tuple[list[str], list[tuple[str, str, str]]]:
+    rows: dict[str, dict[str, float]] = {}
+    targets_ns: dict[str, float] = {}
+    procs: list[dict[str, Any]] = []
+    for b in shm["benchmarks"]:
+        e = b["extra_info"]
+        if "decisions" in e:
+            procs.append(e)
+            continue
+        prim = e.get("primitive", b["name"])
+        rows.setdefault(prim, {})[e.get("placement", "?")] = per_op(b)
+        if "target_ns" in e:
+            targets_ns[prim] = e["target_ns"]
+    lines = [
+        "## Shared memory: ns per decision",
+        "",
+        "The same compiled class on a struct in process memory and on a struct in a "
+        "`/dev/shm` file mapped by every worker (`resilio.backends.shm`). A round is a "
+        "loop of 1,000 decisions (loop overhead included). Source: "
+        "`benchmarks/test_shm.py`.",
+        "",
+        "| decision | in-process ns | shared-memory ns | shm / in-process | target (shm) | |",
+        "| --- | ---: | ---: | ---: | ---: | --- |",
+    ]
+    targets: list[tuple[str, str, str]] = []
+    for prim, by in rows.items():
+        mem, sh = by.get("memory"), by.get("shm")
+        ratio = f"{sh / mem:.2f}x" if mem and sh else ""
+        target = targets_ns.get(prim)
+        v = verdict(sh, target)
+        lines.append(
+            f"| {prim} | {fmt_ns(mem)} | {fmt_ns(sh)} | {ratio} | "
+            f"{'≤ ' + fmt_ns(target) if target else ''} | {v} |"
+        )
+        if target:
+            targets.append((f"shm: {prim}", f"{fmt_ns(sh)} ns (≤ {fmt_ns(target)})", v))
+    if procs:
+        lines += [
+            "",
+            "Exact totals across processes (`test_processes_exact`): each process makes "
+            "1,000,000 decisions on one shared object at a fixed clock (no refill), so "
+            "exactly the burst may be admitted.",
+            "",
+            "| object | processes x decisions | admitted | expected | wall s | decisions/s |",
+            "| --- | --- | ---: | ---: | ---: | ---: |",
+        ]
+        for e in procs:
+            n = len(e["admitted_per_process"])
+            ok = e["admitted"] == e["expected_admitted"]
+            lines.append(
+                f"| {e['primitive']} | {n} x {e['decisions'] // n:,} | {e['admitted']:,} | "
+                f"{e['expected_admitted']:,} | {e['wall_s']} | {e['decisions_per_s']:,} |"
+            )
+            targets.append(
+                (
+                    f"shm exact totals: {e['primitive']}",
+                    f"{e['admitted']:,} admitted of {e['expected_admitted']:,}",
+                    "met" if ok else "**missed**",
+                )
+            )
+    lines.append("")
+    return lines, targets
+
+
+def redis_section(red: dict[str, Any]) -> tuple[list[str], list[tuple[str, str, str]]]:
+    lines = [
+        "## Redis: decisions per second",
+        "",
+        "One process, one `RedisBackend` (one TCP connection) to a local redis-server "
+        "started by the benchmark; a round is 1,000 decisions. Round trips per decision "
+        "are counted from Redis's `INFO commandstats` by `test_round_trips_per_decision` "
+        "(it fails unless there is exactly one `EVALSHA` per decision and no other "
+        "command). Source: `benchmarks/test_redis.py`.",
+        "",
+        "| case | decisions/s (median round) | best round | us per decision | target | |",
+        "| --- | ---: | ---: | ---: | ---: | --- |",
+    ]
+    targets: list[tuple[str, str, str]] = []
+    for b in red["benchmarks"]:
+        e = b["extra_info"]
+        ns = per_op(b)
+        rate = 1e9 / ns
+        target = e.get("target_decisions_per_s")
+        v = "" if target is None else ("met" if rate >= target else "**missed**")
+        lines.append(
+            f"| {e.get('case', b['name'])} | {rate:,.0f} | {e.get('decisions_per_s_best', 0):,} | "
+            f"{ns / 1e3:.1f} | {'≥ ' + format(target, ',') if target else ''} | {v} |"
+        )
+        if target:
+            targets.append((f"redis: {e.get('case')}", f"{rate:,.0f}/s (≥ {target:,})", v))
+    lines.append("")
+    return lines, targets
+
+
 def instructions_section() -> list[str]:
     """Callgrind instruction counts, when benchmarks/instructions.py has been run."""
     path = RESULTS / "instructions.json"
@@ -373,12 +477,13 @@ def skipped_section() -> list[str]:
 
 def render(commands: list[str]) -> str:
     core, cmp = load("core"), load("compare")
-    data = [d for d in (core, cmp) if d is not None]
+    shm, red = load("shm"), load("redis")
+    data = [d for d in (core, cmp, shm, red) if d is not None]
     if not data:
         raise SystemExit("no results: run without --render-only first")
     timer = "; ".join(
         f"{name}: " + ", ".join(sorted({b["options"].get("timer", "?") for b in d["benchmarks"]}))
-        for name, d in (("core", core), ("compare", cmp))
+        for name, d in (("core", core), ("compare", cmp), ("shm", shm), ("redis", red))
         if d is not None
     )
     out = [
@@ -402,6 +507,11 @@ def render(commands: list[str]) -> str:
         lines, t = compare_section(cmp)
         body += lines
         targets += t
+    for data_, section in ((shm, shm_section), (red, redis_section)):
+        if data_ is not None:
+            lines, t = section(data_)
+            body += lines
+            targets += t
     out += ["## Targets", "", "| target | figure | |", "| --- | --- | --- |"]
     out += [f"| {n} | {fig} | {v} |" for n, fig, v in targets]
     out.append("")
@@ -431,6 +541,12 @@ def main() -> None:
         "time.process_time keeps that out, at ~2 syscalls per round",
     )
     ap.add_argument("-k", default="", help="pytest -k expression (a subset)")
+    ap.add_argument(
+        "--suite",
+        action="append",
+        choices=list(SUITES),
+        help="run only this suite (repeatable); the page renders the others' last JSON",
+    )
     args = ap.parse_args()
     if args.compare_timer is None:
         args.compare_timer = args.timer

@@ -323,6 +323,10 @@ class SharedState:
                     )
                 self._check(os.pread(fd, header_size, 0), st.st_size, size, max_objects)
                 mm = mmap.mmap(fd, st.st_size)
+                # A big keyed table is TLB-bound on random keys; where tmpfs allows
+                # huge pages (shmem_enabled=advise), ask for them.
+                with contextlib.suppress(AttributeError, OSError):
+                    mm.madvise(mmap.MADV_HUGEPAGE)
             finally:
                 os.close(fd)
             m = self._native.Mapping(mm)
