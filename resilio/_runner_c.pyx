@@ -246,6 +246,7 @@ cdef class _TimeoutGate(FastGate):
 
     cdef object enter(self):
         cdef PyObject *outer_p = NULL
+        cdef long long late = 1
         cdef double at = rs_monotonic_s() + self.seconds
         if _current_tasks is None:
             return self.py_enter()
@@ -260,10 +261,11 @@ cdef class _TimeoutGate(FastGate):
             outer = <object>outer_p
             Py_DECREF(outer)
             if outer is not None and <double>outer <= at:
-                # The enclosing timeout fires first (see Timeout._enter).
-                return (None, PyContextVar_Set(_DEADLINE, outer))
+                # One slot after the enclosing deadline (see Timeout._enter).
+                at = <double>outer
+                late = 2
         ctx = PyContextVar_Set(_DEADLINE, at)
-        key = <long long>(at * 1000.0) + 1
+        key = <long long>(at * 1000.0) + late
         wheel = _cached_wheel
         slots = wheel.slots
         slot_p = PyDict_GetItem(slots, key)

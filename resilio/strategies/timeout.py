@@ -159,23 +159,24 @@ class Timeout(GateStrategy):
     def _enter(self) -> Any:
         at = _monotonic() + self.seconds
         outer = _get()
-        clamped = outer is not None and outer <= at
-        if clamped:
-            at = outer  # type: ignore[assignment]
+        late = 1
+        if outer is not None and outer <= at:
+            # Clamped to the enclosing deadline, and still filed: that deadline may be
+            # advisory (`push_deadline`, an incoming header) with nothing enforcing
+            # it. One slot later, so that an enclosing Timeout fires first and the
+            # error names it.
+            at = outer
+            late = 2
         ctx = _push(at)
         loop = _get_running_loop()
         if loop is not None:
             task = _current_task(loop)
             if task is not None:
-                if clamped:
-                    # The enclosing timeout fires first; filing this one too would
-                    # only race it for the error message.
-                    return (None, ctx)
                 if _last[0] is loop:
                     wheel: _DeadlineWheel = _last[1]
                 else:
                     wheel = _wheel(loop)
-                key = int(at * _SLOTS_PER_SECOND) + 1
+                key = int(at * _SLOTS_PER_SECOND) + late
                 slot = wheel.slots.get(key)
                 if slot is None:
                     slot = wheel.new_slot(key)

@@ -158,3 +158,23 @@ def test_rejects_bad_seconds(bad: float) -> None:
 def test_rejects_non_number() -> None:
     with pytest.raises(TypeError, match="seconds"):
         Timeout("1")  # type: ignore[arg-type]
+
+
+async def test_fires_at_an_advisory_deadline(core: ModuleType, anyio_backend: str) -> None:
+    # A deadline entered with push_deadline (as from an incoming header) has nothing
+    # enforcing it: a longer Timeout inside must fire at it, not at its own time.
+    t = Timeout(10.0)
+
+    async def hang() -> None:
+        await anyio.sleep(5)
+
+    _, token = resilio.context.push_deadline(time.monotonic() + 0.03)
+    start = time.monotonic()
+    try:
+        with pytest.raises(TimeoutRejectedError):
+            await Pipeline(t).execute(hang)
+    finally:
+        resilio.context.pop_deadline(token)
+    assert 0.03 <= time.monotonic() - start < 1.0
+    assert t.timeouts == 1
+    assert not _fired
