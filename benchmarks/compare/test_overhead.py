@@ -30,126 +30,30 @@ from typing import Any
 
 import pytest
 
-N = 1000
-
-#: Targets: added ns over bare await, per call, for the resilio cases.
-TARGETS = {
-    "retry": 150,
-    "circuit_breaker": 250,
-    "rate_limiter": 200,
-    "timeout": 1000,
-    "bulkhead": 250,
-    "hedging": 1500,
-    "pipeline": 2000,
-}
-
-
-async def f() -> int:
-    """The protected call: succeeds at once."""
-    return 1
-
-
-Batch = Callable[[], Awaitable[None]]
-
-
-def _loop_over(call: Callable[[], Awaitable[Any]]) -> Batch:
-    """The common shape: N awaits of a wrapped function."""
-
-    async def batch() -> None:
-        for _ in range(N):
-            await call()
-
-    return batch
+# The resilio cases, the bare call and the targets are the ones `resilio bench` runs.
+from resilio._bench import (
+    TARGETS,
+    Batch,
+    N,
+    bare,
+    f,
+    r_breaker,
+    r_bulkhead,
+    r_fallback,
+    r_hedging,
+    r_limiter,
+    r_pipeline,
+    r_pipeline_execute,
+    r_retry,
+    r_timeout,
+)
+from resilio._bench import loop_over as _loop_over
 
 
 def _need(*modules: str) -> None:
     for m in modules:
         if importlib.util.find_spec(m) is None:
             pytest.skip(f"{m} is not installed (pip install -e '.[bench]')")
-
-
-# ---- resilio ---------------------------------------------------------------------------
-
-
-def _resilio(*strategies: Any) -> Batch:
-    from resilio import Pipeline
-
-    return _loop_over(Pipeline(*strategies)(f))
-
-
-def r_retry() -> Batch:
-    from resilio import Retry
-
-    return _resilio(Retry(attempts=3))
-
-
-def r_breaker() -> Batch:
-    from resilio import CircuitBreaker
-
-    return _resilio(CircuitBreaker())
-
-
-def r_limiter() -> Batch:
-    from resilio import RateLimiter
-
-    return _resilio(RateLimiter(rate=1e9, burst=10**9))
-
-
-def r_timeout() -> Batch:
-    from resilio import Timeout
-
-    return _resilio(Timeout(30.0))
-
-
-def r_bulkhead() -> Batch:
-    from resilio import Bulkhead
-
-    return _resilio(Bulkhead(1000))
-
-
-def r_hedging() -> Batch:
-    from resilio import Hedging
-
-    return _resilio(Hedging(delay=1.0))
-
-
-def r_fallback() -> Batch:
-    from resilio import Fallback
-
-    return _resilio(Fallback(value=None))
-
-
-def r_pipeline() -> Batch:
-    from resilio import CircuitBreaker, RateLimiter, Retry, Timeout
-
-    return _resilio(
-        RateLimiter(1e9, 10**9), Timeout(30.0), Retry(3), CircuitBreaker(), Timeout(10.0)
-    )
-
-
-def r_pipeline_execute() -> Batch:
-    """The same pipeline through `await pipeline.execute(f)` instead of a decorator."""
-    from resilio import CircuitBreaker, Pipeline, RateLimiter, Retry, Timeout
-
-    p = Pipeline(RateLimiter(1e9, 10**9), Timeout(30.0), Retry(3), CircuitBreaker(), Timeout(10.0))
-    execute = p.execute
-
-    async def batch() -> None:
-        for _ in range(N):
-            await execute(f)
-
-    return batch
-
-
-# ---- baseline --------------------------------------------------------------------------
-
-
-def bare() -> Batch:
-    async def batch() -> None:
-        for _ in range(N):
-            await f()
-
-    return batch
 
 
 # ---- retry peers -----------------------------------------------------------------------
