@@ -6,13 +6,6 @@ import anyio
 
 from resilio import Hedging, Pipeline, Timeout
 
-
-@dataclass
-class Response:
-    status: int
-    body: str
-
-
 hedging = Hedging(
     delay=0.05,
     max_attempts=3,
@@ -24,6 +17,13 @@ pipeline = Pipeline(
     hedging,
     Timeout(0.2, name="attempt"),  # each attempt has its own 200 ms
 )
+
+
+@dataclass
+class Response:
+    status: int
+    body: str
+
 
 attempts: list[str] = []
 

@@ -1,3 +1,5 @@
+"""A total timeout outside, an attempt timeout inside, and the deadline the callee sees."""
+
 import anyio
 
 import resilio
@@ -15,12 +17,14 @@ async def quick() -> float | None:
 
 
 async def main() -> None:
-    left = await pipeline.execute(quick)
+    left = await pipeline.execute(quick)  # the nearer of the two deadlines
     assert left is not None and left <= 0.05
     try:
         await pipeline.execute(slow)
+        raise AssertionError("slow() ran to the end")
     except TimeoutRejectedError as exc:
         print("gave up:", exc, "| strategy:", exc.strategy)
+        assert exc.strategy == "attempt" and isinstance(exc, TimeoutError)
 
 
 if __name__ == "__main__":
