@@ -303,5 +303,7 @@ cdef class Counters:
 cdef class KeyedBuckets:
     cdef rs_keyed *t
     cdef void *_mem
+    cdef size_t _mapped
     cdef object _owner
     cdef double _rate
+    cdef void _free(self)
