@@ -68,6 +68,7 @@ cdef enum:
     S_ENTER = 0      # entering gates (maybe awaiting an _enter_wait)
     S_CALL = 1       # driving the call
     S_DONE = 2
+    S_AGAIN = 3      # RetryCall: driving the strategy's later attempts
 
 
 cdef class FastGate:
@@ -355,7 +356,7 @@ cdef class GateGroup:
 
 cdef object _await_iter(object aw):
     """The iterator behind an awaitable (a coroutine is its own)."""
-    if PyCoro_CheckExact(aw) or type(aw) is GateCall:
+    if PyCoro_CheckExact(aw) or type(aw) is GateCall or type(aw) is RetryCall:
         return aw
     return type(aw).__await__(aw)
 
@@ -575,6 +576,183 @@ cdef int _gatecall_am_send(PyObject *self, PyObject *value, PyObject **presult) 
 
 rs_install_am_send(GateCall, <void*>_gatecall_am_send)
 collections.abc.Coroutine.register(GateCall)
+
+
+cdef class RetryRunner:
+    """Retry's runner for a pipeline (without `handle_result`): calling it starts a
+    `RetryCall`. The first attempt runs in C; a handled failure hands the call to
+    the strategy's Python `_again`, which owns everything after it."""
+    cdef object inner, catch, pred, again, deposit, now_ns
+
+    def __init__(self, inner, catch, pred, again, deposit, now_ns):
+        self.inner = inner
+        self.catch = catch
+        self.pred = pred
+        self.again = again
+        self.deposit = deposit
+        self.now_ns = now_ns
+
+    def __call__(self, fn, tuple args, dict kwargs):
+        cdef RetryCall c = RetryCall.__new__(RetryCall)
+        c.r = self
+        c.fn = fn
+        c.args = args
+        c.kwargs = kwargs
+        return c
+
+
+@cython.freelist(32)
+cdef class RetryCall:
+    """One call through a RetryRunner; a coroutine object. It drives the first
+    attempt, then (after a handled failure) the strategy's `_again` coroutine."""
+    cdef RetryRunner r
+    cdef object fn, args, kwargs
+    cdef object it
+    cdef int state
+    cdef object out
+
+    cdef int _start(self) except -1:
+        cdef RetryRunner r = self.r
+        self.state = S_CALL
+        if r.deposit is not None:
+            r.deposit(r.now_ns())
+        try:
+            if r.inner is None:
+                self.it = _await_iter(self.fn(*self.args, **self.kwargs))
+            else:
+                self.it = _await_iter(r.inner(self.fn, self.args, self.kwargs))
+        except BaseException as exc:
+            return self._failed(exc)
+        return 0
+
+    cdef int _failed(self, object exc) except -1:
+        """The first attempt raised `exc`: retry it if handled, else re-raise."""
+        cdef RetryRunner r = self.r
+        self.it = None
+        if self.state != S_CALL or not isinstance(exc, r.catch) or (
+            r.pred is not None and not r.pred(exc)
+        ):
+            self.state = S_DONE
+            raise exc
+        # Started outside any except clause, so errors from later attempts do not
+        # carry this one as their __context__ (as Retry's Python runner does).
+        self.state = S_AGAIN
+        self.it = _await_iter(r.again(r.inner, self.fn, self.args, self.kwargs, exc, True))
+        return 0
+
+    cdef int _after(self, int rc, object res) except -1:
+        if rc == PYGEN_NEXT:
+            self.out = res
+            return 1
+        self.it = None
+        self.state = S_DONE
+        self.out = res
+        return 0
+
+    cdef int _send(self, object value) except -1:
+        """Advance; 1 = yielded (self.out), 0 = returned (self.out)."""
+        cdef PyObject *res = NULL
+        cdef int rc
+        cdef object r
+        if self.state == S_DONE:
+            raise RuntimeError("cannot reuse already awaited coroutine")
+        if self.it is None:
+            self._start()
+        while True:
+            try:
+                rc = PyIter_Send(<PyObject*>self.it, <PyObject*>value, &res)
+            except BaseException as exc:
+                err = exc
+            else:
+                r = <object>res
+                Py_DECREF(r)
+                return self._after(rc, r)
+            self._failed(err)
+            err = None
+            value = None
+
+    cdef int _throw(self, object typ, object val, object tb) except -1:
+        if self.state == S_DONE:
+            raise RuntimeError("cannot throw into an awaited coroutine")
+        if self.it is None:
+            self.state = S_DONE
+            if val is None:
+                raise typ
+            raise val
+        try:
+            if val is None and tb is None:
+                r = self.it.throw(typ)
+            else:
+                r = self.it.throw(typ, val, tb)
+        except StopIteration as stop:
+            return self._after(PYGEN_RETURN, stop.value)
+        except BaseException as exc:
+            err = exc
+        else:
+            self.out = r
+            return 1
+        self._failed(err)
+        err = None
+        return self._send(None)
+
+    # -- coroutine protocol --
+
+    def __await__(self):
+        return self
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        if self._send(None):
+            r, self.out = self.out, None
+            return r
+        r, self.out = self.out, None
+        raise StopIteration(r)
+
+    def send(self, value):
+        if self._send(value):
+            r, self.out = self.out, None
+            return r
+        r, self.out = self.out, None
+        raise StopIteration(r)
+
+    def throw(self, typ, val=None, tb=None):
+        if self._throw(typ, val, tb):
+            r, self.out = self.out, None
+            return r
+        r, self.out = self.out, None
+        raise StopIteration(r)
+
+    def close(self):
+        it, self.it = self.it, None
+        self.state = S_DONE
+        if it is not None:
+            close = getattr(it, "close", None)
+            if close is not None:
+                close()
+
+    def __dealloc__(self):
+        if self.state != S_DONE and self.it is not None:
+            try:
+                self.close()
+            except BaseException:
+                pass
+
+
+cdef int _retrycall_am_send(PyObject *self, PyObject *value, PyObject **presult) except -1:
+    presult[0] = NULL
+    cdef RetryCall c = <RetryCall>self
+    cdef int rc = c._send(<object>value if value != NULL else None)
+    cdef object out = c.out
+    c.out = None
+    Py_INCREF(out)
+    presult[0] = <PyObject*>out
+    return PYGEN_NEXT if rc else PYGEN_RETURN
+
+
+rs_install_am_send(RetryCall, <void*>_retrycall_am_send)
+collections.abc.Coroutine.register(RetryCall)
 
 
 cdef class Bound:

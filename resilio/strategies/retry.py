@@ -551,6 +551,16 @@ class Retry(Shaper):
         if self._budget is not None:
             deposit = self._budget._record
 
+        if hr is None and _core.core_impl == "cython":
+            try:
+                from resilio._runner_c import RetryRunner
+            except ImportError:  # a pure install: the Python runners below
+                pass
+            else:
+                # The same steps as `run` / `run_inner`, without a Python coroutine
+                # for the first attempt.
+                return RetryRunner(inner, catch, pred, again, deposit, now_ns)
+
         if inner is None:
             if hr is None:
 

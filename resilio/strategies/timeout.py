@@ -51,6 +51,8 @@ _CancelledError = asyncio.CancelledError
 _fired: dict[int, tuple[asyncio.Task[Any], int]] = {}
 
 _Slot = dict[int, "asyncio.Task[Any]"]
+#: In `_fired`: expired in the same pass as an enclosing timeout, which cancelled.
+_SHADOWED = -1
 
 
 class _DeadlineWheel:
@@ -84,15 +86,23 @@ class _DeadlineWheel:
         self._handle = None
         now_key = _monotonic() * _SLOTS_PER_SECOND
         heap, slots = self._heap, self.slots
+        cancelled: set[asyncio.Task[Any]] = set()
         while heap and heap[0] <= now_key:
             slot = slots.pop(heapq.heappop(heap), None)
             if not slot:
                 continue
             for key, task in slot.items():
+                if task in cancelled:
+                    # A timeout nested in one that expired in this same pass (the
+                    # timer ran late, or they share a slot): the outer one, filed
+                    # first, owns the expiry; this one just lets it through.
+                    _fired[key] = (task, _SHADOWED)
+                    continue
                 # Remember the cancel requests that were not ours, as
                 # asyncio.timeout does, to tell our expiry from a caller's cancel.
                 _fired[key] = (task, task.cancelling())
                 task.cancel()
+                cancelled.add(task)
             slot.clear()
         # Slots emptied by calls that finished in time are dropped lazily here.
         while heap and not slots.get(heap[0]):
@@ -197,8 +207,9 @@ class Timeout(GateStrategy):
             if slot is not None and slot.pop(id(ctx), None) is None:
                 # Expired, but the callee swallowed the cancellation and returned:
                 # keep its result and withdraw our cancel request.
-                task, _ = _fired.pop(id(ctx))
-                task.uncancel()
+                task, cancelling = _fired.pop(id(ctx))
+                if cancelling != _SHADOWED:
+                    task.uncancel()
             return
         token.scope.__exit__(None, None, None)
         _reset(token.ctx)
@@ -210,6 +221,8 @@ class Timeout(GateStrategy):
             if slot is None or slot.pop(id(ctx), None) is not None:
                 return
             task, cancelling = _fired.pop(id(ctx))
+            if cancelling == _SHADOWED:
+                return
             if task.uncancel() <= cancelling and isinstance(exc, _CancelledError):
                 self.timeouts += 1
                 raise TimeoutRejectedError(

@@ -178,3 +178,21 @@ async def test_fires_at_an_advisory_deadline(core: ModuleType, anyio_backend: st
     assert 0.03 <= time.monotonic() - start < 1.0
     assert t.timeouts == 1
     assert not _fired
+
+
+async def test_outer_owns_an_expiry_shared_with_a_clamped_inner(
+    core: ModuleType, anyio_backend: str
+) -> None:
+    # The loop is blocked past both deadlines, so the wheel finds the outer's slot and
+    # the clamped inner's slot expired in one pass: the outer must own the timeout.
+    outer, inner = Timeout(0.02, name="outer"), Timeout(10.0, name="inner")
+
+    async def block_then_hang() -> None:
+        time.sleep(0.06)
+        await anyio.sleep(5)
+
+    with pytest.raises(TimeoutRejectedError) as info:
+        await Pipeline(outer, inner).execute(block_then_hang)
+    assert info.value.strategy == "outer"
+    assert (outer.timeouts, inner.timeouts) == (1, 0)
+    assert not _fired
