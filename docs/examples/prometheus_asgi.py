@@ -1,4 +1,4 @@
-"""Serve /metrics next to an ASGI app: prometheus_client's app, or resilio's faster one."""
+"""Serve /metrics next to an ASGI app, with the inbound middleware's counters in it."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import prometheus_client
 from prometheus_client import CollectorRegistry
 
 import resilio
+from resilio.integrations.asgi import LoadSheddingMiddleware, RateLimitMiddleware
 from resilio.integrations.prometheus import ResilioCollector, metrics_app
 
 pipelines = [resilio.standard_pipeline(f"upstream_{i}") for i in range(3)]
@@ -18,6 +19,12 @@ pipelines = [resilio.standard_pipeline(f"upstream_{i}") for i in range(3)]
 async def hello(scope: Any, receive: Any, send: Any) -> None:
     await send({"type": "http.response.start", "status": 200, "headers": []})
     await send({"type": "http.response.body", "body": b"hello"})
+
+
+# Inbound protection: 3 requests per client at once, then 429; 100 in flight, then 503.
+service = RateLimitMiddleware(
+    LoadSheddingMiddleware(hello, max_concurrency=100, max_queue=50), rate=1.0, burst=3
+)
 
 
 def with_metrics(app: Any, metrics: Any) -> Any:
@@ -32,10 +39,10 @@ def with_metrics(app: Any, metrics: Any) -> Any:
     return router
 
 
-async def fetch_metrics(app: Any) -> str:
+async def get(app: Any, path: str) -> httpx.Response:
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(transport=transport, base_url="http://service") as client:
-        return (await client.get("/metrics")).text
+        return await client.get(path)
 
 
 async def main() -> None:
@@ -44,15 +51,24 @@ async def main() -> None:
     collector = ResilioCollector(registry)
     for p in pipelines:
         collector.add(p)
-    text = await fetch_metrics(with_metrics(hello, prometheus_client.make_asgi_app(registry)))
+    collector.add(service, name="inbound")  # both middleware, as strategies of "inbound"
+    app = with_metrics(service, prometheus_client.make_asgi_app(registry))
+    print([(await get(app, "/")).status_code for _ in range(4)])  # the 4th is refused
+    text = (await get(app, "/metrics")).text
     print(sum(line.startswith("resilio_") for line in text.splitlines()), "resilio series")
+    for line in text.splitlines():
+        if 'pipeline="inbound"' in line and "_total" in line:
+            print(line)
 
-    # 2. Thousands of pipelines: an unregistered collector renders its own text (label
-    #    sets formatted once, at add()), served after the registry's other metrics.
+    # 2. The fast path for many pipelines: an unregistered collector renders its own
+    #    text (every line laid out once), served after the registry's other metrics.
     fast = ResilioCollector(register=False)
     for p in pipelines:
         fast.add(p)
-    text = await fetch_metrics(with_metrics(hello, metrics_app(fast, CollectorRegistry())))
+    fast.add(service, name="inbound")
+    text = (
+        await get(with_metrics(service, metrics_app(fast, CollectorRegistry())), "/metrics")
+    ).text
     print(sum(line.startswith("resilio_") for line in text.splitlines()), "resilio series")
 
 

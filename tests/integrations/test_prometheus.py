@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import gc
 import math
+import threading
 import weakref
 from collections.abc import Iterator
 from types import ModuleType
@@ -19,6 +20,10 @@ import httpx
 import prometheus_client
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.openmetrics.exposition import generate_latest as openmetrics_latest
+from prometheus_client.openmetrics.parser import (
+    text_string_to_metric_families as openmetrics_families,
+)
 from prometheus_client.parser import text_string_to_metric_families
 
 import resilio
@@ -34,6 +39,11 @@ from resilio import (
     RateLimiter,
     Retry,
     Timeout,
+)
+from resilio.integrations.asgi import (
+    DeadlineMiddleware,
+    LoadSheddingMiddleware,
+    RateLimitMiddleware,
 )
 from resilio.integrations.prometheus import (
     DEFAULT_BUCKETS,
@@ -72,6 +82,12 @@ def series(samples: Samples, name: str, **labels: str) -> dict[frozenset[tuple[s
     """Every series of `name` whose labels include `labels`."""
     want = set(labels.items())
     return {k[1]: v for k, v in samples.items() if k[0] == name and want <= k[1]}
+
+
+def outcomes(samples: Samples, **labels: str) -> dict[str, float]:
+    """`resilio_calls_total` of one strategy, by outcome."""
+    found = series(samples, "resilio_calls_total", **labels)
+    return {dict(k)["outcome"]: v for k, v in found.items()}
 
 
 @pytest.fixture
@@ -127,8 +143,8 @@ async def test_breaker_state_gauge_and_transitions(
     assert value(s, "resilio_calls_total", **labels, outcome="admitted") == 2
     assert value(s, "resilio_calls_total", **labels, outcome="failure") == 2
     assert value(s, "resilio_calls_total", **labels, outcome="success") == 0
-    assert value(s, "resilio_calls_total", **labels, outcome="rejected") == 1
     assert value(s, "resilio_rejections_total", **labels, reason="circuit_open") == 1
+    assert set(outcomes(s, **labels)) == {"admitted", "success", "failure"}
 
     clock.advance(5.001)  # the core keeps open-until in 65 us units, rounded up
     assert await p.execute(ok) == "ok"  # the probe succeeds: half-open, then closed
@@ -159,8 +175,9 @@ async def test_limiter_rejections(
     s = scrape(registry)
     labels = {"pipeline": "api", "strategy": "rate_limiter"}
     assert value(s, "resilio_calls_total", **labels, outcome="admitted") == 2
-    assert value(s, "resilio_calls_total", **labels, outcome="rejected") == 3
     assert value(s, "resilio_rejections_total", **labels, reason="rate_limited") == 3
+    # Refusals are counted once, by reason: not again as a call outcome.
+    assert outcomes(s, **labels) == {"admitted": 2}
 
 
 @pytest.mark.anyio
@@ -206,7 +223,6 @@ async def test_retries(
     s = scrape(registry)
     labels = {"pipeline": "svc", "strategy": "retry"}
     assert value(s, "resilio_retries_total", **labels) == 4
-    assert value(s, "resilio_retry_handled_total", **labels) == 5
     assert value(s, "resilio_calls_total", **labels, outcome="recovered") == 1
     assert value(s, "resilio_calls_total", **labels, outcome="exhausted") == 1
     assert value(s, "resilio_calls_total", **labels, outcome="budget_refused") == 0
@@ -242,7 +258,7 @@ async def test_bulkhead_gauges_and_rejections(
     assert value(s, "resilio_bulkhead_in_flight", **labels) == 0
     assert value(s, "resilio_bulkhead_queue_depth", **labels) == 0
     assert value(s, "resilio_calls_total", **labels, outcome="admitted") == 3
-    assert value(s, "resilio_calls_total", **labels, outcome="rejected") == 1
+    assert value(s, "resilio_rejections_total", **labels, reason="bulkhead_full") == 1
 
 
 @pytest.mark.anyio
@@ -342,18 +358,86 @@ def test_standard_pipeline_series(
     std = resilio.standard_pipeline("std")  # held: the collector holds pipelines weakly
     collector.add(std)
     s = scrape(registry)
-    strategies = {dict(labels)["strategy"] for _, labels in s}
-    assert strategies == {
-        "rate_limiter",
-        "total_timeout",
-        "retry",
-        "circuit_breaker",
-        "attempt_timeout",
+    found = {(name, dict(labels)["strategy"], _extra(labels)) for name, labels in s}
+    assert found == {
+        ("resilio_calls_total", "rate_limiter", "outcome=admitted"),
+        ("resilio_rejections_total", "rate_limiter", "reason=rate_limited"),
+        ("resilio_rejections_total", "total_timeout", "reason=timeout"),
+        *[
+            ("resilio_calls_total", "retry", f"outcome={o}")
+            for o in ("recovered", "exhausted", "budget_refused", "gave_up")
+        ],
+        ("resilio_retries_total", "retry", ""),
+        *[
+            ("resilio_calls_total", "circuit_breaker", f"outcome={o}")
+            for o in ("admitted", "success", "failure")
+        ],
+        ("resilio_rejections_total", "circuit_breaker", "reason=circuit_open"),
+        *[
+            ("resilio_circuit_state", "circuit_breaker", f"state={st}")
+            for st in ("closed", "open", "half_open", "isolated")
+        ],
+        *[
+            ("resilio_circuit_transitions_total", "circuit_breaker", f"to={to}")
+            for to in ("open", "half_open", "closed", "isolated")
+        ],
+        ("resilio_rejections_total", "attempt_timeout", "reason=timeout"),
     }
-    assert len(s) == 24  # the figure the scrape timing in docs/metrics.md assumes
+    assert len(s) == 21  # the figure the scrape timing in docs/metrics.md assumes
+    assert {dict(labels)["pipeline"] for _, labels in s} == {"std"}
     closed = {"pipeline": "std", "strategy": "circuit_breaker", "state": "closed"}
     assert value(s, "resilio_circuit_state", **closed) == 1
     assert sum(s.values()) == 1  # nothing has happened yet
+
+
+def _extra(labels: frozenset[tuple[str, str]]) -> str:
+    """The label other than pipeline and strategy, as `name=value` ("" if none)."""
+    rest = [f"{k}={v}" for k, v in labels if k not in ("pipeline", "strategy")]
+    assert len(rest) <= 1, rest
+    return rest[0] if rest else ""
+
+
+def test_series_of_the_other_strategies(
+    core: ModuleType, registry: CollectorRegistry, collector: ResilioCollector
+) -> None:
+    held = Pipeline(
+        Timing(buckets=(0.5,)), Fallback(value=0), Hedging(0.1), Bulkhead(4), name="other"
+    )
+    collector.add(held)
+    s = scrape(registry)
+    found = {(name, dict(labels)["strategy"], _extra(labels)) for name, labels in s}
+    assert found == {
+        ("resilio_call_duration_seconds_bucket", "timing", "le=0.5"),
+        ("resilio_call_duration_seconds_bucket", "timing", "le=+Inf"),
+        ("resilio_call_duration_seconds_count", "timing", ""),
+        ("resilio_call_duration_seconds_sum", "timing", ""),
+        ("resilio_fallbacks_total", "fallback", ""),
+        ("resilio_hedges_total", "hedging", ""),
+        ("resilio_calls_total", "bulkhead", "outcome=admitted"),
+        ("resilio_rejections_total", "bulkhead", "reason=bulkhead_full"),
+        ("resilio_bulkhead_in_flight", "bulkhead", ""),
+        ("resilio_bulkhead_queue_depth", "bulkhead", ""),
+        ("resilio_bulkhead_max_concurrency", "bulkhead", ""),
+    }
+    assert value(s, "resilio_bulkhead_max_concurrency", pipeline="other", strategy="bulkhead") == 4
+    families = {f.name: f.type for f in text_string_to_metric_families(render_text(registry))}
+    assert families == {
+        "resilio_calls": "counter",
+        "resilio_retries": "counter",
+        "resilio_rejections": "counter",
+        "resilio_circuit_state": "gauge",
+        "resilio_circuit_transitions": "counter",
+        "resilio_bulkhead_in_flight": "gauge",
+        "resilio_bulkhead_queue_depth": "gauge",
+        "resilio_bulkhead_max_concurrency": "gauge",
+        "resilio_hedges": "counter",
+        "resilio_fallbacks": "counter",
+        "resilio_call_duration_seconds": "histogram",
+    }
+
+
+def render_text(registry: CollectorRegistry) -> str:
+    return generate_latest(registry).decode()
 
 
 def test_every_family_is_described(
@@ -499,7 +583,7 @@ def test_render_matches_generate_latest(
     collector.add(held_all[-1])
     rendered = collector.render()
     assert parse(rendered) == scrape(registry)
-    assert len(parse(rendered)) == 3 * 24 + 17 + 6 + 2
+    assert len(parse(rendered)) == 3 * 21 + 17 + 5 + 2
 
 
 @pytest.mark.anyio
@@ -520,6 +604,212 @@ async def test_metrics_app_serves_the_registry_and_the_collector(core: ModuleTyp
     )
     with pytest.raises(ValueError, match="twice"):
         metrics_app(ResilioCollector(registry), registry)
+
+
+def test_render_escapes_names_that_look_like_format_fields(
+    core: ModuleType, registry: CollectorRegistry, collector: ResilioCollector
+) -> None:
+    held = [
+        Pipeline(Timeout(1.0, name="%s {0} %%"), name="%d {} }{"),
+        Pipeline(Timeout(1.0), name='new\nline "quoted" back\\slash'),
+    ]
+    for p in held:
+        collector.add(p)
+    assert parse(collector.render()) == scrape(registry)
+    names = {dict(k)["pipeline"] for k in series(scrape(registry), "resilio_rejections_total")}
+    assert names == {"%d {} }{", 'new\nline "quoted" back\\slash'}
+
+
+def test_openmetrics_exposition(
+    core: ModuleType, registry: CollectorRegistry, collector: ResilioCollector
+) -> None:
+    held = Pipeline(Timing(buckets=(0.1,)), CircuitBreaker(), name="om")
+    collector.add(held)
+    text = openmetrics_latest(registry).decode()
+    assert text.endswith("# EOF\n")
+    found = {
+        (s.name, s.labels.get("state", s.labels.get("le", s.labels.get("outcome", "")))): s.value
+        for f in openmetrics_families(text)
+        for s in f.samples
+    }
+    assert found[("resilio_circuit_state", "closed")] == 1
+    assert found[("resilio_calls_total", "admitted")] == 0
+    assert found[("resilio_call_duration_seconds_bucket", "+Inf")] == 0
+
+
+@pytest.mark.anyio
+async def test_a_scrape_reads_values_now_and_sees_pipelines_come_and_go(
+    core: ModuleType, registry: CollectorRegistry, collector: ResilioCollector
+) -> None:
+    a = Pipeline(RateLimiter(100.0, 100), name="a", clock=FakeClock())
+    collector.add(a)
+    admitted = {"pipeline": "a", "strategy": "rate_limiter", "outcome": "admitted"}
+    assert value(scrape(registry), "resilio_calls_total", **admitted) == 0
+    await a.execute(ok)
+    assert value(scrape(registry), "resilio_calls_total", **admitted) == 1
+    assert parse(collector.render())[("resilio_calls_total", frozenset(admitted.items()))] == 1
+    b = Pipeline(Timeout(1.0), name="b")
+    collector.add(b)
+    pipelines = {dict(k)["pipeline"] for _, k in scrape(registry)}
+    assert pipelines == {"a", "b"}
+    collector.add(b, name="b2")
+    assert {dict(k)["pipeline"] for _, k in parse(collector.render())} == {"a", "b2"}
+    collector.remove(a)
+    assert {dict(k)["pipeline"] for _, k in scrape(registry)} == {"b2"}
+    del b
+    gc.collect()
+    assert parse(collector.render()) == {}
+    assert scrape(registry) == {}
+
+
+def test_concurrent_scrapes_while_pipelines_come_and_go(
+    core: ModuleType, registry: CollectorRegistry, collector: ResilioCollector
+) -> None:
+    kept = [Pipeline(Timeout(1.0), name=f"kept{i}") for i in range(20)]
+    for p in kept:
+        collector.add(p)
+    expected = {f"kept{i}" for i in range(20)}
+    churned = {f"churn{i}" for i in range(300)}
+    stop = threading.Event()
+    errors: list[BaseException] = []
+
+    def scraper() -> None:
+        try:
+            while not stop.is_set():
+                for text in (generate_latest(registry), collector.render()):
+                    found = parse(text)  # asserts that no series is there twice
+                    names = {dict(k)["pipeline"] for _, k in found}
+                    assert expected <= names <= expected | churned
+                    assert len(found) == len(names)  # one series per Timeout pipeline
+        except BaseException as exc:  # reported by the main thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=scraper) for _ in range(3)]
+    for t in threads:
+        t.start()
+    try:
+        for i in range(300):
+            # Unique names: a scraper may hold a dying pipeline for a moment.
+            p = Pipeline(Timeout(1.0), name=f"churn{i}")
+            collector.add(p)
+            if i % 3 == 0:
+                collector.remove(p)
+            del p  # the others die here, between or during scrapes
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(10)
+    assert not errors, errors[0]
+    gc.collect()
+    assert {dict(k)["pipeline"] for _, k in scrape(registry)} == expected
+
+
+# ---- ASGI middleware ----------------------------------------------------------------
+
+
+async def _request(app: Any, path: str = "/") -> int:
+    """Send one GET to an ASGI app; return the status (no HTTP client: works on trio)."""
+    scope = {
+        "type": "http",
+        "method": "GET",
+        "path": path,
+        "headers": [],
+        "client": ("10.0.0.1", 1234),
+    }
+    status = 0
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: Any) -> None:
+        nonlocal status
+        if message["type"] == "http.response.start":
+            status = message["status"]
+
+    await app(scope, receive, send)
+    return status
+
+
+@pytest.mark.anyio
+async def test_middleware_counters(
+    core: ModuleType, registry: CollectorRegistry, collector: ResilioCollector
+) -> None:
+    release = anyio.Event()
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        if scope["path"] == "/slow":
+            await release.wait()
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    shedding = LoadSheddingMiddleware(app, max_concurrency=1, max_queue=1)
+    limited = RateLimitMiddleware(
+        DeadlineMiddleware(shedding), rate=1.0, burst=5, clock=FakeClock()
+    )
+    collector.add(limited, name="inbound")
+    limit = {"pipeline": "inbound", "strategy": "rate_limiter"}
+    shed = {"pipeline": "inbound", "strategy": "load_shedding"}
+
+    s = scrape(registry)
+    assert {dict(k)["strategy"] for _, k in s} == {"rate_limiter", "load_shedding"}
+    assert value(s, "resilio_bulkhead_max_concurrency", **shed) == 1
+
+    with anyio.fail_after(5):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(_request, limited, "/slow")
+            tg.start_soon(_request, limited, "/slow")
+            await anyio.wait_all_tasks_blocked()
+            assert await _request(limited, "/slow") == 503  # one running, one queued
+            s = scrape(registry)
+            assert value(s, "resilio_bulkhead_in_flight", **shed) == 1
+            assert value(s, "resilio_bulkhead_queue_depth", **shed) == 1
+            release.set()
+    assert [await _request(limited) for _ in range(3)] == [200, 200, 429]
+
+    s = scrape(registry)
+    assert outcomes(s, **limit) == {"admitted": 5}
+    assert value(s, "resilio_rejections_total", **limit, reason="rate_limited") == 1
+    assert outcomes(s, **shed) == {"admitted": 4}
+    assert value(s, "resilio_rejections_total", **shed, reason="bulkhead_full") == 1
+    assert value(s, "resilio_bulkhead_in_flight", **shed) == 0
+    assert value(s, "resilio_bulkhead_queue_depth", **shed) == 0
+    assert parse(collector.render()) == s
+
+
+def test_middleware_exposure_rules(
+    core: ModuleType, registry: CollectorRegistry, collector: ResilioCollector
+) -> None:
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        pass
+
+    outer = LoadSheddingMiddleware(
+        LoadSheddingMiddleware(app, max_concurrency=1), max_concurrency=2
+    )
+    with pytest.raises(ValueError, match="name="):
+        collector.add(outer)
+    with pytest.raises(TypeError):
+        collector.add(app, name="x")  # type: ignore[arg-type]
+    collector.add(outer, name="inbound")
+    limits = series(scrape(registry), "resilio_bulkhead_max_concurrency", pipeline="inbound")
+    assert {dict(k)["strategy"]: v for k, v in limits.items()} == {
+        "load_shedding": 2,
+        "load_shedding_2": 1,
+    }
+
+    # Only resilio's own middleware is walked through: below anything else, nothing.
+    class Other:
+        def __init__(self, app: Any) -> None:
+            self.app = app
+
+    hidden = RateLimitMiddleware(Other(LoadSheddingMiddleware(app, max_concurrency=1)), rate=1.0)
+    instrument(hidden, registry, name="hidden")
+    found = {dict(k)["strategy"] for _, k in scrape(registry) if ("pipeline", "hidden") in k}
+    assert found == {"rate_limiter"}
+    with pytest.raises(ValueError, match="already exposed"):
+        collector.add(Pipeline(Timeout(1.0), name="inbound"))
+    del outer, hidden
+    gc.collect()
+    assert scrape(registry) == {}
 
 
 @pytest.fixture(autouse=True)
