@@ -21,6 +21,7 @@ import hashlib
 import math
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, MutableMapping
+from types import MethodType
 from typing import Any
 
 import anyio
@@ -54,6 +55,10 @@ DEADLINE_HEADER = "request-timeout"
 #: Key used when a request has no client address.
 UNKNOWN_CLIENT = "-"
 _MAX_KEY = 64
+# A str of at most this many characters is at most _MAX_KEY bytes of UTF-8.
+_ASCII_SAFE = _MAX_KEY // 4
+# Distinct `remaining` values whose header pair a RateLimitMiddleware keeps.
+_HEADER_TABLE = 1024
 
 
 class _BadRequest(Exception):
@@ -166,6 +171,15 @@ class RateLimitMiddleware:
             b"ratelimit-policy",
             f'"{policy}";q={burst};w={window}'.encode(),
         )
+        # The headers depend only on `remaining`: the function that adds them to a
+        # response is built once per value, and a request binds it to its `send`.
+        # Capped, so a huge burst cannot grow the table without bound.
+        self._injectors: dict[int, _Inject] = {}
+        # Bound once: these run on every request.
+        self._by_client = self._key is client_key
+        if not self._awaited:
+            self._try_acquire = self._buckets.try_acquire
+            self._available = self._buckets.available
 
     @property
     def buckets(self) -> Any:
@@ -177,49 +191,83 @@ class RateLimitMiddleware:
         reset = math.ceil(missing * self._interval_ns / 1e9) if missing > 0 else 0
         return (b"ratelimit", f'"{self._policy_name}";r={remaining};t={reset}'.encode())
 
+    def _headers(self, remaining: int) -> list[tuple[bytes, bytes]]:
+        return [self._policy_header, self._ratelimit_header(remaining)]
+
+    def _injector(self, remaining: int) -> _Inject:
+        inject = self._injectors.get(remaining)
+        if inject is None:
+            inject = _header_injector(self._headers(remaining))
+            if len(self._injectors) < _HEADER_TABLE:
+                self._injectors[remaining] = inject
+        return inject
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] in self._exempt:
+        if scope["type"] != "http" or (self._exempt and scope["path"] in self._exempt):
             await self.app(scope, receive, send)
             return
-        try:
-            key = self._key(scope)
-        except _BadRequest as exc:
-            await _plain_response(send, 400, str(exc).encode(), [])
-            return
+        if self._by_client:
+            # Subscript, not .get(): no method call on every request.
+            try:
+                client = scope["client"]
+            except KeyError:
+                client = None
+            key = client[0] if client else None
+        else:
+            try:
+                key = self._key(scope)
+            except _BadRequest as exc:
+                await _plain_response(send, 400, str(exc).encode(), [])
+                return
         if key is None:
             key = UNKNOWN_CLIENT
-        elif len(key) > _MAX_KEY:
-            key = hashlib.blake2b(
-                key.encode() if isinstance(key, str) else key, digest_size=32
-            ).digest()
+        elif len(key) > _ASCII_SAFE and (
+            len(key) > _MAX_KEY or (isinstance(key, str) and not key.isascii())
+        ):
+            key = _short_key(key)
         if self._awaited:
             wait_ns, remaining = await self._buckets.acquire(key)
         else:
             now_ns = self._now_ns()
-            wait_ns = self._buckets.try_acquire(key, now_ns)
-            remaining = self._buckets.available(key, now_ns)
+            wait_ns = self._try_acquire(key, now_ns)
+            remaining = self._available(key, now_ns)
         if wait_ns:
             retry_after = str(max(1, math.ceil(wait_ns / 1e9))).encode()
             await _plain_response(
                 send,
                 429,
                 b"Too Many Requests",
-                [
-                    (b"retry-after", retry_after),
-                    self._policy_header,
-                    self._ratelimit_header(remaining),
-                ],
+                [(b"retry-after", retry_after), *self._headers(remaining)],
             )
             return
-        policy = self._policy_header
-        header = self._ratelimit_header(remaining)
+        inject = self._injectors.get(remaining)
+        if inject is None:
+            inject = self._injector(remaining)
+        await self.app(scope, receive, MethodType(inject, send))
 
-        async def send_with_headers(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                message["headers"] = [*message.get("headers", ()), policy, header]
-            await send(message)
 
-        await self.app(scope, receive, send_with_headers)
+_Inject = Callable[[Send, Message], Awaitable[None]]
+
+
+def _header_injector(headers: list[tuple[bytes, bytes]]) -> _Inject:
+    """A `send` wrapper, unbound: it adds `headers` to the response start."""
+
+    # Not a coroutine: it returns `send`'s awaitable, so each message costs one call
+    # and no coroutine object of its own.
+    def inject(send: Send, message: Message) -> Awaitable[None]:
+        if message["type"] == "http.response.start":
+            message["headers"] = [*message.get("headers", ()), *headers]
+        return send(message)
+
+    return inject
+
+
+def _short_key(key: str | bytes) -> bytes:
+    """A key the core accepts: its UTF-8, hashed to 32 bytes if longer than 64 bytes."""
+    raw = key.encode() if isinstance(key, str) else key
+    if len(raw) > _MAX_KEY:
+        return hashlib.blake2b(raw, digest_size=32).digest()
+    return raw
 
 
 def _key_func(key: str | KeyFunc) -> KeyFunc:
@@ -260,27 +308,37 @@ class LoadSheddingMiddleware:
             raise ValueError(f"retry_after must be an int >= 0 (seconds), got {retry_after!r}")
         self._retry_after = str(retry_after).encode()
         self._exempt = _exempt_set(exempt)
+        # The bulkhead's gate, driven directly as the compiled runner's _BulkheadGate
+        # does: a free slot is one C call in and one out, with no hook frames.
+        bh = self.bulkhead
+        self._try_enter = bh._gate.try_enter
+        self._exit = bh._gate.exit
+        self._waiters = bh._waiters
+        self._release = bh._release
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] in self._exempt:
+        if scope["type"] != "http" or (self._exempt and scope["path"] in self._exempt):
             await self.app(scope, receive, send)
             return
-        bh = self.bulkhead
-        try:
-            token = bh._enter()
-            if token is WAIT:
-                token = await bh._enter_wait()
-        except BulkheadFullError:
-            await _plain_response(
-                send, 503, b"Service Unavailable", [(b"retry-after", self._retry_after)]
-            )
-            return
+        if not self._try_enter():
+            bh = self.bulkhead
+            try:
+                if bh._enter_slow() is WAIT:
+                    await bh._enter_wait()
+            except BulkheadFullError:
+                await _plain_response(
+                    send, 503, b"Service Unavailable", [(b"retry-after", self._retry_after)]
+                )
+                return
         try:
             await self.app(scope, receive, send)
-        except BaseException as exc:
-            bh._err(token, exc)
-            raise
-        bh._ok(token, None)
+        finally:
+            # Success, failure or cancellation alike: the slot goes to the oldest
+            # waiter, or back to the gate.
+            if self._waiters:
+                self._release()
+            else:
+                self._exit()
 
 
 def parse_deadline_header(headers: Iterable[tuple[bytes, bytes]]) -> float | None:
@@ -346,7 +404,7 @@ class DeadlineMiddleware:
         return self._timeout
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] in self._exempt:
+        if scope["type"] != "http" or (self._exempt and scope["path"] in self._exempt):
             await self.app(scope, receive, send)
             return
         seconds = self.timeout_for(scope["path"])

@@ -229,3 +229,135 @@ def test_bad_options() -> None:
         RateLimitMiddleware(app, rate=1.0, exempt=["health"])
     with pytest.raises(ValueError, match="timeout"):
         DeadlineMiddleware(app, timeout=-1)
+
+
+Sent = list[dict[str, Any]]
+
+
+async def _direct(app: Any, scope: dict[str, Any]) -> tuple[int, dict[bytes, bytes]]:
+    """Serve one request by calling the ASGI app directly; (status, response headers)."""
+    sent: Sent = []
+
+    async def receive() -> Any:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: Any) -> None:
+        sent.append(message)
+
+    await app(scope, receive, send)
+    start = next(m for m in sent if m["type"] == "http.response.start")
+    return start["status"], dict(start.get("headers", []))
+
+
+def _scope(path: str = "/", client: Any = ("10.0.0.1", 5000), **extra: Any) -> dict[str, Any]:
+    return {"type": "http", "path": path, "headers": [], "client": client, **extra}
+
+
+_SHARED_HEADERS = [(b"content-type", b"text/plain")]
+
+
+async def _shared_headers_app(scope: Any, receive: Any, send: Any) -> None:
+    # Sends the same headers list every time, as a hand-written ASGI app may.
+    await send({"type": "http.response.start", "status": 200, "headers": _SHARED_HEADERS})
+    await send({"type": "http.response.body", "body": b"ok"})
+
+
+@pytest.mark.anyio
+async def test_rate_limit_headers_do_not_touch_the_apps_list(core: ModuleType) -> None:
+    mw = RateLimitMiddleware(_shared_headers_app, rate=1.0, burst=3, clock=FakeClock())
+    for remaining in (2, 1):
+        status, headers = await _direct(mw, _scope())
+        assert status == 200
+        assert headers[b"ratelimit"] == f'"default";r={remaining};t={3 - remaining}'.encode()
+        assert headers[b"content-type"] == b"text/plain"
+    assert _SHARED_HEADERS == [(b"content-type", b"text/plain")]
+
+
+@pytest.mark.anyio
+async def test_rate_limit_headers_past_the_header_table(
+    core: ModuleType, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Header values are kept for a bounded number of `remaining` values; the rest are
+    # built per response and must read the same.
+    from resilio.integrations import asgi
+
+    monkeypatch.setattr(asgi, "_HEADER_TABLE", 2)
+    clock = FakeClock()
+    mw = RateLimitMiddleware(_shared_headers_app, rate=1.0, burst=5, clock=clock)
+    seen = [(await _direct(mw, _scope()))[1][b"ratelimit"] for _ in range(5)]
+    assert seen == [f'"default";r={r};t={5 - r}'.encode() for r in (4, 3, 2, 1, 0)]
+    assert len(mw._injectors) == 2
+    status, headers = await _direct(mw, _scope())
+    assert status == 429 and headers[b"ratelimit"] == b'"default";r=0;t=5'
+    clock.advance(2.0)
+    assert (await _direct(mw, _scope()))[1][b"ratelimit"] == b'"default";r=1;t=4'
+
+
+@pytest.mark.anyio
+async def test_long_non_ascii_keys_are_hashed_not_refused(core: ModuleType) -> None:
+    # 40 characters but 80 bytes of UTF-8: over the core's 64-byte key limit.
+    path = "/" + "é" * 40
+    mw = RateLimitMiddleware(_shared_headers_app, rate=1.0, burst=1, key="route", clock=FakeClock())
+    assert (await _direct(mw, _scope(path)))[0] == 200
+    assert (await _direct(mw, _scope(path)))[0] == 429
+    assert (await _direct(mw, _scope("/" + "é" * 39 + "e")))[0] == 200
+    # A short non-ASCII key is its UTF-8: the same bucket as the bytes.
+    by_header = RateLimitMiddleware(
+        _shared_headers_app, rate=1.0, burst=1, key=lambda s: s["k"], clock=FakeClock()
+    )
+    assert (await _direct(by_header, _scope(k="ключ-клиента-1")))[0] == 200
+    assert (await _direct(by_header, _scope(k="ключ-клиента-1".encode())))[0] == 429
+
+
+@pytest.mark.anyio
+async def test_client_key_without_a_client_entry(core: ModuleType) -> None:
+    mw = RateLimitMiddleware(_shared_headers_app, rate=1.0, burst=1, clock=FakeClock())
+    no_client = {"type": "http", "path": "/", "headers": []}
+    assert (await _direct(mw, no_client))[0] == 200
+    assert (await _direct(mw, _scope(client=None)))[0] == 429  # the same "-" bucket
+    assert (await _direct(mw, _scope()))[0] == 200
+
+
+@pytest.mark.anyio
+async def test_load_shedding_queue_hands_the_slot_on(core: ModuleType) -> None:
+    release = asyncio.Event()
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        if scope["path"] == "/hold":
+            await release.wait()
+        await _shared_headers_app(scope, receive, send)
+
+    mw = LoadSheddingMiddleware(app, max_concurrency=1, max_queue=1, retry_after=7)
+    holder = asyncio.ensure_future(_direct(mw, _scope("/hold")))
+    await asyncio.sleep(0)
+    queued = asyncio.ensure_future(_direct(mw, _scope("/")))
+    await asyncio.sleep(0)
+    assert mw.bulkhead.in_flight == 1 and mw.bulkhead.queued == 1
+    status, headers = await _direct(mw, _scope("/"))
+    assert (status, headers[b"retry-after"]) == (503, b"7")
+    release.set()
+    assert (await holder)[0] == 200 and (await queued)[0] == 200
+    assert mw.bulkhead.in_flight == 0 and mw.bulkhead.queued == 0
+
+
+@pytest.mark.anyio
+async def test_load_shedding_releases_the_slot_on_error_and_cancel(core: ModuleType) -> None:
+    async def boom(scope: Any, receive: Any, send: Any) -> None:
+        raise RuntimeError("app failed")
+
+    async def hang(scope: Any, receive: Any, send: Any) -> None:
+        await asyncio.sleep(60)
+
+    failing = LoadSheddingMiddleware(boom, max_concurrency=1)
+    for _ in range(2):
+        with pytest.raises(RuntimeError):
+            await _direct(failing, _scope())
+    assert failing.bulkhead.in_flight == 0
+    hanging = LoadSheddingMiddleware(hang, max_concurrency=1)
+    task = asyncio.ensure_future(_direct(hanging, _scope()))
+    await asyncio.sleep(0)
+    assert hanging.bulkhead.in_flight == 1
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert hanging.bulkhead.in_flight == 0
