@@ -458,6 +458,18 @@ def _middleware_parts(app: object) -> tuple[object, ...]:
     return tuple(parts)
 
 
+class _Fixed:
+    """The parts of a middleware stack, as found when it was added."""
+
+    __slots__ = ("parts",)
+
+    def __init__(self, parts: tuple[object, ...]) -> None:
+        self.parts = parts
+
+    def __call__(self, target: object) -> tuple[object, ...]:
+        return self.parts
+
+
 def _pipeline_parts(pipeline: Pipeline) -> Sequence[object]:
     return pipeline.strategies
 
@@ -480,11 +492,17 @@ def _unique(labels: Iterable[str]) -> list[str]:
     return out
 
 
-class _Entry:
-    """One exposed pipeline or middleware stack: a weak reference, its label, and how
-    to read it (which of its parts, with which values function, giving which series)."""
+# One family's share of an entry's series: (family, positions among the entry's values,
+# sample names, label dicts, their lines of text as a %-format).
+Chunk = tuple[int, tuple[int, ...], tuple[str, ...], tuple[dict[str, str], ...], str]
 
-    __slots__ = ("name", "parts", "reads", "ref", "series")
+
+class _Entry:
+    """One exposed pipeline or middleware stack: a weak reference, its label, how to
+    read it (which of its parts, with which values function), and its series, grouped
+    by family so that a layout is put together without touching each series."""
+
+    __slots__ = ("chunks", "name", "parts", "reads", "ref", "size")
 
     def __init__(
         self,
@@ -492,13 +510,26 @@ class _Entry:
         name: str,
         parts: Callable[[Any], Sequence[object]],
         reads: tuple[tuple[int, Values], ...],
-        series: tuple[_Series, ...],
+        series: Sequence[_Series],
     ) -> None:
         self.ref = ref
         self.name = name
         self.parts = parts
         self.reads = reads
-        self.series = series
+        self.size = len(series)
+        by_family: dict[int, list[tuple[int, _Series]]] = {}
+        for i, s in enumerate(series):
+            by_family.setdefault(s.family, []).append((i, s))
+        self.chunks: tuple[Chunk, ...] = tuple(
+            (
+                f,
+                tuple(i for i, _ in mine),
+                tuple(s.name for _, s in mine),
+                tuple(s.labels for _, s in mine),
+                "".join(f"{s.prefix.replace('%', '%%')}%s\n" for _, s in mine),
+            )
+            for f, mine in sorted(by_family.items())
+        )
 
 
 Getter = Callable[[list[float]], Sequence[float]]
@@ -525,30 +556,31 @@ class _Layout:
 
     def __init__(self, entries: Sequence[_Entry]) -> None:
         self.entries = tuple((e.ref, e.parts, e.reads) for e in entries)
-        by_family: list[list[tuple[int, _Series]]] = [[] for _ in _FAMILIES]
-        position = 0
+        n = len(_FAMILIES)
+        positions: list[list[int]] = [[] for _ in range(n)]
+        names: list[list[str]] = [[] for _ in range(n)]
+        labels: list[list[dict[str, str]]] = [[] for _ in range(n)]
+        lines: list[list[str]] = [[] for _ in range(n)]
+        start = 0
         for e in entries:
-            for s in e.series:
-                by_family[s.family].append((position, s))
-                position += 1
+            for f, local, chunk_names, chunk_labels, text in e.chunks:
+                positions[f].extend(map(start.__add__, local))
+                names[f] += chunk_names
+                labels[f] += chunk_labels
+                lines[f].append(text)
+            start += e.size
         #: Per non-empty family: its index, a getter of its values, names, labels.
         self.families = tuple(
-            (
-                f,
-                _getter([i for i, _ in found]),
-                tuple(s.name for _, s in found),
-                tuple(s.labels for _, s in found),
-            )
-            for f, found in enumerate(by_family)
-            if found
+            (f, _getter(positions[f]), tuple(names[f]), tuple(labels[f]))
+            for f in range(n)
+            if positions[f]
         )
         #: All values in exposition order. `%` over a tuple measured twice as fast as
         #: `str.format` with positional fields over the unordered list.
-        self.in_order = _getter([i for found in by_family for i, _ in found])
+        self.in_order = _getter([i for family in positions for i in family])
         self.template = "".join(
-            header.replace("%", "%%")
-            + "".join(f"{s.prefix.replace('%', '%%')}%s\n" for _, s in found)
-            for header, found in zip(_HEADERS, by_family, strict=True)
+            header.replace("%", "%%") + "".join(text)
+            for header, text in zip(_HEADERS, lines, strict=True)
         )
 
 
@@ -556,7 +588,6 @@ class _Layout:
 # optional fields) is most of what building a sample costs: tuple.__new__ over a
 # zip of the fields builds every sample of a family without running Python code.
 _new = tuple.__new__
-_SAMPLES = repeat(Sample)
 _PADDING = len(Sample._fields) - 3
 
 
@@ -600,7 +631,9 @@ class ResilioCollector(Collector):
         if isinstance(target, Pipeline):
             parts_of, default, parts = _pipeline_parts, target.name, target.strategies
         elif isinstance(target, _MIDDLEWARE):
-            parts_of, default, parts = _middleware_parts, None, _middleware_parts(target)
+            # Found once: a scrape must not walk `.app`, which its owner could reassign.
+            parts = _middleware_parts(target)
+            parts_of, default = _Fixed(parts), None
         else:
             raise TypeError(
                 f"add() takes a resilio Pipeline or resilio ASGI middleware, got {target!r}"
@@ -621,13 +654,15 @@ class ResilioCollector(Collector):
             if plan is not None:
                 reads.append((i, plan[0]))
                 series += plan[1]
-        entry = _Entry(weakref.ref(target), label, parts_of, tuple(reads), tuple(series))
+        entry = _Entry(weakref.ref(target), label, parts_of, tuple(reads), series)
         key = id(target)
         with self._lock:
-            self._prune()
             other = self._by_name.get(label)
             if other is not None and other != key:
-                raise ValueError(f"a pipeline named {label!r} is already exposed")
+                holder = self._entries[other]
+                if holder.ref() is not None:
+                    raise ValueError(f"a pipeline named {label!r} is already exposed")
+                del self._entries[other]  # dead: its name is free again
             old = self._entries.get(key)
             if old is not None:
                 self._by_name.pop(old.name, None)
@@ -694,7 +729,7 @@ class ResilioCollector(Collector):
         pad = (repeat(None),) * _PADDING
         for f, get, names, labels in layout.families:
             families[f].samples = list(
-                map(_new, _SAMPLES, zip(names, labels, get(values), *pad, strict=False))
+                map(_new, repeat(Sample), zip(names, labels, get(values), *pad, strict=False))
             )
         return families
 

@@ -515,6 +515,20 @@ def test_dropping_a_pipeline_drops_its_series(
     collector.add(Pipeline(Timeout(1.0), name="dropped"))  # the name is free again
 
 
+def test_a_dead_pipelines_name_is_free_before_any_scrape(
+    core: ModuleType, registry: CollectorRegistry, collector: ResilioCollector
+) -> None:
+    first = Pipeline(RateLimiter(1.0), name="svc")
+    collector.add(first)
+    del first
+    gc.collect()
+    second = Pipeline(Timeout(1.0), name="svc")
+    collector.add(second)  # no scrape has pruned the first yet
+    s = scrape(registry)
+    assert {(dict(k)["pipeline"], dict(k)["strategy"]) for _, k in s} == {("svc", "timeout")}
+    assert len(collector) == 1
+
+
 @pytest.mark.anyio
 async def test_scrape_adds_nothing_to_the_call_path(
     core: ModuleType, registry: CollectorRegistry, collector: ResilioCollector
