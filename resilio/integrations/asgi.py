@@ -24,14 +24,13 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping, MutableMappi
 from types import MethodType
 from typing import Any
 
-import anyio
-
 from resilio import context as _ctx
 from resilio.backends import Backend, is_awaited, resolve
 from resilio.clock import SYSTEM_CLOCK, Clock
-from resilio.errors import BulkheadFullError
+from resilio.errors import BulkheadFullError, TimeoutRejectedError
 from resilio.strategies._base import WAIT
 from resilio.strategies.bulkhead import Bulkhead
+from resilio.strategies.timeout import Timeout
 
 __all__ = [
     "DEADLINE_HEADER",
@@ -343,10 +342,10 @@ class LoadSheddingMiddleware:
 
 def parse_deadline_header(headers: Iterable[tuple[bytes, bytes]]) -> float | None:
     """The `Request-Timeout` value in seconds, or None if absent or malformed."""
-    wanted = DEADLINE_HEADER.encode()
     found: float | None = None
     for k, v in headers:
-        if k.lower() != wanted:
+        # The length check first: it spares a lowercased copy of every other header.
+        if len(k) != _DEADLINE_LEN or k.lower() != _DEADLINE_BYTES:
             continue
         try:
             seconds = float(v.decode("latin-1").strip())
@@ -360,6 +359,10 @@ def parse_deadline_header(headers: Iterable[tuple[bytes, bytes]]) -> float | Non
     return found
 
 
+_DEADLINE_BYTES = DEADLINE_HEADER.encode()
+_DEADLINE_LEN = len(_DEADLINE_BYTES)
+
+
 class DeadlineMiddleware:
     """Give each request a deadline; answer `504` if the app has not responded by then.
 
@@ -369,6 +372,10 @@ class DeadlineMiddleware:
     it with `resilio.deadline()`, and `ResilientTransport` forwards it on
     outbound calls. If the response has already started when time runs out,
     the app is cancelled and the connection is left to the server to close.
+
+    The deadline is enforced as a `resilio.Timeout` enforces its own: on asyncio
+    it is filed in the loop's deadline wheel (no loop timer per request; it fires
+    at most a couple of milliseconds late), elsewhere (trio) a cancel scope.
     """
 
     def __init__(
@@ -395,6 +402,14 @@ class DeadlineMiddleware:
         # Longest prefix first, so the most specific route wins.
         self._routes = sorted((routes or {}).items(), key=lambda kv: -len(kv[0]))
         self._exempt = _exempt_set(exempt)
+        # One Timeout per distinct value, shared by the requests it applies to: its
+        # hooks hold no per-request state.
+        timeouts: dict[float, Timeout] = {}
+        for seconds in (self._timeout, *(float(s) for _, s in self._routes)):
+            if seconds not in timeouts:
+                timeouts[seconds] = Timeout(seconds, name="deadline")
+        self._default = timeouts[self._timeout]
+        self._route_timeouts = [(prefix, timeouts[float(s)]) for prefix, s in self._routes]
 
     def timeout_for(self, path: str) -> float:
         """The configured timeout for a path."""
@@ -407,23 +422,45 @@ class DeadlineMiddleware:
         if scope["type"] != "http" or (self._exempt and scope["path"] in self._exempt):
             await self.app(scope, receive, send)
             return
-        seconds = self.timeout_for(scope["path"])
-        asked = parse_deadline_header(scope.get("headers") or ())
-        if asked is not None and asked < seconds:
-            seconds = asked
+        timeout = self._default
+        if self._route_timeouts:
+            path = scope["path"]
+            for prefix, route_timeout in self._route_timeouts:
+                if path.startswith(prefix):
+                    timeout = route_timeout
+                    break
+        headers = scope.get("headers")
+        asked = parse_deadline_header(headers) if headers else None
+        pushed = None
+        if asked is not None and asked < timeout.seconds:
+            # The caller has less time than the route allows: its deadline goes into
+            # the context, and the route's Timeout clamps itself to it.
+            _, pushed = _ctx.push_deadline(time.monotonic() + asked)
         started = False
 
-        async def send_tracking(message: Message) -> None:
+        # Not a coroutine: it returns `send`'s awaitable (one call per message).
+        def send_tracking(message: Message) -> Awaitable[None]:
             nonlocal started
             if message["type"] == "http.response.start":
                 started = True
-            await send(message)
+            return send(message)
 
-        _, token = _ctx.push_deadline(time.monotonic() + seconds)
+        expired = False
+        token = timeout._enter()
         try:
-            with anyio.move_on_after(seconds) as scope_:
-                await self.app(scope, receive, send_tracking)
+            await self.app(scope, receive, send_tracking)
+        except BaseException as exc:
+            try:
+                timeout._err(token, exc)
+            except TimeoutRejectedError:
+                # Our own expiry: the app has been cancelled and has unwound.
+                expired = True
+            else:
+                raise
+        else:
+            timeout._ok(token, None)
         finally:
-            _ctx.pop_deadline(token)
-        if scope_.cancelled_caught and not started:
+            if pushed is not None:
+                _ctx.pop_deadline(pushed)
+        if expired and not started:
             await _plain_response(send, 504, b"Gateway Timeout", [])

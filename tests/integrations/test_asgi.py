@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import time
 from collections.abc import Callable
 from types import ModuleType
 from typing import Any
 
+import anyio
 import httpx
 import pytest
 from fastapi import FastAPI
@@ -361,3 +364,91 @@ async def test_load_shedding_releases_the_slot_on_error_and_cancel(core: ModuleT
     with pytest.raises(asyncio.CancelledError):
         await task
     assert hanging.bulkhead.in_flight == 0
+
+
+async def _sleepy(scope: Any, receive: Any, send: Any) -> None:
+    """Sleeps `?s=` seconds before answering, or after starting the response with `late`."""
+    seconds = float(scope.get("query_string", b"").decode().partition("s=")[2] or 0)
+    if scope["path"] == "/late":
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await anyio.sleep(seconds)
+        await send({"type": "http.response.body", "body": b"late"})
+        return
+    await anyio.sleep(seconds)
+    body = repr(resilio.deadline()).encode()
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    await send({"type": "http.response.body", "body": body})
+
+
+async def _deadline_cases(sent_log: list[Sent]) -> list[int]:
+    """Status per case; shared by the asyncio and trio runs."""
+    mw = DeadlineMiddleware(_sleepy, timeout=5.0, routes={"/short": 0.05, "/late": 0.05})
+    statuses = []
+    for scope in [
+        _scope("/short", query_string=b"s=2"),  # the route's timeout
+        _scope("/", query_string=b"s=2", headers=[(b"request-timeout", b"0.05")]),  # caller's
+        _scope("/", query_string=b"s=0"),
+    ]:
+        statuses.append((await _direct(mw, scope))[0])
+    # Started before the deadline: the app is cancelled, nothing more is sent.
+    sent: Sent = []
+
+    async def keep(message: Any) -> None:
+        sent.append(message)
+
+    async def receive() -> Any:
+        return {"type": "http.request"}
+
+    await mw(_scope("/late", query_string=b"s=2"), receive, keep)
+    sent_log.append(sent)
+    return statuses
+
+
+def test_deadline_middleware_on_trio() -> None:
+    import trio
+
+    sent_log: list[Sent] = []
+    t0 = time.monotonic()
+    statuses = trio.run(_deadline_cases, sent_log)
+    assert statuses == [504, 504, 200]
+    assert [m["type"] for m in sent_log[0]] == ["http.response.start"]
+    assert time.monotonic() - t0 < 5.0
+
+
+@pytest.mark.anyio
+async def test_deadline_middleware_direct() -> None:
+    sent_log: list[Sent] = []
+    t0 = time.monotonic()
+    assert await _deadline_cases(sent_log) == [504, 504, 200]
+    assert [m["type"] for m in sent_log[0]] == ["http.response.start"]
+    assert time.monotonic() - t0 < 5.0
+
+
+@pytest.mark.anyio
+async def test_deadline_outer_cancel_and_swallowed_expiry() -> None:
+    mw = DeadlineMiddleware(_sleepy, timeout=5.0)
+    # A cancellation that is not the deadline's propagates as it is.
+    task = asyncio.ensure_future(_direct(mw, _scope(query_string=b"s=10")))
+    await asyncio.sleep(0.01)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+
+    async def stubborn(scope: Any, receive: Any, send: Any) -> None:
+        with contextlib.suppress(asyncio.CancelledError):  # swallowed: it answers anyway
+            await asyncio.sleep(10)
+        await _shared_headers_app(scope, receive, send)
+
+    assert (await _direct(DeadlineMiddleware(stubborn, timeout=0.02), _scope()))[0] == 200
+    assert asyncio.current_task().cancelling() == 0  # type: ignore[union-attr]
+
+
+@pytest.mark.anyio
+async def test_nested_deadlines_the_shorter_one_answers() -> None:
+    inner = DeadlineMiddleware(_sleepy, timeout=5.0)
+    outer = DeadlineMiddleware(inner, timeout=0.05)
+    t0 = time.monotonic()
+    assert (await _direct(outer, _scope(query_string=b"s=2")))[0] == 504
+    assert time.monotonic() - t0 < 1.0
+    status, _ = await _direct(outer, _scope(query_string=b"s=0"))
+    assert status == 200
