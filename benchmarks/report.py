@@ -137,6 +137,10 @@ def fmt_ns(x: float | None) -> str:
     return f"{x:.1f}"
 
 
+def fmt_x(x: float) -> str:
+    return f"{x:.1f}x" if x < 10 else f"{x:,.0f}x"
+
+
 def verdict(value: float | None, target: float | None) -> str:
     if value is None or target is None:
         return ""
@@ -420,6 +424,75 @@ def redis_section(red: dict[str, Any]) -> tuple[list[str], list[tuple[str, str, 
     return lines, targets
 
 
+#: What the README's headline names each job.
+HEADLINE_JOBS = {
+    "retry": "retry",
+    "circuit_breaker": "circuit breaker",
+    "rate_limiter": "rate limiter",
+    "timeout": "timeout",
+    "bulkhead": "bulkhead",
+    "pipeline": "5-strategy pipeline",
+}
+README = ROOT / "README.md"
+README_START = "<!-- benchmarks:start (written by benchmarks/report.py) -->"
+README_END = "<!-- benchmarks:end -->"
+
+
+def headline(cmp: dict[str, Any]) -> list[str]:
+    """The README's table: resilio's added ns per job against the peers of the run."""
+    benches = cmp["benchmarks"]
+    bare_b = [b for b in benches if b["extra_info"].get("job") == "baseline"]
+    if not bare_b:
+        return []
+    bare = per_op(bare_b[0])
+    ours: dict[str, float] = {}
+    peers: dict[str, list[tuple[float, str]]] = {}
+    for b in benches:
+        e = b["extra_info"]
+        job = e.get("job")
+        if job not in HEADLINE_JOBS or b["name"].endswith("execute]"):
+            continue
+        added = per_op(b) - bare
+        if e.get("library") == "resilio":
+            ours.setdefault(job, added)
+        else:
+            name = b["param"] if b.get("param") else b["name"]
+            peers.setdefault(job, []).append((added, name))
+    lines = [
+        "| job | resilio adds | closest peer (same run) | peers' overhead / resilio's |",
+        "| --- | ---: | --- | ---: |",
+    ]
+    for job, label in HEADLINE_JOBS.items():
+        if job not in ours or not peers.get(job) or ours[job] <= 0:
+            continue
+        ps = sorted(peers[job])
+        ratios = [fmt_x(a / ours[job]) for a, _ in (ps[0], ps[-1])]
+        span = ratios[0] if len(ps) == 1 else f"{ratios[0]} to {ratios[1]}"
+        lines.append(
+            f"| {label} | {fmt_ns(ours[job])} ns | {ps[0][1]}: {fmt_ns(ps[0][0])} ns | {span} |"
+        )
+    mi = cmp["machine_info"]
+    lines += [
+        "",
+        f"Success-path overhead per call over a bare `await f()`, medians of one run "
+        f"({mi.get('cpu_model', '?')}, {mi.get('cores', '?')} cores, Python "
+        f"{mi.get('python', mi.get('python_version', '?'))}, {cmp.get('datetime', '?')[:16]}). "
+        "Reproduce with `python benchmarks/report.py`; every figure, peer and command is "
+        "in [docs/benchmarks.md](docs/benchmarks.md).",
+    ]
+    return lines
+
+
+def write_readme(lines: list[str]) -> bool:
+    text = README.read_text()
+    if not lines or README_START not in text or README_END not in text:
+        return False
+    head, rest = text.split(README_START, 1)
+    _, tail = rest.split(README_END, 1)
+    README.write_text(head + README_START + "\n" + "\n".join(lines) + "\n" + README_END + tail)
+    return True
+
+
 def instructions_section() -> list[str]:
     """Callgrind instruction counts, when benchmarks/instructions.py has been run."""
     path = RESULTS / "instructions.json"
@@ -560,6 +633,9 @@ def main() -> None:
     DOC.parent.mkdir(parents=True, exist_ok=True)
     DOC.write_text(render(commands))
     print(f"\nwrote {DOC.relative_to(ROOT)}")
+    cmp = load("compare")
+    if cmp is not None and write_readme(headline(cmp)):
+        print(f"wrote the headline table of {README.relative_to(ROOT)}")
 
 
 if __name__ == "__main__":
