@@ -220,15 +220,17 @@ class RateLimitMiddleware:
                 return
         if key is None:
             key = UNKNOWN_CLIENT
-        elif len(key) > _ASCII_SAFE and (
-            len(key) > _MAX_KEY or (isinstance(key, str) and not key.isascii())
-        ):
-            key = _short_key(key)
         if self._awaited:
-            wait_ns, remaining = await self._buckets.acquire(key)
+            wait_ns, remaining = await self._buckets.acquire(_short_key(key))
         else:
             now_ns = self._now_ns()
-            wait_ns = self._try_acquire(key, now_ns)
+            try:
+                wait_ns = self._try_acquire(key, now_ns)
+            except ValueError:
+                # Over the core's 64 bytes (it checks, so the common case pays
+                # nothing): hashed, then admitted or refused like any key.
+                key = _short_key(key)
+                wait_ns = self._try_acquire(key, now_ns)
             remaining = self._available(key, now_ns)
         if wait_ns:
             retry_after = str(max(1, math.ceil(wait_ns / 1e9))).encode()
@@ -255,18 +257,25 @@ def _header_injector(headers: list[tuple[bytes, bytes]]) -> _Inject:
     # and no coroutine object of its own.
     def inject(send: Send, message: Message) -> Awaitable[None]:
         if message["type"] == "http.response.start":
-            message["headers"] = [*message.get("headers", ()), *headers]
+            try:
+                # The usual case, a list: one concatenation, and the app's list is
+                # left as it was (it may be reused for other responses).
+                message["headers"] = message["headers"] + headers
+            except (KeyError, TypeError):  # no headers, or another iterable
+                message["headers"] = [*message.get("headers", ()), *headers]
         return send(message)
 
     return inject
 
 
-def _short_key(key: str | bytes) -> bytes:
-    """A key the core accepts: its UTF-8, hashed to 32 bytes if longer than 64 bytes."""
+def _short_key(key: str | bytes) -> str | bytes:
+    """`key` if at most 64 bytes (UTF-8 for a str), else its BLAKE2b digest (32 bytes)."""
+    if len(key) <= _ASCII_SAFE:
+        return key
     raw = key.encode() if isinstance(key, str) else key
     if len(raw) > _MAX_KEY:
         return hashlib.blake2b(raw, digest_size=32).digest()
-    return raw
+    return key
 
 
 def _key_func(key: str | KeyFunc) -> KeyFunc:

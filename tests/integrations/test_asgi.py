@@ -277,6 +277,22 @@ async def test_rate_limit_headers_do_not_touch_the_apps_list(core: ModuleType) -
 
 
 @pytest.mark.anyio
+async def test_rate_limit_headers_added_to_any_header_iterable(core: ModuleType) -> None:
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        start: dict[str, Any] = {"type": "http.response.start", "status": 200}
+        if scope["path"] == "/tuple":
+            start["headers"] = ((b"x-a", b"1"),)
+        await send(start)  # "/": no headers at all
+        await send({"type": "http.response.body", "body": b""})
+
+    mw = RateLimitMiddleware(app, rate=1.0, burst=5, clock=FakeClock())
+    _, headers = await _direct(mw, _scope("/tuple"))
+    assert headers[b"x-a"] == b"1" and headers[b"ratelimit"] == b'"default";r=4;t=1'
+    _, headers = await _direct(mw, _scope("/"))
+    assert list(headers) == [b"ratelimit-policy", b"ratelimit"]
+
+
+@pytest.mark.anyio
 async def test_rate_limit_headers_past_the_header_table(
     core: ModuleType, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -304,6 +320,10 @@ async def test_long_non_ascii_keys_are_hashed_not_refused(core: ModuleType) -> N
     assert (await _direct(mw, _scope(path)))[0] == 200
     assert (await _direct(mw, _scope(path)))[0] == 429
     assert (await _direct(mw, _scope("/" + "é" * 39 + "e")))[0] == 200
+    # A client "address" no real server sends, but one that must not crash either.
+    by_client = RateLimitMiddleware(_shared_headers_app, rate=1.0, burst=1, clock=FakeClock())
+    odd = ("h" * 100, 0)
+    assert [(await _direct(by_client, _scope(client=odd)))[0] for _ in "ab"] == [200, 429]
     # A short non-ASCII key is its UTF-8: the same bucket as the bytes.
     by_header = RateLimitMiddleware(
         _shared_headers_app, rate=1.0, burst=1, key=lambda s: s["k"], clock=FakeClock()
