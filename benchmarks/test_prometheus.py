@@ -20,9 +20,9 @@ Wall-clock figures on a loaded 2-core machine are noisy; instruction counts are 
 
     python benchmarks/test_prometheus.py --instructions
 
-(with resilio importable, e.g. PYTHONPATH=.) runs each call-path case under
-`valgrind --tool=callgrind`, counting only the measured rounds, and prints
-instructions per call.
+(with resilio importable, e.g. PYTHONPATH=.) runs each call-path case, and a scrape
+of the 1,000 standard pipelines both ways, under `valgrind --tool=callgrind`,
+counting only the measured rounds, and prints instructions per call and per scrape.
 """
 
 from __future__ import annotations
@@ -164,21 +164,43 @@ def test_call_path(benchmark: Any, loop: asyncio.AbstractEventLoop, per_op: Any,
 ROUNDS = 2
 #: A C function only the measured code enters: callgrind counts inside it alone.
 MARKER = "_operator_call"
+#: Scrapes counted by instructions (of the 1,000 standard pipelines).
+SCRAPES = {
+    "generate_latest": "prometheus_client.generate_latest(registry)",
+    "render": "collector.render()",
+}
+
+
+def _scrape_case(how: str) -> tuple[Callable[[], object], list[Any]]:
+    registry = CollectorRegistry()
+    collector = ResilioCollector(registry)
+    pipelines = _pipelines(False)
+    for p in pipelines:
+        collector.add(p)
+    scrape = (lambda: generate_latest(registry)) if how == "generate_latest" else collector.render
+    return scrape, [registry, collector, pipelines]
 
 
 def _child(case: str, rounds: int) -> None:
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
-    batch, keep = _build(case)
-    run_until_complete = loop.run_until_complete
+    if case in SCRAPES:
+        one, keep = _scrape_case(case)
+    else:
+        batch, keep = _build(case)
+        run_until_complete = loop.run_until_complete
+
+        def one() -> object:
+            return run_until_complete(batch())
+
     for _ in range(3):
-        run_until_complete(batch())
+        one()
     # From an empty young generation in every case, so each runs the same collections.
     gc.collect()
 
     def measured(k: int) -> None:
         for _ in range(k):
-            run_until_complete(batch())
+            one()
 
     operator.call(measured, rounds)
     loop.close()
@@ -210,8 +232,9 @@ def _count(case: str) -> int:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--instructions", action="store_true", help="count instructions (valgrind)")
+    every = [*CASES, *SCRAPES]
     ap.add_argument(
-        "--cases", default=",".join(CASES), help="comma-separated, of: " + ", ".join(CASES)
+        "--cases", default=",".join(every), help="comma-separated, of: " + ", ".join(every)
     )
     ap.add_argument("--child", nargs=2, metavar=("CASE", "ROUNDS"), help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -224,10 +247,14 @@ def main() -> None:
         raise SystemExit("valgrind is not installed (apt-get install valgrind)")
     base = None
     for case in args.cases.split(","):
-        how = CASES[case]
+        if case in SCRAPES:
+            per_scrape = _count(case) / ROUNDS
+            print(f"{case:16} {per_scrape:>13,.0f} instructions/scrape  {SCRAPES[case]}")
+            continue
         per_call = _count(case) / (ROUNDS * OPS)
         base = per_call if base is None else base
-        print(f"{case:10} {per_call:>9,.0f} instructions/call  ({per_call - base:+,.0f})  {how}")
+        delta = f"({per_call - base:+,.0f})"
+        print(f"{case:16} {per_call:>13,.0f} instructions/call  {delta:>8}  {CASES[case]}")
 
 
 if __name__ == "__main__":
