@@ -639,11 +639,11 @@ def test_openmetrics_exposition(
 ) -> None:
     held = Pipeline(Timing(buckets=(0.1,)), CircuitBreaker(), name="om")
     collector.add(held)
-    text = openmetrics_latest(registry).decode()
+    text: str = openmetrics_latest(registry).decode()  # type: ignore[no-untyped-call]  # untyped upstream
     assert text.endswith("# EOF\n")
     found = {
         (s.name, s.labels.get("state", s.labels.get("le", s.labels.get("outcome", "")))): s.value
-        for f in openmetrics_families(text)
+        for f in openmetrics_families(text)  # type: ignore[no-untyped-call]  # untyped upstream
         for s in f.samples
     }
     assert found[("resilio_circuit_state", "closed")] == 1
@@ -814,6 +814,9 @@ def test_middleware_exposure_rules(
     class Other:
         def __init__(self, app: Any) -> None:
             self.app = app
+
+        async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+            await self.app(scope, receive, send)
 
     hidden = RateLimitMiddleware(Other(LoadSheddingMiddleware(app, max_concurrency=1)), rate=1.0)
     instrument(hidden, registry, name="hidden")
