@@ -213,8 +213,9 @@ class RateLimitMiddleware:
                 client = None
             key = client[0] if client else None
         else:
+            key_of = self._key
             try:
-                key = self._key(scope)
+                key = key_of(scope)
             except _BadRequest as exc:
                 await _plain_response(send, 400, str(exc).encode(), [])
                 return
@@ -223,15 +224,18 @@ class RateLimitMiddleware:
         if self._awaited:
             wait_ns, remaining = await self._buckets.acquire(_short_key(key))
         else:
-            now_ns = self._now_ns()
+            # Read into locals, then called: CPython 3.11 specializes loading an
+            # instance attribute, not calling one as `self.x()`.
+            clock, take, count = self._now_ns, self._try_acquire, self._available
+            now_ns = clock()
             try:
-                wait_ns = self._try_acquire(key, now_ns)
+                wait_ns = take(key, now_ns)
             except ValueError:
                 # Over the core's 64 bytes (it checks, so the common case pays
                 # nothing): hashed, then admitted or refused like any key.
                 key = _short_key(key)
-                wait_ns = self._try_acquire(key, now_ns)
-            remaining = self._available(key, now_ns)
+                wait_ns = take(key, now_ns)
+            remaining = count(key, now_ns)
         if wait_ns:
             retry_after = str(max(1, math.ceil(wait_ns / 1e9))).encode()
             await _plain_response(
@@ -241,10 +245,12 @@ class RateLimitMiddleware:
                 [(b"retry-after", retry_after), *self._headers(remaining)],
             )
             return
-        inject = self._injectors.get(remaining)
-        if inject is None:
+        try:
+            inject = self._injectors[remaining]
+        except KeyError:
             inject = self._injector(remaining)
-        await self.app(scope, receive, MethodType(inject, send))
+        app = self.app
+        await app(scope, receive, MethodType(inject, send))
 
 
 _Inject = Callable[[Send, Message], Awaitable[None]]
@@ -328,7 +334,9 @@ class LoadSheddingMiddleware:
         if scope["type"] != "http" or (self._exempt and scope["path"] in self._exempt):
             await self.app(scope, receive, send)
             return
-        if not self._try_enter():
+        # Locals, as in RateLimitMiddleware: calls through `self.x()` are not specialized.
+        try_enter, app = self._try_enter, self.app
+        if not try_enter():
             bh = self.bulkhead
             try:
                 if bh._enter_slow() is WAIT:
@@ -339,14 +347,15 @@ class LoadSheddingMiddleware:
                 )
                 return
         try:
-            await self.app(scope, receive, send)
+            await app(scope, receive, send)
         finally:
             # Success, failure or cancellation alike: the slot goes to the oldest
             # waiter, or back to the gate.
             if self._waiters:
                 self._release()
             else:
-                self._exit()
+                exit_ = self._exit
+                exit_()
 
 
 def parse_deadline_header(headers: Iterable[tuple[bytes, bytes]]) -> float | None:
@@ -455,9 +464,10 @@ class DeadlineMiddleware:
             return send(message)
 
         expired = False
+        app = self.app  # a local: calls through `self.x()` are not specialized
         token = timeout._enter()
         try:
-            await self.app(scope, receive, send_tracking)
+            await app(scope, receive, send_tracking)
         except BaseException as exc:
             try:
                 timeout._err(token, exc)
