@@ -31,6 +31,7 @@ SUITES = {
     "compare": "benchmarks/compare/test_overhead.py",
     "shm": "benchmarks/test_shm.py",
     "redis": "benchmarks/test_redis.py",
+    "prometheus": "benchmarks/test_prometheus.py",
 }
 
 #: Order of the overhead table.
@@ -424,6 +425,56 @@ def redis_section(red: dict[str, Any]) -> tuple[list[str], list[tuple[str, str, 
     return lines, targets
 
 
+def prometheus_section(pro: dict[str, Any]) -> tuple[list[str], list[tuple[str, str, str]]]:
+    scrapes = [b for b in pro["benchmarks"] if "ms_per_scrape" in b["extra_info"]]
+    calls = {b["extra_info"]["case"]: b for b in pro["benchmarks"] if "case" in b["extra_info"]}
+    lines = [
+        "## Prometheus: scrape and call path",
+        "",
+        "A scrape of 1,000 standard pipelines (21 series each; 38 with a `Timing` gate) "
+        "through prometheus_client's `generate_latest`, its OpenMetrics exposition (what "
+        "`make_asgi_app` serves Prometheus by default), and resilio's own `render()` "
+        "(what `metrics_app` serves). Then the call path of one pipeline of gates, with and "
+        "without a registered collector. Source: `benchmarks/test_prometheus.py`.",
+        "",
+        "| scrape of 1,000 pipelines | series | ms (median) | target | |",
+        "| --- | ---: | ---: | ---: | --- |",
+    ]
+    targets: list[tuple[str, str, str]] = []
+    for b in scrapes:
+        e = b["extra_info"]
+        ms, target = e["ms_per_scrape"], e.get("target_ms")
+        v = verdict(ms, target)
+        lines.append(
+            f"| {b['param']} | {e['series']:,} | {ms:.1f} | "
+            f"{'≤ ' + str(target) if target else ''} | {v} |"
+        )
+        if target and "timing" not in b["param"]:
+            targets.append((f"metrics scrape: {e['how']}", f"{ms:.1f} ms (≤ {target})", v))
+    if calls:
+        lines += [
+            "",
+            "| call path | ns per call (median) | vs no collector |",
+            "| --- | ---: | ---: |",
+        ]
+        base = per_op(calls["bare"]) if "bare" in calls else None
+        for b in calls.values():
+            ns = per_op(b)
+            ratio = f"{ns / base:.2f}x" if base else ""
+            lines.append(f"| {b['extra_info']['how']} | {fmt_ns(ns)} | {ratio} |")
+        if base and "collector" in calls:
+            r = per_op(calls["collector"]) / base
+            targets.append(
+                (
+                    "metrics: call path with the collector",
+                    f"{r:.2f}x without",
+                    "met" if r <= 1.05 else "**missed**",
+                )
+            )
+    lines.append("")
+    return lines, targets
+
+
 #: What the README's headline names each job.
 HEADLINE_JOBS = {
     "retry": "retry",
@@ -550,13 +601,19 @@ def skipped_section() -> list[str]:
 
 def render(commands: list[str]) -> str:
     core, cmp = load("core"), load("compare")
-    shm, red = load("shm"), load("redis")
-    data = [d for d in (core, cmp, shm, red) if d is not None]
+    shm, red, pro = load("shm"), load("redis"), load("prometheus")
+    data = [d for d in (core, cmp, shm, red, pro) if d is not None]
     if not data:
         raise SystemExit("no results: run without --render-only first")
     timer = "; ".join(
         f"{name}: " + ", ".join(sorted({b["options"].get("timer", "?") for b in d["benchmarks"]}))
-        for name, d in (("core", core), ("compare", cmp), ("shm", shm), ("redis", red))
+        for name, d in (
+            ("core", core),
+            ("compare", cmp),
+            ("shm", shm),
+            ("redis", red),
+            ("prometheus", pro),
+        )
         if d is not None
     )
     out = [
@@ -580,7 +637,11 @@ def render(commands: list[str]) -> str:
         lines, t = compare_section(cmp)
         body += lines
         targets += t
-    for data_, section in ((shm, shm_section), (red, redis_section)):
+    for data_, section in (
+        (shm, shm_section),
+        (red, redis_section),
+        (pro, prometheus_section),
+    ):
         if data_ is not None:
             lines, t = section(data_)
             body += lines
