@@ -10,6 +10,8 @@ one-route Starlette app answering `PlainTextResponse("hello")` (the same app as
 benchmarks/test_asgi.py):
 
 - ``bare``: the app alone;
+- ``bare+headers``: the app, plus the two `RateLimit*` headers added to each response
+  by a plain wrapper (a control: what sending those headers costs, without limiting);
 - ``resilio``: `RateLimitMiddleware(LoadSheddingMiddleware(app))`, keyed by client
   address, limits far above the request rate (rate=1e6, burst=10**6;
   max_concurrency=10_000): every request pays for both and none is refused;
@@ -53,7 +55,14 @@ ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
 OUT = RESULTS / "asgi_wrk.json"
 
-VARIANTS = ["bare", "resilio", "resilio+deadline", "slowapi"]
+VARIANTS = ["bare", "bare+headers", "resilio", "resilio+deadline", "slowapi"]
+#: The two headers RateLimitMiddleware adds to every response, as the control variant
+#: `bare+headers` sends them (fixed values, no limiting): what writing them costs the
+#: server (h11 validates every header of a response in Python).
+RATELIMIT_HEADERS = [
+    (b"ratelimit-policy", b'"default";q=1000000;w=1'),
+    (b"ratelimit", b'"default";r=999999;t=1'),
+]
 #: Target: the resilio variant serves at least this fraction of the bare app's req/s.
 TARGET_RATIO = 0.97
 
@@ -73,6 +82,8 @@ def build_app(variant: str) -> Any:
     app: Any = Starlette(routes=[Route("/", hello)])
     if variant == "bare":
         return app
+    if variant == "bare+headers":
+        return _with_headers(app)
     if variant in ("resilio", "resilio+deadline"):
         from resilio.integrations.asgi import (
             DeadlineMiddleware,
@@ -95,6 +106,18 @@ def build_app(variant: str) -> Any:
         app.add_middleware(SlowAPIASGIMiddleware)
         return app
     raise SystemExit(f"unknown variant {variant!r}")
+
+
+def _with_headers(app: Any) -> Any:
+    async def add_headers(scope: Any, receive: Any, send: Any) -> None:
+        async def send_with_headers(message: Any) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = message["headers"] + RATELIMIT_HEADERS
+            await send(message)
+
+        await app(scope, receive, send_with_headers)
+
+    return add_headers
 
 
 def serve(variant: str, port: int) -> None:

@@ -177,8 +177,8 @@ class RateLimitMiddleware:
         # Bound once: these run on every request.
         self._by_client = self._key is client_key
         if not self._awaited:
-            self._try_acquire = self._buckets.try_acquire
-            self._available = self._buckets.available
+            # One attribute, unpacked per request: cheaper than three loads.
+            self._local = (self._now_ns, self._buckets.try_acquire, self._buckets.available)
 
     @property
     def buckets(self) -> Any:
@@ -226,7 +226,7 @@ class RateLimitMiddleware:
         else:
             # Read into locals, then called: CPython 3.11 specializes loading an
             # instance attribute, not calling one as `self.x()`.
-            clock, take, count = self._now_ns, self._try_acquire, self._available
+            clock, take, count = self._local
             now_ns = clock()
             try:
                 wait_ns = take(key, now_ns)
