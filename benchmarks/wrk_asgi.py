@@ -29,6 +29,17 @@ meaningful when nothing is refused.
 
 Results go to benchmarks/results/asgi_wrk.json (machine, versions, load average per
 run, every run's figures, medians and ratios).
+
+On a shared machine req/s swings by more than the few percent being compared. The
+same servers can instead be measured in instructions, which do not depend on the load:
+
+    python benchmarks/wrk_asgi.py --instructions   # -> results/asgi_wrk_instructions.json
+
+runs each uvicorn under `valgrind --tool=callgrind`, warms it up with wrk, zeroes the
+counters, serves `--duration` of wrk traffic (``-c4``: valgrind makes the server some
+50x slower), dumps the counters, and divides by the requests wrk completed: the whole
+server's instructions per request (event loop, h11, Starlette, middleware), bare and
+with each middleware.
 """
 
 from __future__ import annotations
@@ -269,6 +280,86 @@ def server_stack() -> dict[str, str]:
     }
 
 
+def count_server_instructions(
+    variant: str, duration: str, connections: int, warmup: str
+) -> dict[str, Any]:
+    """Instructions per request of one uvicorn under callgrind (see the module doc)."""
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    out = RESULTS / f"callgrind.wrk.{variant}.out"
+    port = free_port()
+    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    env["PYTHONHASHSEED"] = "0"
+    cmd = [
+        "valgrind",
+        "--tool=callgrind",
+        f"--callgrind-out-file={out}",
+        sys.executable,
+        str(Path(__file__).resolve()),
+        "--serve",
+        variant,
+        str(port),
+    ]
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stderr=subprocess.DEVNULL)
+    try:
+        wait_listening(port, proc, timeout=300.0)
+        wrk = ["wrk", "-t1", f"-c{connections}", "--latency", f"http://127.0.0.1:{port}/"]
+        subprocess.run([*wrk[:3], f"-d{warmup}", *wrk[3:]], capture_output=True, check=True)
+        ctl = ["callgrind_control"]
+        subprocess.run([*ctl, "--zero", str(proc.pid)], capture_output=True, check=True)
+        run = subprocess.run(
+            [*wrk[:3], f"-d{duration}", *wrk[3:]], capture_output=True, text=True, check=True
+        )
+        subprocess.run([*ctl, "--dump", str(proc.pid)], capture_output=True, check=True)
+        requests = parse_wrk(run.stdout)["requests"]
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    # The dump written on request is OUT.1 (the final one at exit is OUT itself).
+    dumps = sorted(RESULTS.glob(f"{out.name}.*"))
+    if not dumps:
+        raise RuntimeError(f"callgrind wrote no dump for {variant}")
+    text = dumps[-1].read_text(errors="replace")
+    m = re.search(r"^(?:summary|totals):\s+(\d+)", text, re.MULTILINE)
+    if not m or not requests:
+        raise RuntimeError(f"no instruction total or no requests for {variant}")
+    for f in [out, *dumps]:
+        f.unlink(missing_ok=True)
+    total = int(m.group(1))
+    return {"requests": requests, "instructions": total, "per_request": round(total / requests)}
+
+
+def instructions_main(args: argparse.Namespace, variants: list[str]) -> None:
+    if shutil.which("valgrind") is None:
+        raise SystemExit("valgrind is not installed (apt-get install valgrind)")
+    results: dict[str, Any] = {}
+    for v in variants:
+        r = count_server_instructions(v, args.duration, 4, args.warmup)
+        results[v] = r
+        print(f"{v:18} {r['per_request']:>10,} instr/request  ({r['requests']} requests)")
+    bare = results["bare"]["per_request"]
+    for v, r in results.items():
+        r["added"] = None if v == "bare" else r["per_request"] - bare
+        r["ratio_to_bare"] = round(r["per_request"] / bare, 4)
+        if v != "bare":
+            print(f"  {v:18} +{r['added']:,} ({r['ratio_to_bare']:.3f}x bare)")
+    payload = {
+        "command": shlex.join(["python", "benchmarks/wrk_asgi.py", *sys.argv[1:]]),
+        "python": sys.version.split()[0],
+        "server": server_stack(),
+        "wrk_connections": 4,
+        "duration": args.duration,
+        "variants": results,
+    }
+    path = Path(args.out) if args.out else RESULTS / "asgi_wrk_instructions.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(payload, indent=1) + "\n")
+    print(f"wrote {path}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--rounds", type=int, default=5, help="runs per variant (interleaved)")
@@ -277,7 +368,15 @@ def main() -> None:
     ap.add_argument("--connections", type=int, default=32, help="wrk -c (default 32)")
     ap.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated")
     ap.add_argument("--no-pin", action="store_true", help="do not pin server and wrk to cores")
-    ap.add_argument("--out", default=str(OUT), help="JSON results file")
+    ap.add_argument(
+        "--out",
+        default="",
+        help="JSON results file (default: results/asgi_wrk.json, or with --instructions"
+        " results/asgi_wrk_instructions.json)",
+    )
+    ap.add_argument(
+        "--instructions", action="store_true", help="count the servers' instructions instead"
+    )
     ap.add_argument("--serve", nargs=2, metavar=("VARIANT", "PORT"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.serve:
@@ -290,6 +389,9 @@ def main() -> None:
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
     if "bare" not in variants:
         variants.insert(0, "bare")
+    if args.instructions:
+        instructions_main(args, variants)
+        return
     ncpu = os.cpu_count() or 1
     pin = not args.no_pin and ncpu >= 2 and shutil.which("taskset") is not None
     server_cpu, client_cpu = (0, 1) if pin else (None, None)
@@ -375,7 +477,7 @@ def main() -> None:
         "summary": summary,
         "runs": runs,
     }
-    out = Path(args.out)
+    out = Path(args.out or OUT)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(payload, indent=1) + "\n")
 

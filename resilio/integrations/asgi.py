@@ -56,7 +56,7 @@ UNKNOWN_CLIENT = "-"
 _MAX_KEY = 64
 # A str of at most this many characters is at most _MAX_KEY bytes of UTF-8.
 _ASCII_SAFE = _MAX_KEY // 4
-# Distinct `remaining` values whose header pair a RateLimitMiddleware keeps.
+# Distinct `remaining` values for which a RateLimitMiddleware keeps its header wrapper.
 _HEADER_TABLE = 1024
 
 
