@@ -8,7 +8,8 @@ import socket
 import ssl
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import asynccontextmanager
 from types import ModuleType
 from typing import Any
 
@@ -36,7 +37,8 @@ from resilio.integrations.httpx import (
     client,
     parse_retry_after,
 )
-from resilio.testing import FakeClock
+from resilio.strategies import timeout as timeout_module
+from resilio.testing import ChaosProxy, FakeClock
 
 pytestmark = pytest.mark.anyio
 
@@ -47,7 +49,10 @@ Serve = Callable[[FlakyApp], str]
 def switchboard() -> Iterator[tuple[Switchboard, str]]:
     """One uvicorn server on 127.0.0.1 for the whole module (it runs in a thread)."""
     board = Switchboard()
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    # IPPROTO_TCP, not 0: asyncio sets TCP_NODELAY on accepted sockets only when the
+    # listener says TCP. Without it a keep-alive response (head, then body) can wait
+    # 40 ms for the client's delayed ACK.
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
@@ -98,15 +103,26 @@ def fast_retry(attempts: int = 3, max_delay: float = 10.0, **kw: Any) -> Retry:
 class CountingTransport(httpx.AsyncBaseTransport):
     """Wraps a transport; counts responses opened and closed, and closes seen at each send."""
 
-    def __init__(self, inner: httpx.AsyncBaseTransport | None = None) -> None:
+    def __init__(
+        self,
+        inner: httpx.AsyncBaseTransport | None = None,
+        on_send: Callable[[int], Awaitable[None]] | None = None,
+    ) -> None:
         self.inner = inner or plain()
+        self.on_send = on_send
         self.opened = 0
         self.closed = 0
         self.closed_at_send: list[int] = []
         self.closed_inner = False
 
+    @property
+    def sent(self) -> int:
+        return len(self.closed_at_send)
+
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         self.closed_at_send.append(self.closed)
+        if self.on_send is not None:
+            await self.on_send(self.sent)  # 1 for the first request sent
         response = await self.inner.handle_async_request(request)
         self.opened += 1
         response.stream = _CountingStream(response.stream, self)
@@ -552,6 +568,202 @@ async def test_hedged_losers_are_closed(core: ModuleType, serve: Serve) -> None:
         for _ in range(5):
             assert (await c.get(url)).status_code == 200
     assert counting.opened == counting.closed
+
+
+# -- network faults through a ChaosProxy -------------------------------------------------
+#
+# The transport talks to the real uvicorn server through a resilio.testing.ChaosProxy
+# (in the test's event loop), whose fault is switched while the test runs.
+
+
+@asynccontextmanager
+async def chaos(url: str) -> AsyncIterator[tuple[ChaosProxy, str]]:
+    """A ChaosProxy in front of the server at `url`; yields it and the URL through it."""
+    try:
+        async with ChaosProxy("127.0.0.1", int(url.rsplit(":", 1)[1])) as proxy:
+            yield proxy, f"http://127.0.0.1:{proxy.port}"
+    except BaseExceptionGroup as group:
+        # The proxy's task group wraps whatever the body raised (a failed assert, too);
+        # unwrapped, pytest reports the error itself.
+        if len(group.exceptions) == 1:
+            raise group.exceptions[0] from None
+        raise
+
+
+async def until(predicate: Callable[[], bool], timeout: float = 3.0) -> None:
+    with anyio.fail_after(timeout):
+        while not predicate():
+            await anyio.sleep(0.005)
+
+
+class HealingClock(FakeClock):
+    """A FakeClock that runs `heal()` during the retry's `at`-th backoff sleep."""
+
+    def __init__(self, at: int, heal: Callable[[], None]) -> None:
+        super().__init__()
+        self.at = at
+        self.heal = heal
+
+    async def sleep(self, seconds: float) -> None:
+        await super().sleep(seconds)
+        if len(self.sleeps) == self.at:
+            self.heal()
+
+
+async def test_chaos_resets_are_retried_until_the_network_heals(
+    core: ModuleType, serve: Serve
+) -> None:
+    app = FlakyApp()
+    url = serve(app)
+    async with chaos(url) as (proxy, via):
+
+        def heal() -> None:
+            proxy.mode = "pass"
+
+        # The transport's own defaults (retry, breaker, timeouts); backoffs are virtual.
+        clock = HealingClock(2, heal)
+        counting = CountingTransport()
+        t = ResilientTransport(transport=counting, clock=clock)
+        async with httpx.AsyncClient(transport=t) as c:
+            assert (await c.get(via + "/warm")).status_code == 200  # pooled, through the proxy
+            proxy.mode = "reset"  # resets the pooled connection, and every new one
+            r = await c.get(via + "/x")
+            assert (r.status_code, r.json()["path"]) == (200, "/x")
+            assert t.circuit_breaker(via).state is CircuitState.CLOSED  # type: ignore[union-attr]
+        # Two attempts were reset (their errors retried with the default backoff); the
+        # third, after the proxy healed during the second backoff, went through.
+        assert len(clock.sleeps) == 2 and clock.sleeps[0] > 0
+        assert counting.sent == 4  # /warm, and three attempts of /x
+        assert proxy.resets >= 2
+        assert app.count("/x") == 1
+        assert counting.opened == counting.closed == 2
+
+
+async def test_chaos_refusals_open_the_origins_breaker_until_healed(
+    core: ModuleType, serve: Serve
+) -> None:
+    app = FlakyApp()
+    url = serve(app)
+    clock = FakeClock()
+
+    def breaker() -> CircuitBreaker:
+        # /warm succeeds, so two refusals make 2 failures out of 3: open.
+        return CircuitBreaker(
+            failure_ratio=0.5,
+            minimum_throughput=3,
+            sampling_duration=60.0,
+            break_duration=30.0,
+            handle=TRANSIENT_ERRORS,
+            clock=clock,
+        )
+
+    async with chaos(url) as (proxy, via):
+        counting = CountingTransport()
+        t = transport(counting, retry=None, breaker=breaker, clock=clock)
+        async with httpx.AsyncClient(transport=t) as c:
+            assert (await c.get(via + "/warm")).status_code == 200
+            proxy.mode = "refuse"  # a restarting server: not listening, idle connections closed
+            await until(lambda: proxy.active == 0)
+            accepted = proxy.connections
+            for _ in range(2):
+                with pytest.raises(httpx.TransportError):
+                    await c.get(via + "/x")
+            assert proxy.connections == accepted  # refused, not accepted and dropped
+            proxied = t.circuit_breaker(via)
+            assert proxied is not None and proxied.state is CircuitState.OPEN
+            sent = counting.sent
+            with pytest.raises(BrokenCircuitError) as info:
+                await c.get(via + "/x")
+            assert info.value.strategy == via
+            assert info.value.retry_after == pytest.approx(30.0)
+            assert counting.sent == sent  # an open circuit fails fast, without a connection
+            # The server's own origin has a breaker of its own, closed.
+            assert (await c.get(url + "/direct")).status_code == 200
+            assert t.circuit_breaker(url).state is CircuitState.CLOSED  # type: ignore[union-attr]
+
+            proxy.mode = "pass"
+            with pytest.raises(BrokenCircuitError):  # healed, but the break is not over
+                await c.get(via + "/x")
+            clock.advance(30.1)  # the core keeps open-until to a few µs, rounded up
+            r = await c.get(via + "/x")  # the half-open probe
+            assert r.status_code == 200
+            assert t.circuit_breaker(via) is proxied
+            assert proxied.state.name == "CLOSED"  # by name: mypy keeps .state narrowed to OPEN
+            assert (await c.get(via + "/x")).status_code == 200
+        assert app.count("/x") == 2 and app.count("/direct") == 1
+
+
+async def test_chaos_blackhole_is_bounded_by_the_timeouts(core: ModuleType, serve: Serve) -> None:
+    app = FlakyApp()
+    url = serve(app)
+    attempt = Timeout(0.1, name="attempt_timeout")
+    total = Timeout(0.4, name="total_timeout")
+    retry = Retry(100, backoff=Backoff.constant(0.01), handle=TRANSIENT_ERRORS)
+    async with chaos(url) as (proxy, via):
+        counting = CountingTransport()
+        t = ResilientTransport(
+            transport=counting, retry=retry, attempt_timeout=attempt, total_timeout=total
+        )
+        async with httpx.AsyncClient(transport=t) as c:
+            assert (await c.get(via + "/warm")).status_code == 200
+            proxy.mode = "blackhole"  # the pooled connection and every new one: silence
+            start = time.monotonic()
+            with pytest.raises(TimeoutRejectedError) as info:
+                await c.get(via + "/x")
+            elapsed = time.monotonic() - start
+            # The total timeout fired, or the retry stopped because its next backoff no
+            # longer fitted before it (then the last attempt's timeout is the error).
+            assert info.value.strategy in ("total_timeout", "attempt_timeout")
+            assert 0.4 - 0.01 - 0.005 <= elapsed < 0.4 + 0.25
+            # Each attempt was cut at 0.1 s and retried, until the total timeout.
+            assert attempt.timeouts >= 2 and total.timeouts <= 1
+            assert retry.stats()["retries"] >= 2
+            assert counting.sent == 1 + retry.stats()["retries"] + 1
+            # Nothing leaks: every attempt's connection was closed by the client (the
+            # proxy sees none left), and no timeout is left filed.
+            await until(lambda: proxy.active == 0)
+            assert not timeout_module._fired
+            assert app.count("/x") == 0
+            proxy.mode = "pass"
+            assert (await c.get(via + "/after")).status_code == 200
+        assert counting.opened == counting.closed == 2
+
+
+async def test_chaos_latency_is_hedged(core: ModuleType, serve: Serve) -> None:
+    app = FlakyApp()
+    url = serve(app)
+    latency = 0.5
+    async with chaos(url) as (proxy, via):
+
+        async def on_send(n: int) -> None:
+            if n == 3:
+                # The hedge of /slow. Once the server has answered the first attempt
+                # and its bytes are held at the proxy (this event loop's business), the
+                # proxy heals: only the first attempt's response is late.
+                await until(lambda: app.count("/slow") == 1 and app.requests[-1].status != 0)
+                await anyio.sleep(0.05)
+                proxy.mode = "pass"
+
+        counting = CountingTransport(on_send=on_send)
+        hedging = Hedging(0.05)
+        t = ResilientTransport(transport=counting, retry=None, hedging=hedging)
+        async with httpx.AsyncClient(transport=t) as c:
+            assert (await c.get(via + "/warm")).json()["n"] == 1
+            proxy.mode, proxy.latency = "latency", latency
+            start = time.monotonic()
+            r = await c.get(via + "/slow")
+            elapsed = time.monotonic() - start
+            assert r.status_code == 200
+            # The answer is the hedge's: the server's third request, well before the
+            # first attempt's response could have come through.
+            assert r.json()["n"] == 3
+            assert elapsed < latency - 0.1
+            assert app.count("/slow") == 2
+            # The losing attempt was cancelled and its connection closed; the winner's
+            # stays pooled.
+            await until(lambda: proxy.active == 1)
+        assert counting.sent == 3
+        assert counting.opened == counting.closed == 2
 
 
 # -- user pipeline, client(), lifecycle ---------------------------------------------------
