@@ -25,6 +25,7 @@ import contextlib
 import datetime
 import email.utils
 import math
+import operator
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterable
@@ -77,11 +78,72 @@ DEFAULT_MAX_ORIGINS: Final = 1000
 DEFAULT_TOTAL_TIMEOUT: Final = TOTAL_TIMEOUT
 DEFAULT_ATTEMPT_TIMEOUT: Final = ATTEMPT_TIMEOUT
 
+#: (scheme, host, port); port None means the scheme's default.
+_OriginKey = tuple[str, str, int | None]
+
 _deadline_at = _ctx._DEADLINE.get
 _monotonic = time.monotonic
+_Response = httpx.Response
+_ByteStream = httpx.ByteStream
 
 # Sent with the canonical spelling; DEADLINE_HEADER is the lower-case name servers match.
 _WIRE_HEADER: Final = "-".join(part.capitalize() for part in DEADLINE_HEADER.split("-"))
+_WIRE_RAW: Final = _WIRE_HEADER.encode("ascii")
+_WIRE_LOWER: Final = _WIRE_RAW.lower()
+_header_name = operator.itemgetter(1)
+
+
+def _probe_headers() -> bool:
+    """Whether `Headers._list` holds (raw name, lower-case name, value) as we append them.
+
+    Appending to it directly costs a fraction of `headers[name] = value` (which
+    encodes, lower-cases and rebuilds a list on every call). If a future httpx
+    lays its headers out otherwise, the public setter is used instead.
+    """
+    try:
+        public = httpx.Headers({"Accept": "*/*"})
+        public[_WIRE_HEADER] = "1.250"
+        fast = httpx.Headers({"Accept": "*/*"})
+        fast._list.append((_WIRE_RAW, _WIRE_LOWER, b"1.250"))
+        return (
+            public._list == fast._list
+            and public.raw == fast.raw
+            and fast[_WIRE_HEADER] == "1.250"
+            and _WIRE_LOWER in map(_header_name, fast._list)
+        )
+    except Exception:
+        return False
+
+
+def _probe_url() -> bool:
+    """Whether `URL._uri_reference` has the scheme, host and port the origin key needs.
+
+    Three public properties cost four times as much as reading them there.
+    """
+    try:
+        url = httpx.URL("https://Ex.test:8443/p?q")
+        ref = url._uri_reference
+        plain = httpx.URL("http://ex.test/")._uri_reference
+        return (ref.scheme, ref.host, ref.port) == ("https", "ex.test", 8443) and (
+            plain.scheme,
+            plain.host,
+            plain.port,
+        ) == ("http", "ex.test", None)
+    except Exception:
+        return False
+
+
+_FAST_HEADERS: Final = _probe_headers()
+_FAST_URL: Final = _probe_url()
+
+
+def _origin_key(url: httpx.URL) -> _OriginKey:
+    """(scheme, host as sent on the wire, port or None): what the route table is keyed by.
+
+    The host is the IDNA-encoded (ASCII) form, the one `URL._uri_reference` holds,
+    so both ways of reading it give the same key.
+    """
+    return (url.scheme, url.raw_host.decode("ascii"), url.port)
 
 
 def parse_retry_after(value: str) -> float | None:
@@ -155,10 +217,9 @@ async def _release_before_backoff(attempt: int, outcome: Any, delay: float) -> N
 
 
 # A call's state is a list, not an object, because one is built per request:
-# [the request, the responses to close (None until an attempt fails)].
+# [the request, the responses to close (None until an attempt fails)]. The hot
+# paths index it with literals 0 and 1: a named constant is a global lookup each.
 _Call = list[Any]
-_REQUEST: Final = 0
-_SEEN: Final = 1
 _NO_KWARGS: Final[dict[str, Any]] = {}
 
 
@@ -182,8 +243,6 @@ class _Route:
 
 
 _DEFAULT: Any = object()
-#: (scheme, host, port); port None means the scheme's default.
-_OriginKey = tuple[str, str, int | None]
 
 
 def _timeout(name: str, value: object) -> Timeout | None:
@@ -268,6 +327,7 @@ class ResilientTransport(httpx.AsyncBaseTransport):
         "_name",
         "_once_outer",
         "_outer",
+        "_recent",
         "_retry_methods",
         "_routes",
         "_send",
@@ -309,6 +369,9 @@ class ResilientTransport(httpx.AsyncBaseTransport):
         self._clock = clock
         self._routes: OrderedDict[_OriginKey, _Route] = OrderedDict()
         self._touch = self._routes.move_to_end
+        # The most recently used route, so that a run of requests to one origin
+        # does not reorder the LRU table on every request.
+        self._recent: _Route | None = None
         self._attempt_fn = self._attempt
         self._single: _Route | None = None
         self._make_breaker: Callable[[], CircuitBreaker] | None = None
@@ -428,19 +491,20 @@ class ResilientTransport(httpx.AsyncBaseTransport):
         attempt = self._attempt_tracked if self._hedged else self._attempt_fn
         return _Route(repeat, once, breaker, attempt)
 
-    def _add_route(self, key: _OriginKey) -> _Route:
-        route = self._build_route(key)
+    def _add_route(self, key: _OriginKey, url: httpx.URL) -> _Route:
+        # Named after the host as users write it (IDNA decoded), not as it is keyed.
+        route = self._build_route((url.scheme, url.host, url.port))
         routes = self._routes
         routes[key] = route
         if len(routes) > self._max_origins:
             # Bounded memory: the least recently used origin forgets its breaker.
             routes.popitem(last=False)
+        self._recent = route
         return route
 
     def circuit_breaker(self, url: httpx.URL | str) -> CircuitBreaker | None:
         """The circuit breaker of `url`'s origin, or None if it has none (yet)."""
-        u = httpx.URL(url)
-        route = self._routes.get((u.scheme, u.host, u.port))
+        route = self._routes.get(_origin_key(httpx.URL(url)))
         return None if route is None else route.breaker
 
     @property
@@ -452,14 +516,19 @@ class ResilientTransport(httpx.AsyncBaseTransport):
         route = self._single
         if route is None:
             url = request.url
-            key = (url.scheme, url.host, url.port)
+            if _FAST_URL:
+                ref = url._uri_reference
+                key = (ref.scheme, ref.host, ref.port)
+            else:
+                key = _origin_key(url)
             route = self._routes.get(key)
             if route is None:
-                route = self._add_route(key)
-            else:
+                route = self._add_route(key, url)
+            elif route is not self._recent:
                 self._touch(key)
+                self._recent = route
         call: _Call = [request, None]
-        if request.method in self._retry_methods and isinstance(request.stream, httpx.ByteStream):
+        if request.method in self._retry_methods and isinstance(request.stream, _ByteStream):
             run = route.repeat(route.repeat_attempt, (call,), _NO_KWARGS)
         else:
             run = route.once(self._attempt_fn, (call,), _NO_KWARGS)
@@ -468,42 +537,49 @@ class ResilientTransport(httpx.AsyncBaseTransport):
         except FailedResponse as failed:
             response = failed.response
         except BaseException:
-            if call[_SEEN] is not None:
-                await _discard(call[_SEEN], None)
+            if call[1] is not None:
+                await _discard(call[1], None)
             raise
-        if call[_SEEN] is not None:
-            await _discard(call[_SEEN], response)
-        if type(response) is not httpx.Response and not isinstance(response, httpx.Response):
+        if call[1] is not None:
+            await _discard(call[1], response)
+        if type(response) is not _Response and not isinstance(response, _Response):
             raise TypeError(f"the pipeline returned {response!r}, not an httpx.Response")
         return response
 
     async def _attempt(self, call: _Call) -> httpx.Response:
-        seen = call[_SEEN]
+        seen = call[1]
         if seen is not None:
             # Earlier attempts' responses are discarded: a new attempt means none won.
-            call[_SEEN] = None
+            call[1] = None
             await _discard(seen, None)
-        request: httpx.Request = call[_REQUEST]
-        at = _deadline_at()
-        if at is not None and self._forward_deadline:
-            left = at - _monotonic()
-            request.headers[_WIRE_HEADER] = f"{left if left > 0.0 else 0.0:.3f}"
+        request: httpx.Request = call[0]
+        if self._forward_deadline:
+            at = _deadline_at()
+            if at is not None:
+                left = at - _monotonic()
+                value = b"%.3f" % (left if left > 0.0 else 0.0)
+                headers = request.headers
+                if _FAST_HEADERS and _WIRE_LOWER not in map(_header_name, headers._list):
+                    headers._list.append((_WIRE_RAW, _WIRE_LOWER, value))
+                else:
+                    # Set by an earlier attempt or by the caller: replaced, as documented.
+                    headers[_WIRE_HEADER] = value.decode("ascii")
         response = await self._send(request)
         if response.status_code in self._failure_statuses:
-            if call[_SEEN] is None:
-                call[_SEEN] = [response]
+            if call[1] is None:
+                call[1] = [response]
             else:
-                call[_SEEN].append(response)
+                call[1].append(response)
             raise FailedResponse(response)
         return response
 
     async def _attempt_tracked(self, call: _Call) -> httpx.Response:
         response = await self._attempt(call)
         # A hedged attempt that loses the race still returns its response here.
-        if call[_SEEN] is None:
-            call[_SEEN] = [response]
+        if call[1] is None:
+            call[1] = [response]
         else:
-            call[_SEEN].append(response)
+            call[1].append(response)
         return response
 
     async def aclose(self) -> None:

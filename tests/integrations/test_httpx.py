@@ -30,6 +30,7 @@ from resilio import (
     Timeout,
     TimeoutRejectedError,
 )
+from resilio.integrations import httpx as rhttpx
 from resilio.integrations.httpx import (
     TRANSIENT_ERRORS,
     FailedResponse,
@@ -538,6 +539,47 @@ async def test_enclosing_deadline_is_forwarded(core: ModuleType, serve: Serve) -
         assert r.json()["request_timeout"] is None  # no deadline anywhere: no header
         r = await Pipeline(Timeout(0.5)).execute(c.get, url)
     assert 0.3 < float(r.json()["request_timeout"]) <= 0.5
+
+
+@pytest.mark.parametrize("fast", [True, False], ids=["httpx_internals", "public_api"])
+async def test_deadline_header_is_set_once_and_replaced(
+    core: ModuleType, fast: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The transport appends the header to httpx's own header list when httpx lays it
+    # out as expected, else it uses the public setter: both must send the same.
+    monkeypatch.setattr(rhttpx, "_FAST_HEADERS", fast and rhttpx._FAST_HEADERS)
+    sent: list[list[tuple[str, str]]] = []
+
+    def record(request: httpx.Request) -> httpx.Response:
+        sent.append(list(request.headers.multi_items()))
+        return httpx.Response(503 if len(sent) == 1 else 200)
+
+    t = transport(httpx.MockTransport(record), retry=fast_retry(), attempt_timeout=2.0)
+    async with httpx.AsyncClient(transport=t) as c:
+        r = await c.get("http://a.test/", headers={"request-timeout": "99"})
+    assert r.status_code == 200 and len(sent) == 2
+    for headers in sent:
+        values = [v for k, v in headers if k.lower() == "request-timeout"]
+        assert len(values) == 1, headers  # the caller's value and the first attempt's replaced
+        assert re.fullmatch(r"\d+\.\d{3}", values[0]) and 1.5 < float(values[0]) <= 2.0
+    assert [k for k, _ in sent[0]] == [k for k, _ in sent[1]]  # same place, same spelling
+
+
+@pytest.mark.parametrize("fast", [True, False], ids=["httpx_internals", "public_api"])
+async def test_origin_key_is_the_same_either_way(
+    core: ModuleType, fast: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(rhttpx, "_FAST_URL", fast and rhttpx._FAST_URL)
+    t = ResilientTransport(transport=httpx.MockTransport(_ok))
+    async with httpx.AsyncClient(transport=t) as c:
+        await c.get("http://bücher.test/a")
+        await c.get("http://xn--bcher-kva.test:80/b")  # the same origin, spelled otherwise
+        await c.get("HTTP://BÜCHER.test:8080/")  # another port: another origin
+    assert t.origins == 2
+    breaker = t.circuit_breaker("http://bücher.test")
+    assert breaker is not None and breaker is t.circuit_breaker("http://xn--bcher-kva.test/x")
+    assert breaker.label == "http://bücher.test:80"  # named as users write the host
+    assert t.circuit_breaker("http://bücher.test:8080/") not in (None, breaker)
 
 
 # -- hedging -----------------------------------------------------------------------------
