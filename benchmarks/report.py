@@ -518,6 +518,8 @@ def asgi_section(asgi: dict[str, Any]) -> tuple[list[str], list[tuple[str, str, 
         target = e.get("target_added_ns")
         # Judged on the larger of the two: a loaded machine can make either look small.
         v = verdict(None if added is None else max(added, added_min or 0.0), target)
+        if target and added is not None and min(added, added_min or 0.0) < 0:
+            v = "inconclusive: the bare app measured slower (a loaded run)"
         lines.append(
             f"| {b['param']} | `{e.get('how')}` | {fmt_ns(ns)} | {fmt_ns(added)} | "
             f"{fmt_ns(added_min)} | {ratio} | {'≤ ' + fmt_ns(target) if target else ''} | {v} |"
@@ -526,7 +528,7 @@ def asgi_section(asgi: dict[str, Any]) -> tuple[list[str], list[tuple[str, str, 
             targets.append(
                 (
                     f"ASGI in-process: {e['job']}",
-                    f"+{fmt_ns(added)} ns, min +{fmt_ns(added_min)} (≤ {fmt_ns(target)})",
+                    f"{added:+,.0f} ns, min {added_min or 0.0:+,.0f} (≤ {fmt_ns(target)})",
                     v,
                 )
             )
@@ -611,6 +613,38 @@ def headline(cmp: dict[str, Any]) -> list[str]:
         lines.append(
             f"| {label} | {fmt_ns(ours[job])} ns | {ps[0][1]}: {fmt_ns(ps[0][0])} ns | {span} |"
         )
+    ipath = RESULTS / "instructions.json"
+    if ipath.exists():
+        cases = json.loads(ipath.read_text())["cases"]
+        mine = {
+            r["job"]: r["added"]
+            for r in cases.values()
+            if r["library"] == "resilio" and r.get("added")
+        }
+        rows = []
+        order = list(HEADLINE_JOBS)
+        for cid, r in sorted(
+            cases.items(), key=lambda kv: order.index(kv[1]["job"]) if kv[1]["job"] in order else 99
+        ):
+            job, added = r["job"], r.get("added")
+            if r["library"].startswith("resilio") or r["library"] == "-":
+                continue
+            if not added or job not in mine:
+                continue
+            rows.append(
+                f"| {HEADLINE_JOBS.get(job, job)} | {fmt_ns(mine[job])} | {cid}: "
+                f"{fmt_ns(added)} | {fmt_x(added / mine[job])} |"
+            )
+        if rows:
+            lines += [
+                "",
+                "The same cases counted in instructions by callgrind, which the machine's "
+                "load does not move (`python benchmarks/instructions.py`):",
+                "",
+                "| job | resilio adds (instructions) | peer adds | peer / resilio |",
+                "| --- | ---: | --- | ---: |",
+                *rows,
+            ]
     mi = cmp["machine_info"]
     lines += [
         "",
