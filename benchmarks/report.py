@@ -645,13 +645,17 @@ def headline(cmp: dict[str, Any]) -> list[str]:
                 "| --- | ---: | --- | ---: |",
                 *rows,
             ]
+    cpath = RESULTS / "commands.json"
+    invocation = (
+        json.loads(cpath.read_text())[0] if cpath.exists() else "python benchmarks/report.py"
+    )
     mi = cmp["machine_info"]
     lines += [
         "",
         f"Success-path overhead per call over a bare `await f()`, medians of one run "
         f"({mi.get('cpu_model', '?')}, {mi.get('cores', '?')} cores, Python "
         f"{mi.get('python', mi.get('python_version', '?'))}, {cmp.get('datetime', '?')[:16]}). "
-        "Reproduce with `python benchmarks/report.py`; every figure, peer and command is "
+        f"Reproduce with `{invocation}`; every figure, peer and command is "
         "in [docs/benchmarks.md](docs/benchmarks.md).",
     ]
     return lines
