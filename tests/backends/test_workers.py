@@ -32,7 +32,7 @@ BURST = 40
 MIN_THROUGHPUT = 8
 
 APP = textwrap.dedent(
-    f'''
+    f"""
     import os
 
     from resilio import CircuitBreaker, Pipeline
@@ -84,7 +84,7 @@ APP = textwrap.dedent(
         name="edge",
         exempt=["/pid", "/dependency"],
     )
-    '''
+    """
 )
 
 
