@@ -34,7 +34,7 @@ runs each variant's client under `valgrind --tool=callgrind` (the server is not
 counted), counting only the measured rounds of the sequential mode. It adds
 `bare+header`: the bare client with one more request header, appended the cheapest way
 there is, which is what httpx itself spends on the `Request-Timeout` header that
-`resilio` sends. RESILIO_BENCH_HTTPX_CYCLES sets the cycles of test_ratio (default 40).
+`resilio` sends. RESILIO_BENCH_HTTPX_CYCLES sets the cycles of test_ratio (default 100).
 """
 
 from __future__ import annotations
@@ -66,7 +66,7 @@ RESULTS = ROOT / "benchmarks" / "results"
 REQUESTS = 160
 #: Tasks sharing a round's GETs in the concurrent mode.
 CONCURRENCY = 16
-CYCLES = int(os.environ.get("RESILIO_BENCH_HTTPX_CYCLES", 40))
+CYCLES = int(os.environ.get("RESILIO_BENCH_HTTPX_CYCLES", 100))
 #: requests/s of the default transport as a fraction of bare's: the target.
 TARGET_RATIO = 0.98
 
