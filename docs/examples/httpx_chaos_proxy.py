@@ -4,7 +4,7 @@ A tiny HTTP server runs in this process, with a ChaosProxy in front of it; the
 clients talk to the proxy, whose fault is switched as the example runs:
 
 - black-holed connections: each attempt is cut by the attempt timeout and retried,
-  and the total timeout ends the call;
+  until the next attempt could not start before the total timeout;
 - refused connections: the origin's circuit breaker opens, fails fast while open,
   and closes again with the first request after the network heals and the break ends.
 """
@@ -39,9 +39,9 @@ async def serve(stream: anyio.abc.SocketStream) -> None:
 
 async def blackhole(proxy: ChaosProxy, url: str) -> None:
     transport = ResilientTransport(
-        retry=Retry(100, backoff=Backoff.constant(0.01), handle=TRANSIENT_ERRORS),
+        retry=Retry(100, backoff=Backoff.constant(0.1), handle=TRANSIENT_ERRORS),
         attempt_timeout=0.1,
-        total_timeout=0.35,
+        total_timeout=0.35,  # attempts at 0-0.1 s and 0.2-0.3 s; no room for a third
     )
     async with httpx.AsyncClient(transport=transport) as http:
         assert (await http.get(url)).status_code == 200

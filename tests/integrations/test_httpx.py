@@ -735,12 +735,22 @@ async def test_chaos_refusals_open_the_origins_breaker_until_healed(
         assert app.count("/x") == 2 and app.count("/direct") == 1
 
 
-async def test_chaos_blackhole_is_bounded_by_the_timeouts(core: ModuleType, serve: Serve) -> None:
+# A black hole is met with one cancellation at a time here: two timeouts firing
+# moments apart cancel an asyncio task twice, and the second cancellation can cut
+# httpcore's shielded clean-up short, leaving its connection open in the pool (an
+# interplay of native asyncio cancellation and anyio shields, not what these test).
+
+
+async def test_chaos_blackhole_attempts_time_out_within_the_deadline(
+    core: ModuleType, serve: Serve
+) -> None:
     app = FlakyApp()
     url = serve(app)
+    # Attempts at 0-0.1 s and 0.2-0.3 s (after a 0.1 s backoff); a third could not
+    # start before the 0.35 s deadline, so the retry gives up with the last timeout.
     attempt = Timeout(0.1, name="attempt_timeout")
-    total = Timeout(0.4, name="total_timeout")
-    retry = Retry(100, backoff=Backoff.constant(0.01), handle=TRANSIENT_ERRORS)
+    total = Timeout(0.35, name="total_timeout")
+    retry = Retry(100, backoff=Backoff.constant(0.1), handle=TRANSIENT_ERRORS)
     async with chaos(url) as (proxy, via):
         counting = CountingTransport()
         t = ResilientTransport(
@@ -748,20 +758,20 @@ async def test_chaos_blackhole_is_bounded_by_the_timeouts(core: ModuleType, serv
         )
         async with httpx.AsyncClient(transport=t) as c:
             assert (await c.get(via + "/warm")).status_code == 200
+            # A loaded machine may make /warm itself time out and retry: count from here.
+            timeouts, retries, sent = attempt.timeouts, retry.stats()["retries"], counting.sent
             proxy.mode = "blackhole"  # the pooled connection and every new one: silence
             start = time.monotonic()
             with pytest.raises(TimeoutRejectedError) as info:
                 await c.get(via + "/x")
             elapsed = time.monotonic() - start
-            # The total timeout fired, or the retry stopped because its next backoff no
-            # longer fitted before it (then the last attempt's timeout is the error).
-            assert info.value.strategy in ("total_timeout", "attempt_timeout")
-            assert 0.4 - 0.01 - 0.005 <= elapsed < 0.4 + 0.25
-            # Each attempt was cut at 0.1 s and retried, until the total timeout.
-            assert attempt.timeouts >= 2 and total.timeouts <= 1
-            assert retry.stats()["retries"] >= 2
-            assert counting.sent == 1 + retry.stats()["retries"] + 1
-            # Nothing leaks: every attempt's connection was closed by the client (the
+            assert info.value.strategy == "attempt_timeout"
+            assert 0.3 - 0.005 <= elapsed < 0.35 + 0.25  # never early, late by scheduling
+            assert attempt.timeouts - timeouts == 2 and total.timeouts == 0
+            stats = retry.stats()
+            assert (stats["retries"] - retries, stats["gave_up"]) == (1, 1)
+            assert counting.sent - sent == 2
+            # Nothing leaks: both attempts' connections were closed by the client (the
             # proxy sees none left), and no timeout is left filed.
             await until(lambda: proxy.active == 0)
             assert not timeout_module._fired
@@ -771,14 +781,40 @@ async def test_chaos_blackhole_is_bounded_by_the_timeouts(core: ModuleType, serv
         assert counting.opened == counting.closed == 2
 
 
+async def test_chaos_blackhole_total_timeout_within_bounds(core: ModuleType, serve: Serve) -> None:
+    app = FlakyApp()
+    url = serve(app)
+    async with chaos(url) as (proxy, via):
+        counting = CountingTransport()
+        t = ResilientTransport(
+            transport=counting, retry=fast_retry(), attempt_timeout=None, total_timeout=0.3
+        )
+        async with httpx.AsyncClient(transport=t) as c:
+            assert (await c.get(via + "/warm")).status_code == 200
+            sent = counting.sent
+            proxy.mode = "blackhole"
+            start = time.monotonic()
+            with pytest.raises(TimeoutRejectedError) as info:
+                await c.get(via + "/x")
+            elapsed = time.monotonic() - start
+            assert info.value.strategy == "total_timeout"
+            assert 0.3 - 0.005 <= elapsed < 0.3 + 0.25
+            assert counting.sent - sent == 1  # one attempt, waiting until the deadline
+            await until(lambda: proxy.active == 0)
+            assert not timeout_module._fired
+        assert counting.opened == counting.closed == 1
+
+
 async def test_chaos_latency_is_hedged(core: ModuleType, serve: Serve) -> None:
     app = FlakyApp()
     url = serve(app)
     latency = 0.5
     async with chaos(url) as (proxy, via):
+        # Requests sent before /slow: /warm (and its own hedge, on a slow machine).
+        warm: int | None = None
 
         async def on_send(n: int) -> None:
-            if n == 3:
+            if warm is not None and n == warm + 2:
                 # The hedge of /slow. Once the server has answered the first attempt
                 # and its bytes are held at the proxy (this event loop's business), the
                 # proxy heals: only the first attempt's response is late.
@@ -790,22 +826,23 @@ async def test_chaos_latency_is_hedged(core: ModuleType, serve: Serve) -> None:
         hedging = Hedging(0.05)
         t = ResilientTransport(transport=counting, retry=None, hedging=hedging)
         async with httpx.AsyncClient(transport=t) as c:
-            assert (await c.get(via + "/warm")).json()["n"] == 1
+            assert (await c.get(via + "/warm")).status_code == 200
+            warm, seen = counting.sent, app.count()
             proxy.mode, proxy.latency = "latency", latency
             start = time.monotonic()
             r = await c.get(via + "/slow")
             elapsed = time.monotonic() - start
             assert r.status_code == 200
-            # The answer is the hedge's: the server's third request, well before the
+            # The answer is the hedge's (the server's second /slow), well before the
             # first attempt's response could have come through.
-            assert r.json()["n"] == 3
+            assert r.json()["n"] == seen + 2
             assert elapsed < latency - 0.1
             assert app.count("/slow") == 2
             # The losing attempt was cancelled and its connection closed; the winner's
             # stays pooled.
             await until(lambda: proxy.active == 1)
-        assert counting.sent == 3
-        assert counting.opened == counting.closed == 2
+        assert counting.sent - warm == 2
+        assert counting.opened == counting.closed
 
 
 # -- user pipeline, client(), lifecycle ---------------------------------------------------
